@@ -1,0 +1,100 @@
+"""Loss conventions as definitions: the normalisation each source uses, named and defined once.
+
+Both backends and the NumPy oracle compute the same three quantities on features
+``F`` of shape (B, C, H, W) (one image per batch row) and read every constant from here:
+
+* Gram matrix per image: ``G = F_b F_bᵀ / gram_divisor(conv, C, H, W)`` with ``F_b`` viewed as
+  (C, H·W).
+* Style loss of one layer: ``style_scale(conv, C, H, W) · Σ_{k,k'} (G − A)²``, averaged over the
+  batch (A is the target Gram, shared by every row).
+* Content loss of one layer: ``content_scale(conv, C, H, W) · Σ (F − P)²`` per image, averaged
+  over the batch.
+* Total variation of an RGB [0, 1] image x: with ``dh = x[:, :, 1:, :] − x[:, :, :-1, :]`` and
+  ``dw = x[:, :, :, 1:] − x[:, :, :, :-1]``, ``r(|dh|^p) + r(|dw|^p)`` per image with
+  ``p, r = tv_form(conv)``, averaged over the batch.
+
+Total: ``α Σ_l w_l L_content(l) + β Σ_l λ_l L_style(l) + τ L_tv`` (LossSpec).
+
+Numerical note: a raw Gram of ReLU features grows like H·W·|F|²; in float16 it overflows at
+moderate sizes. Backends therefore compute Grams and losses in float32 (or float64) even
+under mixed precision, and may divide F by ``sqrt(gram_divisor)`` before the product.
+"""
+from __future__ import annotations
+
+from typing import Dict, Tuple
+
+from .specs import CONTENT_CONVENTIONS, GRAM_CONVENTIONS, TV_CONVENTIONS
+
+__all__ = ["gram_divisor", "style_scale", "content_scale", "tv_form", "CONVENTION_SOURCES"]
+
+
+CONVENTION_SOURCES: Dict[str, Dict[str, str]] = {
+    "gram": {
+        "raw": "G = F Fᵀ; L = Σ (G − A)²",
+        "gatys2015": "Gatys et al. 2015, eq. 4-5: G = F Fᵀ; L = 1/(4 N² M²) Σ (G − A)², N channels, "
+                     "M = H·W (the report's 1/(2 n_H n_W n_C)²)",
+        "johnson2016": "Johnson et al. 2016, eq. 3-4: G = F Fᵀ/(C H W); L = ‖G − A‖²_F",
+        "pytorch-examples": "pytorch/examples fast_neural_style: gram = bmm(F, Fᵀ)/(C H W); "
+                            "mse_loss(G, A) (mean over C×C)",
+        "pytorch-tutorial": "PyTorch 'Neural Transfer Using PyTorch': G = F Fᵀ/(a·b·c·d) with a = 1 "
+                            "image; mse_loss(G, A)",
+        "tf-tutorial": "TensorFlow 'Neural style transfer' tutorial: einsum('bijc,bijd->bcd')/(H W); "
+                       "reduce_mean((G − A)²)",
+    },
+    "content": {
+        "gatys2015": "Gatys et al. 2015, eq. 1: ½ Σ (F − P)²",
+        "johnson2016": "Johnson et al. 2016, eq. 2: 1/(C H W) ‖φ(ŷ) − φ(y)‖²",
+        "mse": "mean squared error over C·H·W (equal to johnson2016 by definition)",
+        "sum": "Σ (F − P)²",
+    },
+    "tv": {
+        "squared_sum": "Σ dh² + Σ dw² (Johnson et al. 2016's total-variation regulariser)",
+        "abs_sum": "Σ |dh| + Σ |dw| (tf.image.total_variation, used by the TF tutorial)",
+        "squared_mean": "mean(dh²) + mean(dw²)",
+        "abs_mean": "mean|dh| + mean|dw|",
+    },
+}
+
+
+def _check(kind: str, name: str, allowed) -> None:
+    if name not in allowed:
+        raise ValueError(f"{kind} convention: got {name!r}; allowed: {', '.join(map(repr, allowed))}")
+
+
+def gram_divisor(convention: str, c: int, h: int, w: int) -> float:
+    """The number a Gram matrix ``F Fᵀ`` is divided by."""
+    _check("gram", convention, GRAM_CONVENTIONS)
+    if convention in ("raw", "gatys2015"):
+        return 1.0
+    if convention == "tf-tutorial":
+        return float(h * w)
+    return float(c * h * w)   # johnson2016, pytorch-examples, pytorch-tutorial (one image)
+
+
+def style_scale(convention: str, c: int, h: int, w: int) -> float:
+    """The factor in front of ``Σ (G − A)²`` for one layer and one image."""
+    _check("gram", convention, GRAM_CONVENTIONS)
+    if convention == "gatys2015":
+        m = float(h * w)
+        return 1.0 / (4.0 * c * c * m * m)
+    if convention in ("pytorch-examples", "pytorch-tutorial", "tf-tutorial"):
+        return 1.0 / float(c * c)   # a mean over the C×C entries
+    return 1.0                      # raw, johnson2016 (squared Frobenius norm)
+
+
+def content_scale(convention: str, c: int, h: int, w: int) -> float:
+    """The factor in front of ``Σ (F − P)²`` for one layer and one image."""
+    _check("content", convention, CONTENT_CONVENTIONS)
+    if convention == "gatys2015":
+        return 0.5
+    if convention == "sum":
+        return 1.0
+    return 1.0 / float(c * h * w)   # johnson2016, mse
+
+
+def tv_form(convention: str) -> Tuple[int, str]:
+    """(power p, reduction 'sum' | 'mean') of the total-variation convention."""
+    _check("tv", convention, TV_CONVENTIONS)
+    power = 2 if convention.startswith("squared") else 1
+    reduction = "sum" if convention.endswith("sum") else "mean"
+    return power, reduction

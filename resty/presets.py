@@ -1,0 +1,278 @@
+"""Named presets: documented bundles of specs that reproduce a source's settings.
+
+``resty.presets.get(name)`` returns a frozen :class:`Preset`; ``names()`` lists them.
+Every number here says where it comes from.  Where a source leaves a setting open, the
+choice is marked "(choice)" in ``notes``.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Dict, Tuple, Union
+
+from .specs import (AdamSpec, GatysConfig, LBFGSSpec, LossSpec, TrainConfig, TransformerSpec,
+                    VGGSpec, _check_choice, _fail, _Spec, _NESTED, _tuple)
+
+__all__ = ["Preset", "get", "names", "resolve", "PRESETS"]
+
+IMAGENET_SOURCES = ("torchvision", "keras")
+
+
+@dataclass(frozen=True)
+class Preset(_Spec):
+    """Everything both methods need.
+
+    ``vgg`` is the loss network; ``imagenet_source`` says which pretrained weights (and so which
+    preprocessing: torchvision RGB mean/std, or Keras/Caffe BGR minus mean) the source used and
+    which preprocessing seeded random weights get.  ``loss`` drives Gatys, ``fast_loss`` the
+    feed-forward training (Johnson).
+    """
+    name: str
+    description: str
+    sources: Tuple[str, ...]
+    vgg: VGGSpec = field(default_factory=VGGSpec)
+    imagenet_source: str = "torchvision"
+    loss: LossSpec = field(default_factory=LossSpec)
+    gatys: GatysConfig = field(default_factory=GatysConfig)
+    fast_loss: LossSpec = field(default_factory=LossSpec)
+    transformer: TransformerSpec = field(default_factory=TransformerSpec)
+    training: TrainConfig = field(default_factory=TrainConfig)
+    notes: Tuple[str, ...] = ()
+
+    def __post_init__(self):
+        _tuple(self, "sources")
+        _tuple(self, "notes")
+        if not isinstance(self.name, str) or not self.name:
+            _fail(type(self), "name", self.name, "a non-empty string")
+        _check_choice(self, "imagenet_source", IMAGENET_SOURCES)
+        for attr, kind in (("vgg", VGGSpec), ("loss", LossSpec), ("gatys", GatysConfig),
+                           ("fast_loss", LossSpec), ("transformer", TransformerSpec), ("training", TrainConfig)):
+            if not isinstance(getattr(self, attr), kind):
+                _fail(type(self), attr, type(getattr(self, attr)).__name__, kind.__name__)
+        self.loss.check_layers(self.vgg.arch)
+        self.fast_loss.check_layers(self.vgg.arch)
+
+    @property
+    def preprocessing_name(self) -> str:
+        return "torchvision" if self.imagenet_source == "torchvision" else "caffe"
+
+    def describe(self) -> str:
+        """Human-readable summary (used by ``resty presets``)."""
+        l, f, g, t = self.loss, self.fast_loss, self.gatys, self.training
+        opt = f"Adam lr={g.adam.lr}" if g.optimizer == "adam" else f"L-BFGS (history {g.lbfgs.history_size})"
+        lines = [
+            f"{self.name}: {self.description}",
+            f"  loss network: {self.vgg.arch.upper()}, {self.vgg.pooling} pooling, "
+            f"{self.imagenet_source} ImageNet weights ({self.preprocessing_name} preprocessing)",
+            f"  Gatys: content {', '.join(l.content_layers)} (α={l.content_weight:g}); style "
+            f"{', '.join(f'{n}×{w:g}' for n, w in zip(l.style_layers, l.style_layer_weights))} "
+            f"(β={l.style_weight:g}); TV {l.tv} τ={l.tv_weight:g}; gram {l.gram}, content {l.content}",
+            f"         {opt}, {g.iterations} iterations, init {g.init}, size {g.image_size}",
+            f"  fast:  content {', '.join(f.content_layers)} (α={f.content_weight:g}); style "
+            f"{', '.join(f'{n}×{w:g}' for n, w in zip(f.style_layers, f.style_layer_weights))} "
+            f"(β={f.style_weight:g}); TV {f.tv} τ={f.tv_weight:g}; gram {f.gram}",
+            f"         transformer {self.transformer.upsampling}, {self.transformer.norm} norm "
+            f"eps={self.transformer.norm_eps:g}, output {self.transformer.output_activation}; "
+            f"train {t.image_size}px crops, batch {t.batch_size}, "
+            f"{f'{t.steps} steps' if t.steps else f'{t.epochs} epochs'}, Adam lr={t.adam.lr}",
+            "  sources: " + "; ".join(self.sources),
+        ]
+        lines += [f"  note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+_NESTED.update({
+    ("Preset", "vgg"): VGGSpec, ("Preset", "loss"): LossSpec, ("Preset", "gatys"): GatysConfig,
+    ("Preset", "fast_loss"): LossSpec, ("Preset", "transformer"): TransformerSpec,
+    ("Preset", "training"): TrainConfig,
+})
+
+_GATYS_STYLE = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
+_JOHNSON16_STYLE = ("relu1_2", "relu2_2", "relu3_3", "relu4_3")
+
+# Johnson et al. 2016 with the fast-neural-style defaults (content 1.0, style 5.0, TV 1e-6).
+_JOHNSON_LOSS = LossSpec(
+    content_layers=("relu2_2",), content_layer_weights=(1.0,), content_weight=1.0,
+    style_layers=_JOHNSON16_STYLE, style_layer_weights=(1.0,) * 4, style_weight=5.0,
+    tv_weight=1e-6, gram="johnson2016", content="johnson2016", tv="squared_sum")
+
+_JOHNSON_TRAINING = TrainConfig(image_size=256, batch_size=4, epochs=2, adam=AdamSpec(lr=1e-3))
+
+PRESETS: Dict[str, Preset] = {}
+
+
+def _add(p: Preset) -> None:
+    PRESETS[p.name] = p
+
+
+_add(Preset(
+    name="restynet",
+    description="The RestyNet report: VGG19 loss network, Adam lr 1e-3 for both methods, instance norm",
+    sources=("RestyNet final report (Özçömlekçi), Methods and Results",
+             "Gatys et al. 2015 (loss formulas as written in the report)",
+             "Johnson et al. 2016 (perceptual losses as written in the report)"),
+    vgg=VGGSpec("vgg19", "max"),
+    imagenet_source="torchvision",
+    loss=LossSpec(content_layers=("relu4_2",), content_layer_weights=(1.0,), content_weight=1.0,
+                  style_layers=_GATYS_STYLE, style_layer_weights=(0.2,) * 5, style_weight=1e3,
+                  tv_weight=0.0, gram="gatys2015", content="gatys2015", tv="squared_sum"),
+    gatys=GatysConfig(optimizer="adam", adam=AdamSpec(lr=1e-3), iterations=500, init="content",
+                      image_size=512),
+    fast_loss=LossSpec(content_layers=("relu2_2",), content_layer_weights=(1.0,), content_weight=1.0,
+                       style_layers=("relu1_2", "relu2_2", "relu3_4", "relu4_4"),
+                       style_layer_weights=(1.0,) * 4, style_weight=5.0, tv_weight=1e-6,
+                       gram="johnson2016", content="johnson2016", tv="squared_sum"),
+    transformer=TransformerSpec(upsampling="nearest_conv", norm="instance", norm_eps=1e-5,
+                                output_activation="none", input_scale=255.0),
+    training=TrainConfig(image_size=256, batch_size=4, epochs=2, adam=AdamSpec(lr=1e-3)),
+    notes=("The report gives Adam lr 1e-3 for both methods, a VGG19 loss network, instance norm and "
+           "~9000 MS COCO val2014 training images.",
+           "(choice) Layers and α/β are not in the report: Gatys's layers and α/β = 1e-3 for Gatys; "
+           "Johnson's layer positions mapped onto VGG19 (last ReLU of blocks 1-4) and Johnson's "
+           "weights for the fast network.",
+           "Gatys here optimises RGB pixels in [0, 1]; with lr 1e-3 a pixel moves at most ~1e-3 per "
+           "step, so results need many iterations (as the report's 39 s per image suggests)."),
+))
+
+_add(Preset(
+    name="gatys2015",
+    description="Gatys, Ecker, Bethge 2015, 'A Neural Algorithm of Artistic Style'",
+    sources=("arXiv:1508.06576, sections 2-3 and Methods",),
+    vgg=VGGSpec("vgg19", "avg"),
+    imagenet_source="keras",
+    loss=LossSpec(content_layers=("relu4_2",), content_layer_weights=(1.0,), content_weight=1.0,
+                  style_layers=_GATYS_STYLE, style_layer_weights=(0.2,) * 5, style_weight=1e3,
+                  tv_weight=0.0, gram="gatys2015", content="gatys2015", tv="squared_sum"),
+    gatys=GatysConfig(optimizer="lbfgs", lbfgs=LBFGSSpec(), iterations=500, init="noise",
+                      image_size=512),
+    fast_loss=LossSpec(content_layers=("relu4_2",), content_layer_weights=(1.0,), content_weight=1.0,
+                       style_layers=_GATYS_STYLE, style_layer_weights=(0.2,) * 5, style_weight=1e3,
+                       gram="gatys2015", content="gatys2015"),
+    transformer=TransformerSpec(),
+    training=_JOHNSON_TRAINING,
+    notes=("Paper: content 'conv4_2', style 'conv1_1'..'conv5_1' with w_l = 1/5, α/β = 1e-3, average "
+           "pooling, L-BFGS, white-noise init. In Caffe the ReLU overwrites the conv output in place, "
+           "so the paper's 'conv' responses are the ReLU outputs named relu*_* here.",
+           "Weights: Caffe VGG19 (Keras applications file), BGR minus mean pixel.",
+           "(choice) 500 L-BFGS evaluations, torch.optim.LBFGS defaults, no line search.",
+           "The paper has no feed-forward network; FastStylizer trains against Gatys's loss."),
+))
+
+_add(Preset(
+    name="johnson2016",
+    description="Johnson, Alahi, Fei-Fei 2016, 'Perceptual Losses for Real-Time Style Transfer' "
+                "(with Ulyanov et al.'s instance norm)",
+    sources=("ECCV 2016, sections 3.1-3.3 and 4.1", "jcjohnson/fast-neural-style defaults "
+             "(content 1.0, style 5.0, TV 1e-6)", "Ulyanov et al. 2016, arXiv:1607.08022"),
+    vgg=VGGSpec("vgg16", "max"),
+    imagenet_source="keras",
+    loss=_JOHNSON_LOSS,
+    gatys=GatysConfig(optimizer="lbfgs", iterations=500, init="noise", image_size=256),
+    fast_loss=_JOHNSON_LOSS,
+    transformer=TransformerSpec(upsampling="transposed_conv", norm="instance", norm_eps=1e-5,
+                                output_activation="tanh", input_scale=255.0),
+    training=_JOHNSON_TRAINING,
+    notes=("Paper: VGG16, content relu2_2, style relu1_2, relu2_2, relu3_3, relu4_3; 256×256 crops, "
+           "batch 4, 40k iterations (~2 epochs of 80k COCO images), Adam lr 1e-3, TV 1e-6..1e-4; "
+           "fractionally-strided convs; scaled tanh output.",
+           "Instance norm instead of batch norm follows Ulyanov et al. (as the report did).",
+           "Caffe VGG16 weights (Keras applications file), BGR minus mean pixel."),
+))
+
+_add(Preset(
+    name="pytorch-examples",
+    description="pytorch/examples fast_neural_style (VGG16, content 1e5, style 1e10)",
+    sources=("github.com/pytorch/examples fast_neural_style/neural_style/neural_style.py, "
+             "transformer_net.py, vgg.py, utils.py",),
+    vgg=VGGSpec("vgg16", "max"),
+    imagenet_source="torchvision",
+    loss=LossSpec(content_layers=("relu2_2",), content_layer_weights=(1.0,), content_weight=1e5,
+                  style_layers=_JOHNSON16_STYLE, style_layer_weights=(1.0,) * 4, style_weight=1e10,
+                  tv_weight=0.0, gram="pytorch-examples", content="mse"),
+    gatys=GatysConfig(optimizer="lbfgs", iterations=300, init="content", image_size=256),
+    fast_loss=LossSpec(content_layers=("relu2_2",), content_layer_weights=(1.0,), content_weight=1e5,
+                       style_layers=_JOHNSON16_STYLE, style_layer_weights=(1.0,) * 4, style_weight=1e10,
+                       tv_weight=0.0, gram="pytorch-examples", content="mse"),
+    transformer=TransformerSpec(upsampling="nearest_conv", norm="instance", norm_eps=1e-5,
+                                conv_bias_before_norm=True, output_activation="none", input_scale=255.0),
+    training=TrainConfig(image_size=256, batch_size=4, epochs=2, adam=AdamSpec(lr=1e-3),
+                         checkpoint_every=2000),
+    notes=("Inputs are multiplied by 255; the VGG input is y/255 normalised with ImageNet mean/std; "
+           "the output is unbounded (clamped to [0, 255] when saved).",
+           "Its ConvLayer keeps a conv bias in front of InstanceNorm2d; that bias has zero gradient.",
+           "UpsampleConvLayer: nearest ×2 interpolation, reflection pad, conv.",
+           "The example has no Gatys part; GatysStylizer uses its loss with L-BFGS (choice)."),
+))
+
+_add(Preset(
+    name="pytorch-tutorial",
+    description="PyTorch tutorial 'Neural Transfer Using PyTorch' (Gatys with L-BFGS)",
+    sources=("pytorch.org/tutorials/advanced/neural_style_tutorial.html",),
+    vgg=VGGSpec("vgg19", "max"),
+    imagenet_source="torchvision",
+    loss=LossSpec(content_layers=("conv2_2",), content_layer_weights=(1.0,), content_weight=1.0,
+                  style_layers=("conv1_1", "conv1_2", "conv2_1", "conv2_2", "conv3_1"),
+                  style_layer_weights=(1.0,) * 5, style_weight=1e6, tv_weight=0.0,
+                  gram="pytorch-tutorial", content="mse"),
+    gatys=GatysConfig(optimizer="lbfgs", lbfgs=LBFGSSpec(), iterations=300, init="content",
+                      image_size=512),
+    fast_loss=_JOHNSON_LOSS.replace(
+        content_layers=("conv2_2",), style_layers=("conv1_1", "conv1_2", "conv2_1", "conv2_2", "conv3_1"),
+        style_layer_weights=(1.0,) * 5),
+    transformer=TransformerSpec(),
+    training=_JOHNSON_TRAINING,
+    notes=("Tutorial layers 'conv_4' (content) and 'conv_1'..'conv_5' (style) count convolutions: "
+           "conv_4 is conv2_2. Losses are taken at conv outputs (before ReLU), since the tutorial "
+           "replaces in-place ReLUs.",
+           "style_weight 1e6, content_weight 1, LBFGS defaults, 300 closure evaluations, init = content, "
+           "clamp to [0, 1]; image size 512 on GPU (128 on CPU in the tutorial)."),
+))
+
+_add(Preset(
+    name="tf-tutorial",
+    description="TensorFlow tutorial 'Neural style transfer' (Keras VGG19, Adam, TV)",
+    sources=("tensorflow.org/tutorials/generative/style_transfer",),
+    vgg=VGGSpec("vgg19", "max"),
+    imagenet_source="keras",
+    loss=LossSpec(content_layers=("relu5_2",), content_layer_weights=(1.0,), content_weight=1e4,
+                  style_layers=_GATYS_STYLE, style_layer_weights=(0.2,) * 5, style_weight=1e-2,
+                  tv_weight=30.0, gram="tf-tutorial", content="mse", tv="abs_sum"),
+    gatys=GatysConfig(optimizer="adam", adam=AdamSpec(lr=0.02, beta1=0.99, eps=1e-1, epsilon_hat=True),
+                      iterations=1000, init="content", image_size=512),
+    fast_loss=_JOHNSON_LOSS.replace(content_layers=("relu5_2",), style_layers=_GATYS_STYLE,
+                                    style_layer_weights=(0.2,) * 5),
+    transformer=TransformerSpec(),
+    training=_JOHNSON_TRAINING,
+    notes=("Keras layers block5_conv2 (content) and block1..5_conv1 (style) include the ReLU: relu5_2, "
+           "relu*_1 here. style_weight/num_style_layers = 1e-2/5 per layer, content_weight 1e4, "
+           "total_variation_weight 30 with tf.image.total_variation.",
+           "tf.keras Adam(learning_rate=0.02, beta_1=0.99, epsilon=1e-1): Keras's epsilon-hat "
+           "placement, kept here because it changes the trajectory; 10 epochs × 100 steps."),
+))
+
+
+def names() -> Tuple[str, ...]:
+    return tuple(PRESETS)
+
+
+def get(name: str) -> Preset:
+    """The preset called ``name``; an unknown name lists the known ones."""
+    if isinstance(name, Preset):
+        return name
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; known presets: {', '.join(PRESETS)}")
+    return PRESETS[name]
+
+
+def resolve(preset: Union[str, Preset, dict]) -> Preset:
+    """Accept a preset name, a Preset, or its dict/JSON form wherever a preset is accepted."""
+    if isinstance(preset, Preset):
+        return preset
+    if isinstance(preset, dict):
+        return Preset.from_dict(preset)
+    if isinstance(preset, str) and preset.lstrip().startswith("{"):
+        return Preset.from_dict(json.loads(preset))
+    if isinstance(preset, str):
+        return get(preset)
+    raise ValueError(f"preset: expected a name, a Preset or a dict, got {type(preset).__name__}; "
+                     f"known presets: {', '.join(PRESETS)}")
