@@ -208,8 +208,9 @@ def _load_path(path: str, max_pixels: int | None, label: str) -> np.ndarray:
     except UnidentifiedImageError:
         raise ImageError(f"{label}: not an image file, or a format Pillow cannot read") from None
     except Image.DecompressionBombError:
-        # Only reached when Pillow's own limit is below ours and the retry also failed.
-        raise ImageError(f"{label}: image is over the pixel limit of {max_pixels}") from None
+        # A few formats (GIF frames, ICO) check sizes again while decoding, against
+        # Pillow's global limit; only reachable when our limit is above Pillow's.
+        raise ImageError(f"{label}: image is over Pillow's decompression-bomb limit") from None
     except PermissionError:
         raise ImageError(f"{label}: permission denied") from None
     except _DECODE_ERRORS as exc:
@@ -224,15 +225,14 @@ def _open_image(path: str, max_pixels: int | None) -> Image.Image:
         try:
             return Image.open(path)
         except Image.DecompressionBombError:
-            pil_limit = Image.MAX_IMAGE_PIXELS
-            if pil_limit is None or (max_pixels is not None and max_pixels <= 2 * pil_limit):
-                raise
-        # The caller allowed more than Pillow does: lift Pillow's limit for this open only.
-        # Image.open reads the header only, so the size check that follows still runs
-        # before any decoding.
+            pass
+        # Pillow refused the header. Open it again with Pillow's limit lifted: Image.open
+        # reads only the header, and the caller checks the size against *our* limit before
+        # anything is decoded. This way the caller's max_pixels decides (it may be larger
+        # than Pillow's), and the error names the actual size.
         with _PIL_LIMIT_LOCK:
             saved = Image.MAX_IMAGE_PIXELS
-            Image.MAX_IMAGE_PIXELS = None if max_pixels is None else (max_pixels + 1) // 2
+            Image.MAX_IMAGE_PIXELS = None
             try:
                 return Image.open(path)
             finally:
