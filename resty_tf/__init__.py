@@ -1,0 +1,22 @@
+"""Resty's TensorFlow/Keras 3 backend: the same public API as ``resty_torch``.
+
+``from resty_tf import GatysStylizer, FastStylizer, TransformerNet, VGGFeatures``.
+Models are Keras models taking NHWC RGB images in [0, 1]; everything a layer or loss needs
+to know comes from the framework-free core (``resty``).
+"""
+from .device import resolve_device, set_tf32  # noqa: F401  (sets KERAS_BACKEND first)
+from .transformer import TransformerNet
+from .vgg import VGGFeatures
+
+__all__ = ["GatysStylizer", "FastStylizer", "TransformerNet", "VGGFeatures", "set_tf32", "resolve_device"]
+
+
+def __getattr__(name):
+    # The stylizers import more (tf.data, tqdm); load them on first use.
+    if name == "GatysStylizer":
+        from .gatys import GatysStylizer
+        return GatysStylizer
+    if name == "FastStylizer":
+        from .fast import FastStylizer
+        return FastStylizer
+    raise AttributeError(f"module 'resty_tf' has no attribute {name!r}")

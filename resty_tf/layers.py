@@ -1,0 +1,184 @@
+"""Layers Keras lacks (or gets subtly different from torch), written from the core's spec.
+
+All layers are NHWC.  Every convolution here is padded *explicitly* and then run with
+``padding="valid"``: Keras's ``"same"`` pads (0, 1) for stride 2 where torch pads (1, 1),
+which gives the same shapes and an O(1) error (DESIGN.md section 3).  The transposed
+convolution computes the full ``2H+1`` VALID output and crops ``spec.transpose_crop``;
+Keras's ``Conv2DTranspose("same")`` is shifted by one pixel against torch.
+"""
+from __future__ import annotations
+
+from typing import Sequence, Tuple
+
+import keras
+import tensorflow as tf
+
+from resty.specs import ConvDef, TransformerSpec
+
+__all__ = ["reflection_pad", "zero_pad", "ReflectionPad2D", "InstanceNormalization",
+           "TorchBatchNormalization", "SpecConv", "upsample_nearest2x", "HALF_DTYPES"]
+
+HALF_DTYPES = (tf.float16, tf.bfloat16)
+
+
+def reflection_pad(x, top: int, bottom: int, left: int, right: int):
+    """Reflection padding of an NHWC tensor (edge not repeated), bitwise equal to
+    torch's ``nn.ReflectionPad2d``."""
+    if not (top or bottom or left or right):
+        return x
+    return tf.pad(x, [[0, 0], [top, bottom], [left, right], [0, 0]], mode="REFLECT")
+
+
+def zero_pad(x, top: int, bottom: int, left: int, right: int):
+    if not (top or bottom or left or right):
+        return x
+    return tf.pad(x, [[0, 0], [top, bottom], [left, right], [0, 0]])
+
+
+def upsample_nearest2x(x):
+    """Nearest-neighbour x2 (each pixel repeated): bitwise identical across frameworks."""
+    return tf.repeat(tf.repeat(x, 2, axis=1), 2, axis=2)
+
+
+class ReflectionPad2D(keras.layers.Layer):
+    """Keras 3 has no reflection-pad layer; ``padding = (top, bottom, left, right)``."""
+
+    def __init__(self, padding: Sequence[int], **kwargs):
+        super().__init__(**kwargs)
+        if isinstance(padding, int):
+            padding = (padding,) * 4
+        self.padding = tuple(int(p) for p in padding)
+
+    def call(self, x):
+        return reflection_pad(x, *self.padding)
+
+    def get_config(self):
+        return {**super().get_config(), "padding": self.padding}
+
+
+def _float32_if_half(x):
+    """Statistics of a half-precision activation are taken in float32 (as torch autocast
+    does for norms): a bf16 mean over 65k pixels loses most of its digits."""
+    return tf.cast(x, tf.float32) if x.dtype in HALF_DTYPES else x
+
+
+class InstanceNormalization(keras.layers.Layer):
+    """Instance norm (Ulyanov et al.): per image and channel over H, W, with the *biased*
+    variance and the spec's epsilon, then an affine ``gamma``/``beta`` per channel.
+
+    Not ``GroupNormalization(groups=-1)``: its epsilon defaults to 1e-3 against torch's 1e-5
+    (a 5e-3 error on the Johnson output).  gamma/beta are kept in the variable dtype and not
+    autocast; the statistics are computed in float32 under mixed precision.
+    """
+
+    def __init__(self, epsilon: float, **kwargs):
+        super().__init__(**kwargs)
+        self.epsilon = float(epsilon)
+
+    def build(self, input_shape):
+        c = int(input_shape[-1])
+        self.gamma = self.add_weight(name="gamma", shape=(c,), initializer="ones", autocast=False)
+        self.beta = self.add_weight(name="beta", shape=(c,), initializer="zeros", autocast=False)
+
+    def call(self, x):
+        out_dtype = x.dtype
+        xf = _float32_if_half(x)
+        mean, var = tf.nn.moments(xf, axes=[1, 2], keepdims=True)   # biased variance
+        y = (xf - mean) / tf.sqrt(var + tf.cast(self.epsilon, xf.dtype))
+        y = y * tf.cast(self.gamma, xf.dtype) + tf.cast(self.beta, xf.dtype)
+        return tf.cast(y, out_dtype)
+
+    def get_config(self):
+        return {**super().get_config(), "epsilon": self.epsilon}
+
+
+class TorchBatchNormalization(keras.layers.Layer):
+    """Batch norm with torch's semantics (for ``TransformerSpec.norm == "batch"``).
+
+    Inference uses the running statistics (as ``resty.reference.batch_norm``); training uses
+    the batch's biased variance to normalise and updates the running variance with the
+    unbiased one, momentum 0.1 (torch's defaults, unlike Keras's 0.99 and biased update).
+    """
+
+    def __init__(self, epsilon: float, momentum: float = 0.1, **kwargs):
+        super().__init__(**kwargs)
+        self.epsilon = float(epsilon)
+        self.momentum = float(momentum)
+
+    def build(self, input_shape):
+        c = int(input_shape[-1])
+        self.gamma = self.add_weight(name="gamma", shape=(c,), initializer="ones", autocast=False)
+        self.beta = self.add_weight(name="beta", shape=(c,), initializer="zeros", autocast=False)
+        self.running_mean = self.add_weight(name="running_mean", shape=(c,), initializer="zeros",
+                                            trainable=False, autocast=False)
+        self.running_var = self.add_weight(name="running_var", shape=(c,), initializer="ones",
+                                           trainable=False, autocast=False)
+
+    def call(self, x, training=False):
+        out_dtype = x.dtype
+        xf = _float32_if_half(x)
+        dt = xf.dtype
+        if training:
+            mean, var = tf.nn.moments(xf, axes=[0, 1, 2])
+            n = tf.cast(tf.reduce_prod(tf.shape(xf)[:3]), dt)
+            unbiased = var * n / tf.maximum(n - 1, 1)
+            m = self.momentum
+            self.running_mean.assign((1 - m) * self.running_mean + m * tf.cast(mean, self.running_mean.dtype))
+            self.running_var.assign((1 - m) * self.running_var + m * tf.cast(unbiased, self.running_var.dtype))
+        else:
+            mean, var = tf.cast(self.running_mean, dt), tf.cast(self.running_var, dt)
+        y = (xf - mean) / tf.sqrt(var + tf.cast(self.epsilon, dt))
+        y = y * tf.cast(self.gamma, dt) + tf.cast(self.beta, dt)
+        return tf.cast(y, out_dtype)
+
+    def get_config(self):
+        return {**super().get_config(), "epsilon": self.epsilon, "momentum": self.momentum}
+
+
+class SpecConv(keras.layers.Layer):
+    """One convolution of the transformer as ``resty.specs.transformer_layers`` defines it:
+    [nearest x2] -> reflection pad k//2 -> conv VALID (or transposed conv VALID + crop)
+    -> [norm] -> [ReLU].  The layer's name is the canonical prefix (``down1``, ``res3.conv2``),
+    with dots replaced by underscores (Keras names may not contain dots).
+    """
+
+    def __init__(self, conv: ConvDef, spec: TransformerSpec, **kwargs):
+        super().__init__(name=conv.name.replace(".", "_"), **kwargs)
+        self.conv_def = conv
+        self.spec = spec
+        policy = self.dtype_policy
+        if conv.transposed:
+            # Keras kernel layout (kh, kw, out, in); VALID gives (H-1)*s + k = 2H+1 rows.
+            self.conv = keras.layers.Conv2DTranspose(conv.out_channels, conv.kernel, strides=conv.stride,
+                                                     padding="valid", use_bias=conv.bias, dtype=policy,
+                                                     name="conv")
+        else:
+            self.conv = keras.layers.Conv2D(conv.out_channels, conv.kernel, strides=conv.stride,
+                                            padding="valid", use_bias=conv.bias, dtype=policy, name="conv")
+        self.norm = None
+        if conv.norm:
+            cls = InstanceNormalization if spec.norm == "instance" else TorchBatchNormalization
+            self.norm = cls(spec.norm_eps, dtype=policy, name="norm")
+
+    def build(self, input_shape=None):
+        self.conv.build((None, None, None, self.conv_def.in_channels))
+        if self.norm is not None:
+            self.norm.build((None, None, None, self.conv_def.out_channels))
+
+    def call(self, x, training=False):
+        c = self.conv_def
+        if c.upsample:
+            x = upsample_nearest2x(x)
+        if c.transposed:
+            x = self.conv(x)
+            a, z = self.spec.transpose_crop
+            h, w = tf.shape(x)[1], tf.shape(x)[2]
+            x = x[:, a:h - z, a:w - z, :]
+        else:
+            k = c.kernel // 2
+            x = self.conv(reflection_pad(x, k, k, k, k))
+        if self.norm is not None:
+            x = self.norm(x, training=training) if isinstance(self.norm, TorchBatchNormalization) else self.norm(x)
+        if c.relu:
+            x = tf.nn.relu(x)
+        return x

@@ -1,0 +1,122 @@
+"""VGG16/VGG19 feature extractor built from the core's layer table (NHWC, Keras 3)."""
+from __future__ import annotations
+
+from typing import Dict, Iterable, Optional, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from resty.specs import PREPROCESSING, VGGSpec, vgg_layer_names, vgg_truncate
+from resty.weights import WeightSet, from_keras_kernel, resolve_weights, to_keras_kernel
+
+from .device import assert_compute_dtype, dtype_policy, resolve_device
+from .layers import zero_pad
+
+__all__ = ["VGGFeatures"]
+
+
+class VGGFeatures(keras.Model):
+    """VGG features by layer name, from canonical weights; frozen.
+
+    ``VGGFeatures(arch, weights, pooling, layers, dtype, device)`` as in docs/BACKEND_API.md.
+    ``layers`` are the names returned (None: every layer of the table); the network is cut
+    after the deepest.  Each conv is zero-padded by 1 explicitly, then run VALID (the same
+    numbers as torch's padding=1).  Pooling is 2x2/2, max or average (floor mode, no padding,
+    so torch's count_include_pad question does not arise).
+
+    ``preprocessing`` (keyword, extension) picks the preprocessing that *random* weights get
+    (a preset's ``preprocessing_name``); real weights always carry their own.
+    ``precision`` ("bf16"/"fp16") computes the convolutions in half precision; callers compute
+    Grams and losses in float32 (resty_tf.losses does).
+    """
+
+    def __init__(self, arch: str = "vgg19", weights="imagenet", pooling: str = "max",
+                 layers: Optional[Sequence[str]] = None, dtype: str = "float32", device=None, *,
+                 preprocessing=None, precision=None, name: Optional[str] = None):
+        policy = dtype_policy(dtype, precision)
+        super().__init__(dtype=policy, name=name or f"{arch}_features")
+        self.spec = VGGSpec(arch, pooling)
+        self.layer_names_out = tuple(layers) if layers is not None else vgg_layer_names(arch)
+        self.table = vgg_truncate(arch, self.layer_names_out)
+        self.device = resolve_device(device)
+        self.resty_dtype = dtype
+        ws = _resolve_vgg(weights, arch, preprocessing)
+        self.weight_source = ws.source
+        self.preprocessing = ws.preprocessing
+        self.convs: Dict[str, keras.layers.Conv2D] = {}
+        with tf.device(self.device):
+            for layer in self.table:
+                if layer.kind == "conv":
+                    conv = keras.layers.Conv2D(layer.out_channels, 3, padding="valid", dtype=policy,
+                                               name=layer.name)
+                    conv.build((None, None, None, layer.in_channels))
+                    conv.kernel.assign(to_keras_kernel(ws.tensors[f"{layer.name}.weight"]).astype(conv.kernel.dtype))
+                    conv.bias.assign(np.asarray(ws.tensors[f"{layer.name}.bias"]).astype(conv.bias.dtype))
+                    conv.trainable = False
+                    self.convs[layer.name] = conv
+            # Keep the preprocessing constants in the compute dtype of the first conv input.
+            prep = self.preprocessing
+            self._order = list(prep.channel_index)
+            self._scale = float(prep.scale)
+            self._mean = np.asarray(prep.mean, dtype=np.float64)
+            self._std = np.asarray(prep.std, dtype=np.float64)
+        self.trainable = False
+        self.built = True
+        assert_compute_dtype(self, policy.compute_dtype)
+
+    # The tracked list of conv layers, in order (so Keras sees them as sublayers).
+    @property
+    def conv_layers(self):
+        return list(self.convs.values())
+
+    def preprocess(self, images01):
+        """NHWC RGB [0, 1] -> the network input the weight set expects (channel order, scale,
+        mean, std)."""
+        x = tf.convert_to_tensor(images01)
+        if not x.dtype.is_floating:
+            x = tf.cast(x, self.compute_dtype)
+        dt = x.dtype
+        if self._order != [0, 1, 2]:
+            x = tf.gather(x, self._order, axis=-1)
+        x = x * tf.cast(self._scale, dt)
+        return (x - tf.constant(self._mean, dt)) / tf.constant(self._std, dt)
+
+    def call(self, images01, preprocess=True):
+        x = self.preprocess(images01) if preprocess else tf.convert_to_tensor(images01)
+        x = tf.cast(x, self.compute_dtype)
+        out = {}
+        wanted = set(self.layer_names_out)
+        for layer in self.table:
+            if layer.kind == "conv":
+                x = self.convs[layer.name](zero_pad(x, 1, 1, 1, 1))
+            elif layer.kind == "relu":
+                x = tf.nn.relu(x)
+            elif self.spec.pooling == "max":
+                x = tf.nn.max_pool2d(x, 2, 2, "VALID")
+            else:
+                x = tf.nn.avg_pool2d(x, 2, 2, "VALID")
+            if layer.name in wanted:
+                out[layer.name] = x
+        return out
+
+    def canonical_weights(self) -> Dict[str, np.ndarray]:
+        """The weights back in canonical OIHW layout (for checks)."""
+        out = {}
+        for name, conv in self.convs.items():
+            out[f"{name}.weight"] = from_keras_kernel(conv.kernel.numpy())
+            out[f"{name}.bias"] = conv.bias.numpy()
+        return out
+
+
+def _resolve_vgg(weights, arch: str, preprocessing) -> WeightSet:
+    """Resolve a weights argument; the preset's preprocessing applies to random weights and to
+    a bare 'imagenet' (picking the source with that preprocessing), never overriding a file's."""
+    prep = None
+    if isinstance(weights, str):
+        low = weights.strip().lower()
+        if low.startswith("random") or low == "imagenet":
+            prep = preprocessing
+    if isinstance(prep, str):
+        prep = PREPROCESSING[prep]
+    return resolve_weights(weights, arch, preprocessing=prep)
