@@ -1,0 +1,7 @@
+"""``python -m resty ...`` is the ``resty`` command."""
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,659 @@
+"""The ``resty`` command (also ``python -m resty``).
+
+Subcommands: ``stylize``, ``train``, ``convert``, ``weights list|import|verify``, ``presets``,
+``parity``, ``demo``.  Run ``resty SUBCOMMAND --help`` for the options.
+
+Every mistake a user can make (a missing or unreadable file, an unknown preset or backend, a
+backend that is not installed, an existing output without ``--overwrite``, weights unavailable
+offline, a bad number) ends the command with one line ``resty: error: ...`` on stderr and exit
+status 2, never a traceback.  ``RESTY_DEBUG=1`` shows the traceback of unexpected errors.
+
+Nothing here imports a framework at module level: ``resty presets`` and ``resty weights`` work
+without torch or TensorFlow, and a backend is loaded only when a command needs it
+(:mod:`resty.backends`).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+from . import __version__
+from .errors import BackendUnavailableError, OutputExistsError, RestyError
+
+__all__ = ["main", "build_parser", "UsageError"]
+
+PROG = "resty"
+EXIT_USAGE = 2
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm")
+OUTPUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+
+
+class UsageError(RestyError):
+    """A command-line argument that makes no sense (exit status 2)."""
+
+
+def _one_line(text: object) -> str:
+    return " ".join(str(text).split())
+
+
+def _say(*parts: object) -> None:
+    print(*parts, flush=True)
+
+
+def _note(text: str) -> None:
+    print(f"{PROG}: {text}", file=sys.stderr, flush=True)
+
+
+# =========================================================================== argument types
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        value = int(text)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def _nonneg_float(text: str) -> float:
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
+    return value
+
+
+def _float_list(text: str) -> List[float]:
+    out = []
+    for part in str(text).replace(",", " ").split():
+        out.append(_nonneg_float(part))
+    if not out:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}")
+    return out
+
+
+def _backend_name(text: str) -> str:
+    from .backends import ALIASES, BACKENDS
+    key = str(text).strip().lower()
+    if key not in ALIASES:
+        raise argparse.ArgumentTypeError(f"unknown backend {text!r}; known backends: {', '.join(BACKENDS)}")
+    return ALIASES[key]
+
+
+def _backend_list(text: str) -> List[str]:
+    names = [p for p in str(text).replace(" ", ",").split(",") if p]
+    if not names:
+        raise argparse.ArgumentTypeError("expected backends separated by commas, e.g. torch,tf")
+    out = []
+    for n in names:
+        b = _backend_name(n)
+        if b not in out:
+            out.append(b)
+    return out
+
+
+def _preset_name(text: str) -> str:
+    from . import presets
+    if str(text).lstrip().startswith("{"):
+        try:
+            presets.resolve(text)
+        except (ValueError, TypeError) as exc:
+            raise argparse.ArgumentTypeError(_one_line(exc)) from None
+        return text
+    if text not in presets.names():
+        raise argparse.ArgumentTypeError(f"unknown preset {text!r}; known presets: {', '.join(presets.names())}")
+    return text
+
+
+# =========================================================================== parser
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line on stderr (and exit status 2)."""
+
+    def error(self, message):  # noqa: D401  (argparse API)
+        hint = f" (see `{self.prog} --help`)"
+        self.exit(EXIT_USAGE, f"{PROG}: error: {_one_line(message)}{hint}\n")
+
+
+_WEIGHTS_HELP = ("loss-network (VGG) weights: 'imagenet' (cached ImageNet weights; see `resty weights`), "
+                 "'imagenet:keras', 'imagenet:torchvision', 'random:SEED' (seeded random weights; works "
+                 "offline; textures transfer, semantic style does not), or a weight file")
+
+
+def _add_common(p: argparse.ArgumentParser, *, weights: bool = True) -> None:
+    p.add_argument("--backend", type=_backend_name, default="torch",
+                   help="framework: torch (default) or tf")
+    p.add_argument("--device", default=None,
+                   help="device: cpu, cuda, cuda:1 (torch) / GPU:0 (tf); default: GPU if visible, else CPU")
+    if weights:
+        p.add_argument("--weights", default="imagenet", help=_WEIGHTS_HELP + " (default: imagenet)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog=PROG,
+        description="Resty: neural style transfer (Gatys 2015 and Johnson 2016) in PyTorch and "
+                    "TensorFlow, numerically equal.",
+        epilog="Run `resty demo` for a first look; `resty SUBCOMMAND --help` for each command's options.")
+    parser.add_argument("--version", action="version", version=f"resty {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    # ---- stylize
+    p = sub.add_parser("stylize", help="stylize an image (or a folder of images)",
+                       description="Stylize CONTENT (an image or a folder of images) with the STYLE image(s), "
+                                   "by Gatys optimisation (default) or a trained fast network (--method fast "
+                                   "--model FILE). The output is written atomically.")
+    p.add_argument("content", metavar="CONTENT", help="content image, or a folder of content images")
+    p.add_argument("styles", metavar="STYLE", nargs="*",
+                   help="style image(s); several are blended (see --style-weights). "
+                        "Not used with --method fast (the model's style is used)")
+    p.add_argument("-o", "--out", required=True, metavar="OUT",
+                   help="output image (.png, .jpg, ...); a folder when CONTENT is a folder")
+    p.add_argument("--method", choices=("gatys", "fast"), default="gatys", help="gatys (default) or fast")
+    p.add_argument("--model", metavar="FILE", help="trained fast model (.safetensors), for --method fast")
+    p.add_argument("--preset", type=_preset_name, default=None,
+                   help="settings bundle (see `resty presets`); default gatys2015 for Gatys")
+    p.add_argument("--size", type=_positive_int, default=None,
+                   help="longest side of the output in pixels (default: the preset's size for Gatys, "
+                        "the content's size for fast)")
+    p.add_argument("--iterations", type=_positive_int, default=None,
+                   help="Gatys loss/gradient evaluations (default: the preset's)")
+    p.add_argument("--style-weights", type=_float_list, default=None, metavar="W[,W...]",
+                   help="blend weights of several styles, e.g. 0.7,0.3 (normalised to sum 1)")
+    p.add_argument("--preserve-color", action="store_true", help="keep the content's colours")
+    p.add_argument("--seed", type=_nonneg_int, default=0, help="random seed (default 0)")
+    p.add_argument("--ext", default=".png", help="output extension for a folder of contents (default .png)")
+    _add_common(p)
+    p.set_defaults(func=cmd_stylize)
+
+    # ---- train
+    p = sub.add_parser("train", help="train a fast (feed-forward) style network",
+                       description="Train a Johnson-style feed-forward network on the images in --data to "
+                                   "reproduce STYLE; writes a canonical .safetensors model usable by both "
+                                   "backends.")
+    p.add_argument("style", metavar="STYLE", help="style image")
+    p.add_argument("--data", required=True, metavar="DIR", help="folder of training images (searched recursively)")
+    p.add_argument("--out", "-o", required=True, metavar="MODEL", help="output model file (.safetensors)")
+    p.add_argument("--preset", type=_preset_name, default="johnson2016",
+                   help="settings bundle (default johnson2016; see `resty presets`)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--steps", type=_positive_int, default=None, help="training steps (batches)")
+    g.add_argument("--epochs", type=_positive_int, default=None, help="passes over the data (default: the preset's)")
+    p.add_argument("--batch-size", type=_positive_int, default=None, help="images per step (default: the preset's)")
+    p.add_argument("--image-size", type=_positive_int, default=None, help="training crop size (default: the preset's)")
+    p.add_argument("--lr", type=_nonneg_float, default=None, help="Adam learning rate (default: the preset's)")
+    p.add_argument("--checkpoint-dir", metavar="DIR", default=None, help="write resumable checkpoints here")
+    p.add_argument("--checkpoint-every", type=_positive_int, default=None, help="steps between checkpoints")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --checkpoint-dir")
+    p.add_argument("--sample-every", type=_positive_int, default=None,
+                   help="every N steps, stylize a sample image into --sample-dir")
+    p.add_argument("--sample-image", metavar="IMAGE", default=None,
+                   help="image for the samples (default: the first training image)")
+    p.add_argument("--sample-dir", metavar="DIR", default=None,
+                   help="where samples go (default: MODEL's name + '_samples')")
+    p.add_argument("--seed", type=_nonneg_int, default=0, help="random seed (default 0)")
+    p.add_argument("--transformer-weights", default=None, metavar="W",
+                   help="initial transformer weights: 'random:SEED' (default random:SEED of --seed) or a model file")
+    _add_common(p)
+    p.set_defaults(func=cmd_train)
+
+    # ---- convert
+    p = sub.add_parser("convert", help="convert a trained fast model (torch, tf, onnx, savedmodel, keras)",
+                       description="Convert a trained fast model (canonical .safetensors, usable by both "
+                                   "backends as it is) to a framework's own format. torch: a .pt state dict "
+                                   "(or a .safetensors re-saved through torch); tf: a .weights.h5 (or "
+                                   ".safetensors through TensorFlow); onnx: torch.onnx export checked with "
+                                   "onnxruntime; savedmodel: a TensorFlow SavedModel folder; keras: a .keras file.")
+    p.add_argument("model", metavar="MODEL", help="trained fast model (.safetensors)")
+    p.add_argument("--to", required=True, choices=("torch", "tf", "onnx", "savedmodel", "keras"),
+                   help="target format")
+    p.add_argument("-o", "--out", required=True, metavar="OUT", help="output file (folder for savedmodel)")
+    p.add_argument("--opset", type=_positive_int, default=17, help="ONNX opset (default 17)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.set_defaults(func=cmd_convert)
+
+    # ---- weights
+    p = sub.add_parser("weights", help="list, import or verify VGG/model weight files",
+                       description="Manage the weight cache ($RESTY_HOME, default ~/.cache/resty).")
+    wsub = p.add_subparsers(dest="weights_command", metavar="ACTION", parser_class=_Parser)
+    wsub.required = True
+    q = wsub.add_parser("list", help="list cached weights")
+    q.add_argument("--json", action="store_true", help="machine-readable output")
+    q.set_defaults(func=cmd_weights_list)
+    q = wsub.add_parser("import", help="convert a weight file (Keras .h5, torchvision .pth, .safetensors) into the cache",
+                        description="Import ImageNet VGG weights downloaded elsewhere, e.g. "
+                                    "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5 (Keras) or "
+                                    "vgg19-dcbb9e9d.pth (torchvision; needs torch). Then --weights imagenet finds them.")
+    q.add_argument("path", metavar="PATH", help="weight file")
+    q.add_argument("--arch", choices=("vgg16", "vgg19"), default=None, help="architecture (default: detected)")
+    q.add_argument("--name", default=None, help="cache name (default: detected for the published files)")
+    q.add_argument("--overwrite", action="store_true", help="replace an existing cached file")
+    q.set_defaults(func=cmd_weights_import)
+    q = wsub.add_parser("verify", help="validate a canonical weight file and print its summary")
+    q.add_argument("path", metavar="PATH", help="canonical .safetensors file")
+    q.add_argument("--json", action="store_true", help="machine-readable output")
+    q.set_defaults(func=cmd_weights_verify)
+
+    # ---- presets
+    p = sub.add_parser("presets", help="list the presets, or show what one sets")
+    p.add_argument("name", metavar="NAME", nargs="?", default=None, help="preset to describe")
+    p.add_argument("--json", action="store_true", help="print the preset as JSON")
+    p.set_defaults(func=cmd_presets)
+
+    # ---- parity
+    p = sub.add_parser("parity", help="run the cross-framework parity report (python -m parity_tests --report)",
+                       add_help=False)
+    p.add_argument("args", nargs=argparse.REMAINDER, help="passed to python -m parity_tests")
+    p.set_defaults(func=cmd_parity)
+
+    # ---- demo
+    p = sub.add_parser("demo", help="stylize sample photos with both methods in both frameworks",
+                       description="Stylize scikit-image sample photos with Gatys and with a briefly trained "
+                                   "fast network, in each installed backend; writes DIR/demo.png (figure) and "
+                                   "DIR/timing.md / timing.json (seconds per image).")
+    p.add_argument("--out", default="resty-demo", metavar="DIR", help="output folder (default ./resty-demo)")
+    p.add_argument("--quick", action="store_true", help="smaller and shorter (about a minute on a laptop CPU)")
+    p.add_argument("--backends", type=_backend_list, default=None,
+                   help="comma-separated, e.g. torch,tf (default: every installed backend)")
+    p.add_argument("--size", type=_positive_int, default=None, help="longest side in pixels (default 128; --quick 96)")
+    p.add_argument("--iterations", type=_positive_int, default=None, help="Gatys iterations")
+    p.add_argument("--train-steps", type=_positive_int, default=None, help="fast-network training steps")
+    p.add_argument("--weights", default=None,
+                   help="VGG weights (default: ImageNet if cached, else random:0 with a notice)")
+    p.add_argument("--device", default=None, help="device for both backends (default: GPU if visible, else CPU)")
+    p.add_argument("--seed", type=_nonneg_int, default=0, help="random seed (default 0)")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+# =========================================================================== helpers
+def _check_readable_file(path: str, what: str) -> Path:
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise UsageError(f"{path}: no such {what}")
+    if p.is_dir():
+        raise UsageError(f"{path}: is a folder, expected a {what}")
+    if not os.access(p, os.R_OK):
+        raise UsageError(f"{path}: cannot read this {what} (permission denied)")
+    return p
+
+
+def _check_image(path: str, what: str):
+    """Load an image early, so a bad file fails before any model is built."""
+    from .images import load_image
+    _check_readable_file(path, what)
+    return load_image(str(Path(path).expanduser()))
+
+
+def _list_images(folder: Path) -> List[Path]:
+    found = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                   and not p.name.startswith("."))
+    if not found:
+        raise UsageError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
+    return found
+
+
+def _check_output(path: Path, overwrite: bool, what: str = "output") -> None:
+    if path.is_dir() and not overwrite:
+        raise OutputExistsError(f"{path}: already exists and is a folder (pass --overwrite to replace it)")
+    if path.is_dir() and path.suffix == "":
+        return
+    if os.path.lexists(path) and not overwrite:
+        raise OutputExistsError(f"{path}: already exists (pass --overwrite to replace it)")
+
+
+def _check_image_suffix(path: Path) -> None:
+    if path.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise UsageError(f"{path}: unknown image extension {path.suffix or '(none)'!r}; "
+                         f"use one of {', '.join(OUTPUT_SUFFIXES)}")
+
+
+def _backend(name: str):
+    from .backends import get_backend
+    return get_backend(name)
+
+
+def _preset_arg(text: Optional[str]):
+    from . import presets
+    return None if text is None else presets.resolve(text)
+
+
+def _fmt_seconds(s: float) -> str:
+    return f"{s:.2f} s" if s < 120 else f"{s / 60:.1f} min"
+
+
+# =========================================================================== stylize
+def cmd_stylize(args) -> int:
+    content = Path(args.content).expanduser()
+    if not content.exists():
+        raise UsageError(f"{args.content}: no such content image or folder")
+    out = Path(args.out).expanduser()
+    folder_mode = content.is_dir()
+    ext = args.ext if args.ext.startswith(".") else "." + args.ext
+    if folder_mode:
+        contents = _list_images(content)
+        if out.exists() and not out.is_dir():
+            raise UsageError(f"{out}: exists and is not a folder (CONTENT is a folder, so OUT must be one)")
+        _check_image_suffix(Path("x" + ext))
+        targets = [out / (c.stem + ext) for c in contents]
+    else:
+        contents = [content]
+        if out.is_dir():
+            out = out / (content.stem + "_stylized" + ext)
+        _check_image_suffix(out)
+        targets = [out]
+    for t in targets:
+        _check_output(t, args.overwrite)
+
+    if args.method == "gatys":
+        if args.model:
+            raise UsageError("--model is for --method fast; Gatys needs no model")
+        if not args.styles:
+            raise UsageError("give at least one STYLE image for --method gatys")
+        if args.style_weights is not None and len(args.style_weights) != len(args.styles):
+            raise UsageError(f"--style-weights has {len(args.style_weights)} value(s) for "
+                             f"{len(args.styles)} style image(s)")
+        if args.style_weights is not None and sum(args.style_weights) <= 0:
+            raise UsageError("--style-weights must not all be zero")
+        styles = [_check_image(s, "style image") for s in args.styles]
+    else:
+        if not args.model:
+            raise UsageError("--method fast needs --model FILE (train one with `resty train`)")
+        _check_readable_file(args.model, "model file")
+        if args.styles:
+            _note("note: STYLE ignored with --method fast (the model's own style is used)")
+        for opt in ("iterations", "style_weights", "preset"):
+            if getattr(args, opt) is not None:
+                _note(f"note: --{opt.replace('_', '-')} has no effect with --method fast")
+        styles = []
+    images = [_check_image(str(c), "content image") for c in contents]
+
+    backend = _backend(args.backend)
+    t0 = time.perf_counter()
+    if args.method == "gatys":
+        preset = _preset_arg(args.preset) or "gatys2015"
+        stylizer = backend.GatysStylizer(preset, weights=args.weights, device=args.device)
+    else:
+        stylizer = backend.FastStylizer.load(str(Path(args.model).expanduser()), weights=args.weights,
+                                             device=args.device)
+    setup = time.perf_counter() - t0
+
+    from .images import load_image, preserve_color, resize_longest, save_image
+    n = len(images)
+    times = []
+    for i, (img, src, target) in enumerate(zip(images, contents, targets)):
+        t1 = time.perf_counter()
+        if args.method == "gatys":
+            y = stylizer.stylize(img, styles if len(styles) > 1 else styles[0],
+                                 iterations=args.iterations, seed=args.seed,
+                                 style_weights=args.style_weights, image_size=args.size,
+                                 preserve_color=args.preserve_color, progress=not args.quiet)
+        else:
+            x = resize_longest(img, args.size) if args.size else img
+            y = stylizer.stylize(x, preserve_color=args.preserve_color)
+        times.append(time.perf_counter() - t1)
+        save_image(y, target, overwrite=args.overwrite)
+        prefix = f"[{i + 1}/{n}] " if n > 1 else ""
+        _say(f"{prefix}{src} -> {target} ({_fmt_seconds(times[-1])})")
+    if n > 1:
+        _say(f"stylized {n} images into {out} ({_fmt_seconds(sum(times) / n)} per image; "
+             f"setup {_fmt_seconds(setup)})")
+    return 0
+
+
+# =========================================================================== train
+def cmd_train(args) -> int:
+    style_img = _check_image(args.style, "style image")
+    data = Path(args.data).expanduser()
+    if not data.exists():
+        raise UsageError(f"{args.data}: no such training-data folder")
+    if not data.is_dir():
+        raise UsageError(f"{args.data}: is not a folder (--data takes a folder of images)")
+    from .common import list_training_images
+    items = list_training_images(str(data))
+    out = Path(args.out).expanduser()
+    if out.suffix.lower() != ".safetensors":
+        raise UsageError(f"{out}: a model is saved as .safetensors (convert it afterwards with `resty convert`)")
+    _check_output(out, args.overwrite)
+    if args.resume and not args.checkpoint_dir:
+        raise UsageError("--resume needs --checkpoint-dir (where the checkpoints are)")
+    if args.checkpoint_every and not args.checkpoint_dir:
+        raise UsageError("--checkpoint-every needs --checkpoint-dir")
+    sample_img = None
+    sample_dir = None
+    if args.sample_every:
+        sample_src = args.sample_image or items[0]
+        sample_img = _check_image(str(sample_src), "sample image")
+        sample_dir = Path(args.sample_dir).expanduser() if args.sample_dir else out.with_name(out.stem + "_samples")
+    elif args.sample_image or args.sample_dir:
+        raise UsageError("--sample-image/--sample-dir need --sample-every N")
+
+    preset = _preset_arg(args.preset)
+    backend = _backend(args.backend)
+    tw = args.transformer_weights or f"random:{args.seed}"
+    stylizer = backend.FastStylizer(preset, weights=args.weights, device=args.device, transformer_weights=tw)
+
+    # Samples are stylized from a reduced copy so they stay cheap.
+    from .images import resize_longest, save_image
+    if sample_img is not None:
+        size = args.image_size or stylizer.preset.training.image_size
+        if max(sample_img.shape[:2]) > 2 * size:
+            sample_img = resize_longest(sample_img, 2 * size)
+    written = []
+
+    def callback(step, *rest):
+        if sample_img is not None and step > 0 and step % args.sample_every == 0:
+            y = stylizer.stylize(sample_img)
+            target = sample_dir / f"step-{step:06d}.png"
+            save_image(y, target, overwrite=True)
+            written.append(target)
+        return None
+
+    t0 = time.perf_counter()
+    summary = stylizer.fit(str(data), style_img, steps=args.steps, epochs=args.epochs,
+                           batch_size=args.batch_size, image_size=args.image_size,
+                           checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every,
+                           resume=args.resume, seed=args.seed, progress=not args.quiet,
+                           callback=callback, lr=args.lr)
+    seconds = time.perf_counter() - t0
+    stylizer.save(str(out), overwrite=args.overwrite)
+    summary = summary or {}
+    steps = summary.get("steps") or len(getattr(stylizer, "history", []) or [])
+    skipped = summary.get("skipped") or getattr(stylizer, "skipped", []) or []
+    _say(f"trained {steps} steps in {_fmt_seconds(seconds)}; model written to {out}")
+    if written:
+        _say(f"{len(written)} sample image(s) in {sample_dir}")
+    if skipped:
+        _note(f"warning: skipped {len(skipped)} unreadable training image(s), e.g. {skipped[0]}")
+    return 0
+
+
+# =========================================================================== convert
+def cmd_convert(args) -> int:
+    model = _check_readable_file(args.model, "model file")
+    out = Path(args.out).expanduser()
+    _check_output(out, args.overwrite)
+    from .weights import load_weights
+    ws = load_weights(model, expect="transformer")
+    from . import backends
+    path = backends.convert_model(ws, args.to, out, overwrite=args.overwrite, opset=args.opset,
+                                  source=str(model))
+    _say(f"{model} -> {path} ({args.to})")
+    return 0
+
+
+# =========================================================================== weights
+def _human_bytes(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024.0
+    return f"{n} B"
+
+
+def cmd_weights_list(args) -> int:
+    from .weights import cache_dir, list_cached
+    entries = list_cached()
+    if args.json:
+        _say(json.dumps(entries, indent=2))
+        return 0
+    _say(f"weight cache: {cache_dir() / 'weights'}")
+    if not entries:
+        _say("  (empty) -- import ImageNet VGG weights with `resty weights import PATH`; "
+             "'random:SEED' weights need no file")
+        return 0
+    for e in entries:
+        if "error" in e:
+            _say(f"  {e['name']:<28} unreadable: {e['error']}")
+        else:
+            _say(f"  {e['name']:<28} {e.get('architecture') or '?':<12} {_human_bytes(e['size_bytes']):>9}  "
+                 f"{e.get('source') or ''}")
+    return 0
+
+
+def cmd_weights_import(args) -> int:
+    from . import weights as W
+    p = _check_readable_file(args.path, "weight file")
+    if W._sniff(p) == "torch":
+        # A .pth is a pickle: only the torch backend's safe loader may read it.
+        _backend("torch")
+    target = W.import_weights(p, args.arch, name=args.name, overwrite=args.overwrite)
+    meta = W.read_metadata(target)
+    _say(f"imported {p} -> {target} ({meta.get('architecture')}, {meta.get('source')})")
+    return 0
+
+
+def cmd_weights_verify(args) -> int:
+    from .weights import verify
+    p = _check_readable_file(args.path, "weight file")
+    info = verify(p)
+    if args.json:
+        _say(json.dumps(info, indent=2))
+        return 0
+    _say(f"{p}: OK")
+    for k in ("architecture", "source", "preprocessing", "n_tensors", "n_params", "dtype", "sha256"):
+        _say(f"  {k:<14} {info.get(k)}")
+    _say(f"  {'size':<14} {_human_bytes(info['size_bytes'])}")
+    if info.get("spec"):
+        _say(f"  {'spec':<14} {json.dumps(info['spec'], sort_keys=True)}")
+    return 0
+
+
+# =========================================================================== presets
+def cmd_presets(args) -> int:
+    from . import presets
+    if args.name is None:
+        if args.json:
+            _say(json.dumps({n: presets.get(n).to_dict() for n in presets.names()}, indent=2))
+            return 0
+        width = max(len(n) for n in presets.names())
+        for n in presets.names():
+            _say(f"{n:<{width}}  {presets.get(n).description}")
+        _say("\n`resty presets NAME` shows what a preset sets; use it with --preset NAME.")
+        return 0
+    p = presets.get(args.name)   # ValueError lists the known names
+    _say(p.to_json(indent=2) if args.json else p.describe())
+    return 0
+
+
+# =========================================================================== parity
+def cmd_parity(args) -> int:
+    rest = list(args.args or [])
+    if rest and rest[0] == "--":
+        rest = rest[1:]
+    if not rest:
+        rest = ["--report"]
+    try:
+        from parity_tests.__main__ import main as parity_main
+    except ImportError as exc:
+        raise RestyError(f"the parity tests are not available here ({_one_line(exc)}); they ship in the "
+                         "source tree: run `python -m parity_tests --report` from a clone") from None
+    rc = parity_main(rest)
+    return int(rc or 0)
+
+
+# =========================================================================== demo
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+    run_demo(out=args.out, quick=args.quick, backends=args.backends, size=args.size,
+             iterations=args.iterations, train_steps=args.train_steps, weights=args.weights,
+             device=args.device, seed=args.seed)
+    return 0
+
+
+# =========================================================================== main
+def _error(message: object) -> int:
+    print(f"{PROG}: error: {_one_line(message)}", file=sys.stderr, flush=True)
+    return EXIT_USAGE
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the ``resty`` command with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    try:
+        if argv and argv[0] == "parity" and not ({"-h", "--help"} & set(argv[1:2])):
+            # Everything after `parity` belongs to python -m parity_tests (argparse's REMAINDER
+            # would take options like --report for its own).
+            args = argparse.Namespace(command="parity", args=argv[1:], func=cmd_parity)
+        else:
+            args = parser.parse_args(argv)
+    except SystemExit as exc:   # --help, --version, or a usage error (already printed)
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else EXIT_USAGE)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr, flush=True)
+        return 130
+    except (RestyError, ValueError, FileNotFoundError, PermissionError, IsADirectoryError,
+            NotADirectoryError, FileExistsError) as exc:
+        if os.environ.get("RESTY_DEBUG"):
+            traceback.print_exc()
+        msg = str(exc) or type(exc).__name__
+        if isinstance(exc, OSError) and getattr(exc, "filename", None) and str(exc.filename) not in msg:
+            msg = f"{exc.filename}: {exc.strerror or msg}"
+        elif isinstance(exc, OSError) and getattr(exc, "filename", None) and exc.strerror:
+            msg = f"{exc.filename}: {exc.strerror}"
+        return _error(msg)
+    except OSError as exc:   # disk full, read-only file system, ...
+        if os.environ.get("RESTY_DEBUG"):
+            traceback.print_exc()
+        where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+        return _error(f"{where}{exc.strerror or exc}")
+    except MemoryError:
+        return _error("out of memory; try a smaller --size (or --batch-size)")
+    except Exception as exc:  # a bug: say so in one line; RESTY_DEBUG=1 shows where
+        if os.environ.get("RESTY_DEBUG"):
+            traceback.print_exc()
+        if "out of memory" in str(exc).lower() or "OutOfMemory" in type(exc).__name__ \
+                or "ResourceExhausted" in type(exc).__name__:
+            return _error("out of memory; try a smaller --size or --batch-size, or --device cpu")
+        print(f"{PROG}: internal error: {type(exc).__name__}: {_one_line(exc)} "
+              f"(set RESTY_DEBUG=1 for the traceback; please report it)", file=sys.stderr, flush=True)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
