@@ -84,7 +84,7 @@ class InstanceNormalization(keras.layers.Layer):
         out_dtype = x.dtype
         xf = _float32_if_half(x)
         mean, var = tf.nn.moments(xf, axes=[1, 2], keepdims=True)   # biased variance
-        y = (xf - mean) / tf.sqrt(var + tf.cast(self.epsilon, xf.dtype))
+        y = (xf - mean) / tf.sqrt(var + tf.constant(self.epsilon, xf.dtype))
         y = y * tf.cast(self.gamma, xf.dtype) + tf.cast(self.beta, xf.dtype)
         return tf.cast(y, out_dtype)
 
@@ -127,7 +127,7 @@ class TorchBatchNormalization(keras.layers.Layer):
             self.running_var.assign((1 - m) * self.running_var + m * tf.cast(unbiased, self.running_var.dtype))
         else:
             mean, var = tf.cast(self.running_mean, dt), tf.cast(self.running_var, dt)
-        y = (xf - mean) / tf.sqrt(var + tf.cast(self.epsilon, dt))
+        y = (xf - mean) / tf.sqrt(var + tf.constant(self.epsilon, dt))
         y = y * tf.cast(self.gamma, dt) + tf.cast(self.beta, dt)
         return tf.cast(y, out_dtype)
 

@@ -61,7 +61,7 @@ class TransformerNet(keras.Model):
         # Pad bottom/right up to a multiple of 4 so both stride-2 stages invert exactly.
         ph, pw = (-h0) % m, (-w0) % m
         x = tf.pad(x, [[0, 0], [0, ph], [0, pw], [0, 0]], mode="REFLECT")
-        x = x * tf.cast(spec.input_scale, x.dtype)
+        x = x * tf.constant(spec.input_scale, x.dtype)
         by = self._by_name
         for name in ("conv_in", "down1", "down2"):
             x = by[name](x, training=training)
@@ -75,7 +75,7 @@ class TransformerNet(keras.Model):
         if y.dtype in (tf.float16, tf.bfloat16):
             y = tf.cast(y, tf.float32)
         if spec.output_activation == "none":
-            y = y / tf.cast(spec.input_scale, y.dtype)
+            y = y / tf.constant(spec.input_scale, y.dtype)
         elif spec.output_activation == "sigmoid":
             y = tf.sigmoid(y)
         else:

@@ -55,7 +55,8 @@ class VGGFeatures(keras.Model):
                     conv.bias.assign(np.asarray(ws.tensors[f"{layer.name}.bias"]).astype(conv.bias.dtype))
                     conv.trainable = False
                     self.convs[layer.name] = conv
-            # Keep the preprocessing constants in the compute dtype of the first conv input.
+            # Python floats are turned into tensors with tf.constant(v, dtype), never tf.cast(v, dtype):
+            # tf.cast of a Python float goes through float32 first (1e-8 relative error in float64).
             prep = self.preprocessing
             self._order = list(prep.channel_index)
             self._scale = float(prep.scale)
@@ -79,7 +80,7 @@ class VGGFeatures(keras.Model):
         dt = x.dtype
         if self._order != [0, 1, 2]:
             x = tf.gather(x, self._order, axis=-1)
-        x = x * tf.cast(self._scale, dt)
+        x = x * tf.constant(self._scale, dt)
         return (x - tf.constant(self._mean, dt)) / tf.constant(self._std, dt)
 
     def call(self, images01, preprocess=True):
