@@ -1,0 +1,80 @@
+"""Device, dtype, mixed precision and TF32 control for the torch backend."""
+from __future__ import annotations
+
+import contextlib
+from typing import Optional, Union
+
+import torch
+
+from resty.errors import RestyError
+
+__all__ = ["resolve_device", "resolve_dtype", "autocast_dtype", "autocast", "set_tf32", "get_tf32"]
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+_PRECISIONS = {None: None, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+               "fp16": torch.float16, "float16": torch.float16}
+
+
+def resolve_device(device: Union[None, str, torch.device] = None) -> torch.device:
+    """``None`` picks CUDA when torch sees a GPU, else the CPU; strings as torch accepts them."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise RestyError(f"device: got {device!r}; use 'cpu', 'cuda' or 'cuda:N' ({exc})") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RestyError(f"device {device!r}: torch sees no CUDA GPU here; use device='cpu' or device=None")
+    return dev
+
+
+def resolve_dtype(dtype: Union[str, torch.dtype] = "float32") -> torch.dtype:
+    if isinstance(dtype, torch.dtype) and dtype in _DTYPES.values():
+        return dtype
+    if dtype in _DTYPES:
+        return _DTYPES[dtype]
+    raise RestyError(f"dtype: got {dtype!r}; allowed: 'float32', 'float64' (use precision='bf16'/'fp16' "
+                     "for mixed precision)")
+
+
+def autocast_dtype(precision: Optional[str]) -> Optional[torch.dtype]:
+    if precision not in _PRECISIONS:
+        raise RestyError(f"precision: got {precision!r}; allowed: None, 'bf16', 'fp16'")
+    return _PRECISIONS[precision]
+
+
+def autocast(device: torch.device, precision: Optional[torch.dtype]):
+    """An autocast context for ``precision`` (a torch half dtype), or a no-op for None."""
+    if precision is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=precision)
+
+
+def _new_api() -> bool:
+    # torch >= 2.9 has per-backend fp32_precision; mixing it with the legacy allow_tf32 flags
+    # is an error/warning in recent versions, so use exactly one of the two APIs.
+    return (hasattr(torch.backends.cuda.matmul, "fp32_precision")
+            and hasattr(getattr(torch.backends.cudnn, "conv", None), "fp32_precision"))
+
+
+def set_tf32(enabled: bool) -> None:
+    """Allow (or forbid) TF32 for float32 matmuls and convolutions on Ampere+ GPUs.
+
+    TF32 gives ~1e-3 relative feature error (DESIGN.md section 3): parity runs turn it off,
+    speed runs may turn it on.  Uses ``fp32_precision`` ("tf32"/"ieee") where present, else
+    the legacy ``allow_tf32`` flags, never both."""
+    if _new_api():
+        value = "tf32" if enabled else "ieee"
+        torch.backends.cuda.matmul.fp32_precision = value
+        torch.backends.cudnn.conv.fp32_precision = value
+    else:
+        torch.backends.cuda.matmul.allow_tf32 = bool(enabled)
+        torch.backends.cudnn.allow_tf32 = bool(enabled)
+
+
+def get_tf32() -> dict:
+    """The current TF32 settings (for logs and benchmark records)."""
+    if _new_api():
+        return {"matmul": torch.backends.cuda.matmul.fp32_precision,
+                "conv": torch.backends.cudnn.conv.fp32_precision}
+    return {"matmul": torch.backends.cuda.matmul.allow_tf32, "conv": torch.backends.cudnn.allow_tf32}

@@ -1,0 +1,230 @@
+"""Gatys et al. 2015: optimise the pixels of an image against VGG content and style losses."""
+from __future__ import annotations
+
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from resty import common
+from resty.errors import TrainingError
+from resty.images import preserve_color as _preserve_color, resize_to
+from resty.presets import Preset, resolve
+
+from . import losses as L
+from ._util import to_hwc, to_nchw
+from .device import autocast, autocast_dtype, resolve_device, resolve_dtype
+from .optim import lbfgs_outer_steps, make_adam, make_lbfgs
+from .vgg import VGGFeatures, loss_network_weights
+
+__all__ = ["GatysStylizer"]
+
+# Adam runs without host syncs; the loss history lives on the device and is checked for
+# NaN/inf every this many steps (and at the end), so a divergence stops within a few steps
+# and is reported with the exact first bad step.
+_CHECK_EVERY = 25
+
+
+class _Stop(Exception):
+    """Raised inside an L-BFGS closure when the callback asks to stop."""
+
+
+class GatysStylizer:
+    """Neural style transfer by optimisation (Gatys, Ecker, Bethge 2015).
+
+    Everything (layers, loss conventions, optimiser, init, sizes) comes from the preset;
+    keyword arguments of :meth:`stylize` override single settings for one call."""
+
+    def __init__(self, preset="gatys2015", weights="imagenet", device=None, dtype="float32",
+                 precision=None, compile=False, channels_last=False):
+        self.preset: Preset = resolve(preset)
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype)
+        self.precision = autocast_dtype(precision)
+        self.channels_last = bool(channels_last)
+        ws = loss_network_weights(weights, self.preset)
+        self.vgg = VGGFeatures(self.preset.vgg.arch, ws, self.preset.vgg.pooling,
+                               layers=self.preset.loss.all_layers, dtype=self.dtype, device=self.device)
+        if self.channels_last:
+            self.vgg.to(memory_format=torch.channels_last)
+        self._loss_fn = torch.compile(self._loss_eager) if compile else self._loss_eager
+        self.history: List[Dict] = []
+
+    # ------------------------------------------------------------------ pieces
+    def _tensor(self, img: np.ndarray) -> torch.Tensor:
+        return to_nchw(img, self.device, self.dtype, self.channels_last)
+
+    @torch.no_grad()
+    def _targets(self, content: np.ndarray, styles: Sequence[np.ndarray], blend: Sequence[float]):
+        """Content features and blended style Grams, computed once per scale (no grad)."""
+        loss = self.preset.loss
+        content_t: Dict[str, torch.Tensor] = {}
+        if loss.content_layers:
+            with autocast(self.device, self.precision):
+                f = self.vgg(self._tensor(content), layers=loss.content_layers)
+            content_t = {k: v.to(L.loss_dtype(v)) for k, v in f.items()}
+        grams: Dict[str, torch.Tensor] = {}
+        if loss.style_layers:
+            for s, w in zip(styles, blend):
+                with autocast(self.device, self.precision):
+                    f = self.vgg(self._tensor(s), layers=loss.style_layers)
+                for l in loss.style_layers:
+                    g = L.gram(f[l], loss.gram)[0] * w
+                    grams[l] = g if l not in grams else grams[l] + g
+        return content_t, grams
+
+    def _loss_eager(self, img: torch.Tensor, content_t, grams) -> torch.Tensor:
+        with autocast(self.device, self.precision):
+            feats = self.vgg(img)
+        return L.total_loss(feats, img, self.preset.loss, content_t, grams)
+
+    # ------------------------------------------------------------------ public
+    def loss_terms(self, image, content, style, style_weights=None) -> Dict[str, float]:
+        """The loss terms of ``image`` against ``content`` and ``style`` at their own sizes
+        (no resizing): ``{'total', 'content', 'style', 'tv'}`` as floats (for parity tests)."""
+        img = common.load_rgb(image)
+        c = common.load_rgb(content)
+        styles, blend = common.prepare_styles(style, style_weights)
+        ct, sg = self._targets(c, styles, blend)
+        with torch.no_grad():
+            terms = self._loss_fn(self._tensor(img), ct, sg)
+        return dict(zip(L.TERMS, (float(v) for v in terms.cpu())))
+
+    def stylize(self, content, style, *, iterations=None, seed=None, style_weights=None,
+                image_size=None, init=None, preserve_color=False, callback=None, progress=False,
+                optimizer=None, scales=None, style_scale=None) -> np.ndarray:
+        """Stylise ``content`` with ``style`` (one image or a list blended by
+        ``style_weights``).  Returns H×W×3 float32 in [0, 1] at the content's size, or with
+        longest side ``image_size`` (default: the preset's; the content's when that is None).
+
+        ``iterations`` counts loss/gradient evaluations, split over the coarse-to-fine
+        ``scales``.  ``callback(step, losses, image)`` is called after every evaluation and
+        stops the run by returning True.  A non-finite loss raises TrainingError naming the
+        step."""
+        cfg = self.preset.gatys
+        iterations = int(cfg.iterations if iterations is None else iterations)
+        seed = cfg.init_seed if seed is None else int(seed)
+        image_size = cfg.image_size if image_size is None else int(image_size)
+        init = cfg.init if init is None else init
+        optimizer = cfg.optimizer if optimizer is None else optimizer
+        scales = tuple(cfg.scales if scales is None else scales)
+        style_scale = cfg.style_scale if style_scale is None else float(style_scale)
+        if optimizer not in ("adam", "lbfgs"):
+            raise ValueError(f"optimizer: got {optimizer!r}; allowed: 'adam', 'lbfgs'")
+        cfg = cfg.replace(scales=scales, iterations=max(1, iterations))   # validates scales
+
+        _, content_img = common.prepare_content(content, image_size)
+        styles, blend = common.prepare_styles(style, style_weights)
+        plan = common.scale_plan(content_img.shape[:2], scales, iterations)
+        self.history = []
+        state = {"step": 0, "stop": False}
+        x: Optional[np.ndarray] = None
+        result: Optional[torch.Tensor] = None
+        with common.Progress(iterations, progress, desc=f"gatys {optimizer}") as bar:
+            for hw, n in plan:
+                content_s = content_img if hw == content_img.shape[:2] else resize_to(content_img, hw)
+                styles_s = [common.resize_style(s, hw, style_scale) for s in styles]
+                if result is None:
+                    x = common.init_image(init, content_s, styles[0], seed, cfg.noise_std)
+                else:
+                    x = resize_to(np.clip(to_hwc(result)[0], 0.0, 1.0), hw)
+                if n == 0:
+                    result = self._tensor(x)
+                    continue
+                ct, sg = self._targets(content_s, styles_s, blend)
+                run = self._run_adam if optimizer == "adam" else self._run_lbfgs
+                result = run(self._tensor(x), ct, sg, n, state, callback, bar)
+                if state["stop"]:
+                    break
+        out = np.clip(to_hwc(result)[0], 0.0, 1.0)
+        if out.shape[:2] != content_img.shape[:2]:    # stopped early at a coarse scale
+            out = resize_to(out, content_img.shape[:2])
+        if preserve_color:
+            out = _preserve_color(out, content_img)
+        return out.astype(np.float32)
+
+    # ------------------------------------------------------------------ optimisers
+    def _record(self, hist: torch.Tensor, n: int, offset: int, hw) -> None:
+        rows = hist[:n].detach().to("cpu", torch.float64).numpy()
+        for i, r in enumerate(rows):
+            self.history.append({"step": offset + i + 1, "size": list(hw),
+                                 **{k: float(v) for k, v in zip(L.TERMS, r)}})
+
+    @staticmethod
+    def _check(hist: torch.Tensor, lo: int, hi: int, offset: int) -> None:
+        """Raise for the first non-finite total in hist[lo:hi] (one host sync)."""
+        bad = ~torch.isfinite(hist[lo:hi, 0])
+        if bool(bad.any()):
+            i = lo + int(bad.nonzero()[0, 0])
+            raise TrainingError(common.nonfinite_message(float(hist[i, 0]), offset + i + 1))
+
+    def _run_adam(self, img0, ct, sg, n, state, callback, bar) -> torch.Tensor:
+        spec = self.preset.gatys.adam
+        clamp = self.preset.gatys.clamp
+        img = img0.detach().clone().requires_grad_(True)
+        opt = make_adam([img], spec, foreach=False)
+        hist = torch.empty((n, 4), dtype=L.loss_dtype(img), device=self.device)
+        offset, hw = state["step"], tuple(img.shape[-2:])
+        last_checked = 0
+        done = n
+        for i in range(n):
+            opt.zero_grad(set_to_none=True)
+            terms = self._loss_fn(img, ct, sg)
+            terms[0].backward()
+            opt.step()
+            if clamp:
+                with torch.no_grad():
+                    img.clamp_(0.0, 1.0)
+            hist[i] = terms.detach()
+            if callback is not None or (i + 1) % _CHECK_EVERY == 0 or i + 1 == n:
+                self._check(hist, last_checked, i + 1, offset)
+                if bar.bar is not None:
+                    bar.update(i + 1 - last_checked, dict(zip(L.TERMS, hist[i].tolist())))
+                last_checked = i + 1
+                if callback is not None:
+                    stop = callback(offset + i + 1, dict(zip(L.TERMS, hist[i].tolist())),
+                                    np.clip(to_hwc(img)[0], 0.0, 1.0))
+                    if stop:
+                        state["stop"] = True
+                        done = i + 1
+                        break
+        self._record(hist, done, offset, hw)
+        state["step"] = offset + done
+        return img.detach()
+
+    def _run_lbfgs(self, img0, ct, sg, n, state, callback, bar) -> torch.Tensor:
+        spec = self.preset.gatys.lbfgs
+        clamp = self.preset.gatys.clamp
+        img = img0.detach().clone().requires_grad_(True)
+        opt = make_lbfgs(img, spec)
+        hist = torch.empty((n, 4), dtype=L.loss_dtype(img), device=self.device)
+        offset, hw = state["step"], tuple(img.shape[-2:])
+        count = [0]
+
+        def closure():
+            opt.zero_grad(set_to_none=True)
+            terms = self._loss_fn(img, ct, sg)
+            terms[0].backward()
+            k = count[0]
+            hist[k] = terms.detach()
+            count[0] = k + 1
+            total = float(terms[0])        # L-BFGS reads the loss on the host anyway
+            common.check_finite(total, offset + k + 1)
+            if bar.bar is not None:
+                bar.update(1, dict(zip(L.TERMS, hist[k].tolist())))
+            if callback is not None and callback(offset + k + 1, dict(zip(L.TERMS, hist[k].tolist())),
+                                                 np.clip(to_hwc(img)[0], 0.0, 1.0)):
+                raise _Stop
+            return terms[0]
+
+        def project():
+            with torch.no_grad():
+                img.clamp_(0.0, 1.0)
+
+        try:
+            lbfgs_outer_steps(opt, closure, spec, n, lambda: count[0], project if clamp else None)
+        except _Stop:
+            state["stop"] = True
+        self._record(hist, count[0], offset, hw)
+        state["step"] = offset + count[0]
+        return img.detach()

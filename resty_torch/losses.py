@@ -1,0 +1,103 @@
+"""Loss conventions of :mod:`resty.losses`, in torch.
+
+Every factor comes from ``resty.losses`` (gram_divisor, style_scale, content_scale, tv_form).
+Grams and losses are always computed in float32 or float64, never in half precision: a raw
+Gram of ReLU features grows like H·W·|F|² and overflows float16 (65504) at moderate sizes,
+which is the classic "NaN in half precision" of style transfer.  So features are cast up,
+and autocast is disabled inside these functions (autocast would cast ``bmm`` back down).
+Scale factors are applied *before* squaring/multiplying (F / sqrt(divisor), (G−A)·sqrt(s))
+so even float32 keeps a wide margin at large images.
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, Mapping
+
+import torch
+
+from resty import losses as _conv
+from resty.specs import LossSpec
+
+__all__ = ["gram", "style_loss", "content_loss", "tv_loss", "total_loss", "loss_dtype"]
+
+
+def loss_dtype(t: torch.Tensor) -> torch.dtype:
+    """float64 stays float64; everything else (float32, bf16, fp16) is computed in float32."""
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def _no_autocast(t: torch.Tensor):
+    return torch.autocast(device_type=t.device.type, enabled=False)
+
+
+def gram(f: torch.Tensor, convention: str) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C, C): ``F Fᵀ / gram_divisor`` in float32 (float64 for float64 input)."""
+    b, c, h, w = f.shape
+    div = _conv.gram_divisor(convention, c, h, w)
+    with _no_autocast(f):
+        m = f.to(loss_dtype(f)).reshape(b, c, h * w)
+        if div != 1.0:
+            m = m * (1.0 / math.sqrt(div))
+        return torch.bmm(m, m.transpose(1, 2))
+
+
+def style_loss(f: torch.Tensor, target_gram: torch.Tensor, convention: str) -> torch.Tensor:
+    """One layer's style loss, averaged over the batch; ``target_gram`` (C, C) or (B, C, C)."""
+    b, c, h, w = f.shape
+    s = _conv.style_scale(convention, c, h, w)
+    g = gram(f, convention)
+    with _no_autocast(f):
+        d = (g - target_gram.to(g.dtype)) * math.sqrt(s)
+        return (d * d).sum(dim=(1, 2)).mean()
+
+
+def content_loss(f: torch.Tensor, target: torch.Tensor, convention: str) -> torch.Tensor:
+    """One layer's content loss, averaged over the batch."""
+    b, c, h, w = f.shape
+    s = _conv.content_scale(convention, c, h, w)
+    with _no_autocast(f):
+        dt = loss_dtype(f)
+        d = (f.to(dt) - target.to(dt)) * math.sqrt(s)
+        return (d * d).sum(dim=(1, 2, 3)).mean()
+
+
+def tv_loss(x: torch.Tensor, convention: str) -> torch.Tensor:
+    """Total variation of an NCHW batch, averaged over the batch."""
+    p, red = _conv.tv_form(convention)
+    with _no_autocast(x):
+        x = x.to(loss_dtype(x))
+        dh = x[:, :, 1:, :] - x[:, :, :-1, :]
+        dw = x[:, :, :, 1:] - x[:, :, :, :-1]
+        if p == 2:
+            ah, aw = dh * dh, dw * dw
+        else:
+            ah, aw = dh.abs(), dw.abs()
+        if red == "sum":
+            return (ah.sum(dim=(1, 2, 3)) + aw.sum(dim=(1, 2, 3))).mean()
+        return (ah.mean(dim=(1, 2, 3)) + aw.mean(dim=(1, 2, 3))).mean()
+
+
+def total_loss(features: Mapping[str, torch.Tensor], image: torch.Tensor, loss: LossSpec,
+               content_targets: Mapping[str, torch.Tensor], style_grams: Mapping[str, torch.Tensor]
+               ) -> torch.Tensor:
+    """``[total, content, style, tv]`` as one tensor (one object to record per step, so the
+    optimisation loop never has to read four scalars back from the device)."""
+    ref = next(iter(features.values()))
+    dt = loss_dtype(ref)
+    zero = torch.zeros((), dtype=dt, device=ref.device)
+    content = zero
+    for l, w in zip(loss.content_layers, loss.content_layer_weights):
+        if w:
+            content = content + w * content_loss(features[l], content_targets[l], loss.content)
+    style = zero
+    for l, w in zip(loss.style_layers, loss.style_layer_weights):
+        if w:
+            style = style + w * style_loss(features[l], style_grams[l], loss.gram)
+    content = content * loss.content_weight
+    style = style * loss.style_weight
+    tv = tv_loss(image, loss.tv) * loss.tv_weight if loss.tv_weight else zero
+    return torch.stack([content + style + tv, content, style, tv])
+
+
+TERMS = ("total", "content", "style", "tv")
+__all__.append("TERMS")

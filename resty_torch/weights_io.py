@@ -1,0 +1,59 @@
+"""torch-only weight I/O: the torchvision ``.pth`` reader and the torch.hub downloader.
+
+A ``.pth`` file is a pickle; ``torch.load(..., weights_only=True)`` refuses anything but
+tensors and plain containers, so a malicious file cannot run code.  Both hooks are
+registered with :mod:`resty.weights` when ``resty_torch`` is imported, so ``resolve_weights``
+(and the CLI) can read torchvision files and download into torch.hub's cache.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional
+
+import numpy as np
+import torch
+
+from resty import weights as _w
+from resty.errors import WeightsError
+
+__all__ = ["read_pth", "torch_hub_downloader", "register"]
+
+
+def _to_numpy(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu().numpy()
+    if isinstance(obj, Mapping):
+        return {k: _to_numpy(v) for k, v in obj.items()}
+    return obj
+
+
+def read_pth(path) -> Dict[str, np.ndarray]:
+    """Read a torch state-dict file into ``{key: np.ndarray}`` without unpickling code."""
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:   # torch raises pickle/Unpickling/Runtime errors of many kinds
+        raise WeightsError(f"{path}: cannot read the PyTorch file with weights_only=True "
+                           f"({' '.join(str(exc).split())[:200]})") from None
+    if isinstance(state, Mapping) and "state_dict" in state and isinstance(state["state_dict"], Mapping):
+        state = state["state_dict"]
+    if not isinstance(state, Mapping):
+        raise WeightsError(f"{path}: expected a state dict (a mapping of names to tensors), got {type(state).__name__}")
+    return {str(k): _to_numpy(v) for k, v in state.items()}
+
+
+def torch_hub_downloader(source) -> Optional[Path]:
+    """Download torchvision files through torch.hub into its cache, checking the SHA-256
+    prefix in the file name (torch.hub's own check).  Declines other sources."""
+    if getattr(source, "source", None) != "torchvision":
+        return None
+    dest = Path(source.framework_cache_path())
+    if dest.exists():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    torch.hub.download_url_to_file(source.url, str(dest), hash_prefix=source.sha256_prefix, progress=True)
+    return dest
+
+
+def register() -> None:
+    _w.register_pth_reader(read_pth)
+    _w.register_downloader(torch_hub_downloader)
