@@ -156,15 +156,16 @@ class GatysStylizer:
         try:
             with tf.device(self.device):
                 for hw, n_evals in plan:
-                    if n_evals <= 0:
-                        continue
                     c_img = content_img if hw == content_img.shape[:2] else _images.resize_to(content_img, hw)
                     s_imgs = [common.resize_style(s, hw, sscale) for s in styles]
-                    content_t, grams = self._targets(c_img, s_imgs, blend)
                     if x_np is None:
-                        x_np = common.init_image(mode, c_img, s_imgs[0], seed, cfg.noise_std)
+                        # The original first style, as resty_torch does (init='style' resizes it to H×W).
+                        x_np = common.init_image(mode, c_img, styles[0], seed, cfg.noise_std)
                     else:
-                        x_np = _images.resize_to(x_np, hw)
+                        x_np = _images.resize_to(np.clip(x_np, 0.0, 1.0), hw)
+                    if n_evals <= 0:
+                        continue
+                    content_t, grams = self._targets(c_img, s_imgs, blend)
                     run = self._run_adam if opt_name == "adam" else self._run_lbfgs
                     x_np, step0, stopped = run(x_np, content_t, grams, n_evals, step0, callback, bar)
                     if stopped:

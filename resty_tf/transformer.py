@@ -18,14 +18,16 @@ from .layers import SpecConv, TorchBatchNormalization, reflection_pad
 __all__ = ["TransformerNet"]
 
 
+@keras.saving.register_keras_serializable(package="resty_tf")
 class TransformerNet(keras.Model):
     """``TransformerNet(spec=None, weights=None, dtype="float32", device=None)``: NHWC RGB [0, 1]
     in, NHWC RGB [0, 1] units out (not clamped), any size (odd too), the input's size.
 
     The forward pass is exactly ``resty.reference.transformer_forward``: reflection-pad
     bottom/right to a multiple of 4, times ``input_scale``, conv_in, down1, down2, residual
-    blocks, up1, up2, conv_out, crop, output activation.  ``weights``: None keeps Keras's
-    initialisers; ``"random:SEED"``, a path or a WeightSet load canonical weights.
+    blocks, up1, up2, conv_out, crop, output activation.  ``weights``: ``"random:SEED"``, a
+    path or a WeightSet (canonical weights); None means ``"random:0"`` (as in resty_torch, so
+    both backends start from the same numbers).
     Under mixed precision (``precision="bf16"|"fp16"``) the output is cast back to float32.
     """
 
@@ -46,9 +48,8 @@ class TransformerNet(keras.Model):
                 b.build()
         self._by_name = {d.name: b for d, b in zip(self.defs, self.blocks)}
         self.built = True
-        if weights is not None:
-            ws = resolve_weights(weights, "transformer", spec=self.spec)
-            self.load_canonical(ws.tensors)
+        ws = resolve_weights(weights if weights is not None else "random:0", "transformer", spec=self.spec)
+        self.load_canonical(ws.tensors)
         assert_compute_dtype(self, policy.compute_dtype)
 
     # ------------------------------------------------------------------ forward
@@ -81,6 +82,17 @@ class TransformerNet(keras.Model):
         else:
             y = (tf.tanh(y) + 1.0) / 2.0
         return y
+
+    # ------------------------------------------------------------------ Keras serialisation
+    def get_config(self):
+        """Enough to rebuild the architecture (``.keras`` files); weights are saved by Keras."""
+        return {"spec": self.spec.to_dict(), "dtype": self.resty_dtype, "precision": self.precision,
+                "name": self.name}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(TransformerSpec.from_dict(config["spec"]), None, dtype=config.get("dtype", "float32"),
+                   precision=config.get("precision"), name=config.get("name", "transformer"))
 
     # ------------------------------------------------------------------ canonical weights
     def state_dict_canonical(self) -> Dict[str, np.ndarray]:

@@ -1,0 +1,393 @@
+"""Johnson et al. 2016 on TensorFlow: train a feed-forward transformer, then stylise in one pass.
+
+Data, batch order, crops, skipped-file accounting and the checkpoint layout are the core's
+(:mod:`resty.common`) and follow ``resty_torch.fast`` decision for decision, so a run gives
+the same batches in either backend, after a resume, with any number of loader threads.
+Images are decoded and resized by the core (Pillow) inside a ``tf.data`` pipeline
+(``tf.numpy_function`` in a parallel, order-preserving ``map`` plus ``prefetch``), never by
+``tf.image``.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from resty import common
+from resty import weights as W
+from resty.errors import RestyError, TrainingError
+from resty.images import preserve_color as _preserve_color, resize_longest
+from resty.presets import Preset, get as get_preset, resolve
+
+from . import losses as L
+from .device import dtype_policy, resolve_device
+from .optim import TorchAdam
+from .transformer import TransformerNet
+from .vgg import VGGFeatures
+
+__all__ = ["FastStylizer"]
+
+TERMS = ("total", "content", "style", "tv")
+
+
+class FastStylizer:
+    """Feed-forward style transfer (Johnson et al. 2016 with instance norm); see
+    docs/BACKEND_API.md.  The VGG loss network is only built when :meth:`fit` needs it, so a
+    trained model loads and stylises without ImageNet weights.  ``compile=True`` runs the
+    training and inference steps with XLA (``tf.function(jit_compile=True)``)."""
+
+    def __init__(self, preset="johnson2016", weights="imagenet", device=None, dtype: str = "float32",
+                 transformer_weights=None, precision=None, compile: bool = False):
+        self.preset: Preset = resolve(preset)
+        self.device = resolve_device(device)
+        self.dtype = dtype
+        self.precision = precision
+        dtype_policy(dtype, precision)          # validates the pair early
+        self.tf_dtype = tf.float64 if dtype == "float64" else tf.float32
+        self.weights = weights
+        self.jit_compile = bool(compile)
+        tw = transformer_weights
+        if tw is None:
+            tw = f"random:{self.preset.training.seed}"
+        if isinstance(tw, W.WeightSet) and tw.spec != self.preset.transformer:
+            self.preset = self.preset.replace(transformer=tw.spec)
+        self.net = TransformerNet(self.preset.transformer, tw, dtype=dtype, device=self.device, precision=precision)
+        self._vgg: Optional[VGGFeatures] = None
+        self._infer = None
+        self.history: List[Dict] = []
+        self.skipped: List[str] = []
+        self.skipped_count = 0
+        self.step = 0
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def vgg(self) -> VGGFeatures:
+        if self._vgg is None:
+            p = self.preset
+            self._vgg = VGGFeatures(p.vgg.arch, self.weights, p.vgg.pooling, layers=p.fast_loss.all_layers,
+                                    dtype=self.dtype, device=self.device, preprocessing=p.preprocessing_name,
+                                    precision=self.precision)
+        return self._vgg
+
+    def _style_grams(self, style, style_weights, style_size) -> Dict[str, tf.Tensor]:
+        loss = self.preset.fast_loss
+        styles, blend = common.prepare_styles(style, style_weights)
+        grams: Dict[str, tf.Tensor] = {}
+        for s, w in zip(styles, blend):
+            if style_size is not None:
+                s = resize_longest(s, style_size)
+            f = self.vgg(tf.convert_to_tensor(s[None].astype(self.tf_dtype.as_numpy_dtype)))
+            for l in loss.style_layers:
+                g = L.gram(f[l], loss.gram)[0] * tf.constant(w, L.loss_dtype(f[l]))
+                grams[l] = g if l not in grams else grams[l] + g
+        return grams
+
+    def _variables(self):
+        cv = self.net.canonical_variables()
+        return list(cv.keys()), list(cv.values())
+
+    # ------------------------------------------------------------------ checkpoints
+    def _checkpoint_tensors(self, opt: TorchAdam, names) -> Dict[str, np.ndarray]:
+        t = {f"net.{k}": v for k, v in self.net.state_dict_canonical().items()}
+        m = {n: self.net.to_canonical_layout(n, a.numpy()) for n, a in zip(names, opt.m)}
+        v = {n: self.net.to_canonical_layout(n, a.numpy()) for n, a in zip(names, opt.v)}
+        t.update(common.adam_state_to_tensors(int(opt.step.numpy()), m, v))
+        return t
+
+    def _save_checkpoint(self, ckdir, step, opt, names, sched, total, settings, keep) -> Path:
+        epoch, pos = sched.epoch_position(step)
+        meta = {"step": step, "epoch": epoch, "position": pos, "total_steps": total,
+                "settings": settings, "rng": {}, "history": self.history, "skipped": self.skipped,
+                "skipped_count": self.skipped_count, "preset": self.preset.to_dict(),
+                "backend": "tf", "dtype": self.dtype}
+        # No framework RNG is used in training (crops and order are pure functions of the
+        # seed and step), so "rng" is empty: nothing else is needed to resume exactly.
+        return common.save_checkpoint(ckdir, step, self._checkpoint_tensors(opt, names), meta, keep=keep)
+
+    def _restore(self, path, opt: TorchAdam, names, settings) -> int:
+        tensors, meta = common.load_checkpoint(path)
+        old = meta.get("settings", {})
+        diff = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
+        if diff:
+            raise RestyError(f"{path}: cannot resume: the checkpoint was made with different settings "
+                             f"({', '.join(f'{k} {a!r} -> {b!r}' for k, (a, b) in diff.items())})")
+        self.net.load_canonical({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
+        step, m, v = common.adam_state_from_tensors(tensors)
+        if m:
+            opt.set_state(step, [self.net.from_canonical_layout(n, m[n]) for n in names],
+                          [self.net.from_canonical_layout(n, v[n]) for n in names])
+        self.history = list(meta.get("history", []))
+        self.skipped = list(meta.get("skipped", []))
+        self.skipped_count = int(meta.get("skipped_count", 0))
+        return int(meta["step"])
+
+    # ------------------------------------------------------------------ data
+    def _dataset(self, items, sched, size, seed, start, total, workers, max_bs):
+        """tf.data over the steps ``start .. total-1``: each element is one whole batch
+        ``(crops (n, S, S, 3), bad-slot mask (max_bs,), step)``; unreadable items are left out
+        of the crops and flagged in the mask."""
+        np_dtype = self.tf_dtype.as_numpy_dtype
+
+        def load(step):
+            step = int(step)
+            idx = sched.batch(step)
+            crops, bad = [], np.zeros(max_bs, np.bool_)
+            for slot, i in enumerate(idx):
+                c = common.load_training_item(items[i], size, seed, step, slot)
+                if c is None:
+                    bad[slot] = True
+                else:
+                    crops.append(c)
+            x = np.stack(crops).astype(np_dtype) if crops else np.zeros((0, size, size, 3), np_dtype)
+            return x, bad
+
+        def tf_load(step):
+            x, bad = tf.numpy_function(load, [step], [self.tf_dtype, tf.bool], stateful=False)
+            x.set_shape([None, size, size, 3])
+            bad.set_shape([max_bs])
+            return x, bad, step
+
+        ds = tf.data.Dataset.range(start, total)
+        ds = ds.map(tf_load, num_parallel_calls=max(1, workers) if workers else None, deterministic=True)
+        opts = tf.data.Options()
+        opts.threading.private_threadpool_size = max(1, workers) if workers else 0
+        return ds.with_options(opts).prefetch(max(2, workers))
+
+    # ------------------------------------------------------------------ training
+    def _make_train_step(self, opt: TorchAdam, variables, grams):
+        loss = self.preset.fast_loss
+        vgg, net = self.vgg, self.net
+        fp16 = self.precision == "fp16"
+        scale = tf.Variable(2.0 ** 15, trainable=False, dtype=tf.float32) if fp16 else None
+        self._loss_scale = scale
+
+        @tf.function(jit_compile=self.jit_compile, reduce_retracing=True)
+        def step(x):
+            fx = {l: tf.stop_gradient(v) for l, v in vgg(x).items() if l in loss.content_layers}
+            with tf.GradientTape() as tape:
+                y = net(x, training=True)
+                terms = L.total_loss(vgg(y), y, loss, fx, grams)
+                objective = terms["total"] * scale if fp16 else terms["total"]
+            g = tape.gradient(objective, variables)
+            if fp16:
+                # Dynamic loss scaling: float16 gradients underflow without it.  A step with
+                # non-finite gradients is skipped and the scale halved (torch's GradScaler).
+                g = [gi / scale for gi in g]
+                ok = tf.reduce_all([tf.reduce_all(tf.math.is_finite(gi)) for gi in g])
+
+                def apply_ok():
+                    opt.apply(g)
+                    return tf.constant(True)
+
+                def skip():
+                    scale.assign(scale / 2.0)
+                    return tf.constant(False)
+                tf.cond(ok, apply_ok, skip)
+            else:
+                opt.apply(g)
+            return tf.stack([tf.cast(terms[k], tf.float64) for k in TERMS])
+
+        return step
+
+    def fit(self, images, style, *, steps=None, epochs=None, batch_size=None, image_size=None,
+            checkpoint_dir=None, checkpoint_every=None, resume=False, seed=None, num_workers=None,
+            progress=False, callback=None, lr=None, style_weights=None) -> Dict[str, Any]:
+        """Train the transformer on ``images`` (a folder, a list of paths, or an iterable of
+        arrays) to reproduce ``style``.  Returns a summary dict (steps, history, skipped, ...).
+
+        Batches are a pure function of ``(seed, step)``, so ``resume=True`` continues from the
+        newest checkpoint in ``checkpoint_dir`` to the same weights an uninterrupted run
+        reaches.  Unreadable images are skipped and listed in ``skipped``.
+        ``callback(step, losses, None)`` returning True stops (after writing a checkpoint when a
+        directory is given).  A non-finite loss raises TrainingError naming the step."""
+        tc = self.preset.training
+        if steps is None and epochs is None:
+            steps, epochs = tc.steps, tc.epochs
+        bs = int(batch_size or tc.batch_size)
+        size = int(image_size or tc.image_size)
+        seed = int(tc.seed if seed is None else seed)
+        workers = int(tc.num_workers if num_workers is None else num_workers)
+        ck_every = int(checkpoint_every or tc.checkpoint_every)
+        items = common.list_training_images(images)
+        sched = common.BatchSchedule(len(items), bs, seed)
+        total = sched.total_steps(steps, epochs)
+        settings = {"n_items": len(items), "batch_size": sched.batch_size, "image_size": size, "seed": seed,
+                    "lr": float(lr if lr is not None else tc.adam.lr)}
+
+        with tf.device(self.device):
+            names, variables = self._variables()
+            opt = TorchAdam(tc.adam, variables, lr=lr)
+            start = 0
+            if not resume:
+                self.history, self.skipped, self.skipped_count = [], [], 0
+            elif checkpoint_dir is not None and common.latest_checkpoint(checkpoint_dir) is not None:
+                start = self._restore(common.latest_checkpoint(checkpoint_dir), opt, names, settings)
+            grams = self._style_grams(style, style_weights, tc.style_size)
+            train_step = self._make_train_step(opt, variables, grams)
+            ds = self._dataset(items, sched, size, seed, start, total, workers, sched.batch_size)
+
+            n = max(0, total - start)
+            pending: List[tuple] = []          # (step, terms tensor or None) not yet on the host
+            last_ck = start
+            t0 = time.perf_counter()
+            seen = 0
+            stopped = False
+            self.step = start
+
+            def flush():
+                for s, t in pending:
+                    if t is None:
+                        self.history.append({"step": s, "skipped_batch": True})
+                        continue
+                    r = t.numpy()
+                    if not np.isfinite(r[0]):
+                        pending.clear()
+                        raise TrainingError(common.nonfinite_message(float(r[0]), s))
+                    self.history.append({"step": s, **{k: float(v) for k, v in zip(TERMS, r)}})
+                pending.clear()
+
+            with common.Progress(n, progress, desc="fit", unit="step") as bar:
+                for x, bad, s in ds:
+                    s = int(s)
+                    bad = bad.numpy()
+                    if bad.any():
+                        idx = sched.batch(s)
+                        names_bad = [common.item_name(items[idx[j]], idx[j]) for j in np.flatnonzero(bad)
+                                     if j < len(idx)]
+                        self.skipped_count += len(names_bad)
+                        self.skipped.extend(k for k in names_bad if k not in self.skipped)
+                    done = s + 1
+                    if x.shape[0] == 0:
+                        pending.append((done, None))
+                    else:
+                        seen += int(x.shape[0])
+                        pending.append((done, train_step(x)))
+                    due_ck = checkpoint_dir is not None and done % ck_every == 0
+                    if callback is not None or due_ck or done % tc.log_every == 0 or done == total:
+                        k = len(pending)
+                        flush()
+                        last = self.history[-1] if self.history else {}
+                        bar.update(k, {t: last[t] for t in TERMS if t in last})
+                    self.step = done
+                    if due_ck:
+                        self._save_checkpoint(checkpoint_dir, done, opt, names, sched, total, settings,
+                                              tc.keep_checkpoints)
+                        last_ck = done
+                    if callback is not None:
+                        last = self.history[-1] if self.history else {}
+                        if callback(done, {t: last[t] for t in TERMS if t in last}, None):
+                            stopped = True
+                            break
+            flush()
+            if checkpoint_dir is not None and self.step > last_ck:
+                self._save_checkpoint(checkpoint_dir, self.step, opt, names, sched, total, settings,
+                                      tc.keep_checkpoints)
+        seconds = time.perf_counter() - t0
+        return {"steps": self.step, "start_step": start, "total_steps": total, "stopped": stopped,
+                "history": self.history, "skipped": list(self.skipped), "skipped_count": self.skipped_count,
+                "images_seen": seen, "seconds": seconds,
+                "images_per_second": seen / seconds if seconds > 0 else float("nan"),
+                "checkpoint": str(common.latest_checkpoint(checkpoint_dir)) if checkpoint_dir else None}
+
+    # ------------------------------------------------------------------ inference
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        if self._infer is None:
+            net = self.net
+
+            @tf.function(jit_compile=self.jit_compile, reduce_retracing=True)
+            def infer(x):
+                return tf.clip_by_value(tf.cast(net(x, training=False), self.tf_dtype), 0.0, 1.0)
+            self._infer = infer
+        with tf.device(self.device):
+            y = self._infer(tf.convert_to_tensor(np.asarray(batch, self.tf_dtype.as_numpy_dtype)))
+        return y.numpy()
+
+    def stylize(self, images, *, preserve_color=False, tile=None, overlap=32, batch_size=None):
+        """Stylise one image (-> H×W×3 float32) or several (a list or a B×H×W×3 array -> a
+        list, or an array for an array).  Each output has its input's size.  ``tile`` (px)
+        runs large images in overlapping tiles blended with linear ramps."""
+        arrays, single = common.as_image_list(images)
+        bs = int(batch_size or 1)
+        outs: List[Optional[np.ndarray]] = [None] * len(arrays)
+        if tile:
+            for k, a in enumerate(arrays):
+                outs[k] = common.tiled_apply(a, lambda t: self._run(t[None])[0], int(tile), int(overlap))
+        else:
+            k = 0
+            while k < len(arrays):
+                j = k + 1   # group consecutive same-size images into one batch
+                while j < len(arrays) and j - k < bs and arrays[j].shape == arrays[k].shape:
+                    j += 1
+                res = self._run(np.stack(arrays[k:j]))
+                for m in range(k, j):
+                    outs[m] = res[m - k]
+                k = j
+        if preserve_color:
+            outs = [_preserve_color(o, a) for o, a in zip(outs, arrays)]
+        outs = [np.ascontiguousarray(o, dtype=np.float32) for o in outs]
+        if single:
+            return outs[0]
+        if isinstance(images, np.ndarray):
+            return np.stack(outs)
+        return outs
+
+    # ------------------------------------------------------------------ files
+    def save(self, path, *, overwrite=False) -> Path:
+        """Canonical safetensors file (resty.weights) with the TransformerSpec and the preset
+        JSON in the metadata: loadable by either backend."""
+        tensors = {k: np.asarray(v, np.float32) if self.dtype != "float64" else v
+                   for k, v in self.net.state_dict_canonical().items()}
+        ws = W.WeightSet(tensors, "transformer",
+                         source=f"resty_tf FastStylizer ({self.preset.name})", spec=self.preset.transformer,
+                         extra={"preset": self.preset.to_dict(), "steps": int(self.step),
+                                "skipped_count": int(self.skipped_count)})
+        return W.save_weights(path, ws, overwrite=overwrite)
+
+    @classmethod
+    def load(cls, path, *, weights="imagenet", device=None, dtype="float32", **kw) -> "FastStylizer":
+        """A stylizer from a file written by :meth:`save` (either backend)."""
+        ws = W.load_weights(path, expect="transformer")
+        preset_d = ws.extra.get("preset")
+        preset = resolve(preset_d) if preset_d else get_preset("johnson2016")
+        if preset.transformer != ws.spec:
+            preset = preset.replace(transformer=ws.spec)
+        obj = cls(preset, weights=weights, device=device, dtype=dtype, transformer_weights=ws, **kw)
+        obj.step = int(ws.extra.get("steps", 0))
+        return obj
+
+    def export(self, path, format: str = "savedmodel") -> Path:
+        """Export the trained transformer for serving.
+
+        ``format="savedmodel"``: a TensorFlow SavedModel directory whose ``serving_default``
+        signature maps ``images`` (B, H, W, 3) float32 RGB [0, 1] (any H, W) to ``stylized``
+        (clamped to [0, 1]); loadable with ``tf.saved_model.load`` without Resty.
+        ``format="keras"``: a ``.keras`` file (``keras.saving.load_model`` needs ``resty_tf``
+        imported, which registers the custom layers).
+        """
+        p = Path(path)
+        if format == "savedmodel":
+            if p.exists():
+                raise RestyError(f"{p}: already exists; choose a new directory for the SavedModel")
+            module = tf.Module()
+            module.net = self.net
+            net = self.net
+
+            @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32, name="images")])
+            def serve(images):
+                y = net(tf.cast(images, net.compute_dtype), training=False)
+                return {"stylized": tf.clip_by_value(tf.cast(y, tf.float32), 0.0, 1.0)}
+            module.serve = serve
+            tf.saved_model.save(module, str(p), signatures={"serving_default": serve})
+            return p
+        if format == "keras":
+            if p.suffix != ".keras":
+                raise RestyError(f"{p}: a Keras export needs the .keras extension")
+            if p.exists():
+                raise RestyError(f"{p}: already exists")
+            self.net.save(str(p))
+            return p
+        raise RestyError(f"export format: got {format!r}; allowed: 'savedmodel', 'keras'")
