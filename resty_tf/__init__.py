@@ -7,6 +7,9 @@ to know comes from the framework-free core (``resty``).
 from .device import resolve_device, set_tf32  # noqa: F401  (sets KERAS_BACKEND first)
 from .transformer import TransformerNet
 from .vgg import VGGFeatures
+from . import weights_io as _weights_io
+
+_weights_io.register()   # keras.utils.get_file downloads for 'imagenet:keras'
 
 __all__ = ["GatysStylizer", "FastStylizer", "TransformerNet", "VGGFeatures", "set_tf32", "resolve_device"]
 
