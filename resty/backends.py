@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import json
 import os
 import sys
 from dataclasses import dataclass
@@ -138,3 +139,200 @@ def framework_version(name: str) -> str:
     get_backend(b.name)
     mod = sys.modules[b.frameworks[0]]
     return str(getattr(mod, "__version__", "?"))
+
+
+# =========================================================================== conversion
+CONVERT_TARGETS = ("torch", "tf", "onnx", "savedmodel", "keras")
+
+
+def _atomic_dir(target, overwrite: bool, write) -> None:
+    """Write a folder (or a file whose writer insists on its own name) atomically: ``write(tmp)``
+    into a temporary sibling, then rename it onto ``target``."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from .errors import OutputExistsError
+    target = Path(target)
+    if os.path.lexists(target) and not overwrite:
+        raise OutputExistsError(f"{target}: already exists (pass --overwrite to replace it)")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmpdir = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent))
+    try:
+        staged = tmpdir / target.name
+        write(staged)
+        if os.path.lexists(target):
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            else:
+                target.unlink()
+        os.replace(staged, target)
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def _canonical_from(net, ws):
+    """A transformer WeightSet with ``net``'s tensors and ``ws``'s description."""
+    import dataclasses
+
+    import numpy as np
+    tensors = {k: np.asarray(v) for k, v in net.state_dict_canonical().items()}
+    return dataclasses.replace(ws, tensors=tensors)
+
+
+def _check_close(got, want, what: str, tol: float = 1e-3) -> float:
+    import numpy as np
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    if got.shape != want.shape:
+        raise RestyError(f"{what}: the converted model gives shape {got.shape}, expected {want.shape}")
+    err = float(np.max(np.abs(got - want))) if got.size else 0.0
+    if not err <= tol:
+        raise RestyError(f"{what}: the converted model differs from the original by {err:.3g} (> {tol:g})")
+    return err
+
+
+def _probe_inputs(seed: int = 0):
+    """Two small inputs to check a converted model against the original.  The first has sides
+    that are not multiples of 4, so a traced export (ONNX) records the padding branch of the
+    forward pass; the second has other sizes (multiples of 4) to prove the export is size-generic."""
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    return [rng.random((1, 3, 29, 19), dtype=np.float32), rng.random((2, 3, 36, 44), dtype=np.float32)]
+
+
+def convert_model(ws, to: str, out, *, overwrite: bool = False, opset: int = 17, source: str = "") -> "os.PathLike":
+    """Convert a trained transformer (a canonical :class:`resty.weights.WeightSet`) to ``to``.
+
+    * ``torch``: ``.pt``/``.pth`` -> ``{"state_dict", "spec"}`` saved with ``torch.save`` (loadable
+      with ``weights_only=True``); ``.safetensors`` -> canonical file re-saved through resty_torch.
+    * ``tf``: ``.weights.h5`` -> Keras ``save_weights``; ``.safetensors`` -> canonical through resty_tf.
+    * ``onnx``: ``torch.onnx.export`` of resty_torch's TransformerNet (NCHW float32 RGB in [0, 1],
+      dynamic batch/height/width), checked against torch with onnxruntime on two sizes.
+    * ``savedmodel``: resty_tf's SavedModel export, signature ``serving_default(images)`` taking
+      NHWC float32 RGB in [0, 1] of any size (output clamped), checked after reloading.
+    * ``keras``: a ``.keras`` file (``keras.saving.load_model`` reads it back with resty_tf
+      imported), checked after reloading.
+
+    Every output is written atomically and checked; returns its path.
+    """
+    from pathlib import Path
+
+    import numpy as np
+
+    from .errors import OutputExistsError
+    from .images import atomic_path
+    from .weights import save_weights
+
+    if to not in CONVERT_TARGETS:
+        raise RestyError(f"unknown target {to!r}; allowed: {', '.join(CONVERT_TARGETS)}")
+    if ws.architecture != "transformer":
+        raise RestyError(f"{source or 'model'}: is {ws.architecture} weights, not a trained fast model")
+    out = Path(out)
+    if os.path.lexists(out) and not overwrite:
+        raise OutputExistsError(f"{out}: already exists (pass --overwrite to replace it)")
+    name = out.name.lower()
+    probes = _probe_inputs()
+
+    if to in ("torch", "onnx"):
+        torch_b = get_backend("torch")
+        import torch
+        net = torch_b.TransformerNet(ws.spec, weights=ws, device="cpu")
+        net.eval()
+        with torch.no_grad():
+            ref = [net(torch.from_numpy(p)).numpy() for p in probes]
+        if to == "torch":
+            if name.endswith(".safetensors"):
+                return save_weights(out, _canonical_from(net, ws), overwrite=overwrite)
+            if not name.endswith((".pt", ".pth")):
+                raise RestyError(f"{out}: for --to torch use a .pt/.pth (state dict) or .safetensors file")
+            payload = {"state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()},
+                       "spec": ws.spec.to_json(), "extra": json.dumps(ws.extra, sort_keys=True),
+                       "format": "resty-transformer-torch"}
+            with atomic_path(out, overwrite=overwrite) as tmp:
+                torch.save(payload, tmp)
+            back = torch.load(out, weights_only=True)
+            net2 = torch_b.TransformerNet(ws.spec, weights=None, device="cpu")
+            net2.load_state_dict(back["state_dict"])
+            net2.eval()
+            with torch.no_grad():
+                _check_close(net2(torch.from_numpy(probes[0])).numpy(), ref[0], str(out), tol=0.0)
+            return out
+        if not name.endswith(".onnx"):
+            raise RestyError(f"{out}: for --to onnx use a .onnx file")
+        import warnings
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise BackendUnavailableError("ONNX export is checked with onnxruntime: "
+                                          "pip install 'resty[onnx]'") from None
+
+        def write(path):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                kwargs = dict(input_names=["image"], output_names=["stylized"], opset_version=int(opset),
+                              dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"},
+                                            "stylized": {0: "batch", 2: "height", 3: "width"}})
+                try:
+                    torch.onnx.export(net, (torch.from_numpy(probes[0]),), str(path), dynamo=False, **kwargs)
+                except TypeError:   # torch without the dynamo switch
+                    torch.onnx.export(net, (torch.from_numpy(probes[0]),), str(path), **kwargs)
+            sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            for p, r in zip(probes, ref):
+                _check_close(sess.run(None, {"image": p})[0], r, f"{out} (onnxruntime)", tol=1e-3 * max(1.0, float(np.abs(r).max())))
+
+        _atomic_dir(out, overwrite, write)
+        return out
+
+    tf_b = get_backend("tf")
+    import keras
+    import tensorflow as tf
+    fs = tf_b.FastStylizer(_preset_of(ws), weights="random:0", device="cpu", transformer_weights=ws)
+    net = fs.net
+    nhwc = [np.transpose(p, (0, 2, 3, 1)) for p in probes]
+    ref = [np.asarray(net(tf.constant(x))) for x in nhwc]
+    if to == "tf":
+        if name.endswith(".safetensors"):
+            return save_weights(out, _canonical_from(net, ws), overwrite=overwrite)
+        if not name.endswith(".weights.h5"):
+            raise RestyError(f"{out}: for --to tf use a .weights.h5 (Keras weights) or .safetensors file")
+
+        def write(path):
+            net.save_weights(str(path))
+            net2 = tf_b.TransformerNet(ws.spec, weights=None)
+            net2(tf.constant(nhwc[0]))
+            net2.load_weights(str(path))
+            _check_close(np.asarray(net2(tf.constant(nhwc[0]))), ref[0], str(out), tol=0.0)
+
+        _atomic_dir(out, overwrite, write)
+        return out
+    if to == "keras":
+        if not name.endswith(".keras"):
+            raise RestyError(f"{out}: for --to keras use a .keras file")
+
+        def write(path):
+            fs.export(str(path), format="keras")
+            back = keras.saving.load_model(str(path))
+            _check_close(np.asarray(back(tf.constant(nhwc[1]))), ref[1], str(out), tol=1e-5)
+
+        _atomic_dir(out, overwrite, write)
+        return out
+
+    def write(path):   # savedmodel: serving_default(images: B×H×W×3 float32 [0, 1]) -> stylized, clamped
+        fs.export(str(path), format="savedmodel")
+        fn = tf.saved_model.load(str(path)).signatures["serving_default"]
+        for x, r in zip(nhwc, ref):
+            got = fn(images=tf.constant(x))["stylized"].numpy()
+            _check_close(got, np.clip(r, 0.0, 1.0), f"{out} (reloaded SavedModel)", tol=1e-4)
+
+    _atomic_dir(out, overwrite, write)
+    return out
+
+
+def _preset_of(ws):
+    """The preset stored in a trained model's metadata (else johnson2016), with its spec."""
+    from . import presets
+    d = ws.extra.get("preset") if isinstance(ws.extra, dict) else None
+    p = presets.resolve(d) if d else presets.get("johnson2016")
+    return p if p.transformer == ws.spec else p.replace(transformer=ws.spec)
+
+

@@ -482,7 +482,11 @@ def cmd_train(args) -> int:
     summary = summary or {}
     steps = summary.get("steps") or len(getattr(stylizer, "history", []) or [])
     skipped = summary.get("skipped") or getattr(stylizer, "skipped", []) or []
-    _say(f"trained {steps} steps in {_fmt_seconds(seconds)}; model written to {out}")
+    ips = summary.get("images_per_second")
+    rate = f", {ips:.1f} images/s" if isinstance(ips, float) and math.isfinite(ips) else ""
+    start = summary.get("start_step") or 0
+    resumed = f" (resumed at step {start})" if start else ""
+    _say(f"trained to step {steps}{resumed} in {_fmt_seconds(seconds)}{rate}; model written to {out}")
     if written:
         _say(f"{len(written)} sample image(s) in {sample_dir}")
     if skipped:
@@ -605,6 +609,9 @@ def cmd_demo(args) -> int:
 
 # =========================================================================== main
 def _error(message: object) -> int:
+    message = _one_line(message)
+    if "not cached" in message and "random:" not in message:
+        message += "; or run offline with seeded random VGG weights: --weights random:0"
     print(f"{PROG}: error: {_one_line(message)}", file=sys.stderr, flush=True)
     return EXIT_USAGE
 

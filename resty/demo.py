@@ -1,0 +1,334 @@
+"""``resty demo``: both methods in both frameworks on photos that ship with scikit-image.
+
+What it does, in order:
+
+1. content photos from ``skimage.data`` (:func:`resty.images.sample_images`) and a colourful
+   procedural style texture (:func:`style_texture`, made in NumPy, so nothing is downloaded);
+2. VGG weights: ImageNet when cached (``resty weights list``), else seeded random weights, with a
+   printed notice of what that means for the look;
+3. per backend (PyTorch, then TensorFlow): Gatys optimisation of each photo, then a fast
+   feed-forward network trained briefly on crops of the sample photos and applied to each;
+4. ``DIR/demo.png`` (content | style | each method × framework, like the report's figure),
+   ``DIR/timing.md`` and ``DIR/timing.json`` (method, framework, device, seconds per image),
+   the single images as ``DIR/<photo>-<method>-<framework>.png``.
+
+Sizes are small (128 px, tens of iterations, ~30 training steps) so that it runs in a few
+minutes on two CPU cores (``--quick``: about a minute); on a GPU raise ``--size``,
+``--iterations`` and ``--train-steps``.  The demo's files are regenerated on every run.
+
+The same machinery reproduces the report's figure with other settings
+(``examples/reproduce_report.py``).
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from .errors import RestyError
+
+__all__ = ["DemoSettings", "run_demo", "style_texture", "RANDOM_NOTICE",
+           "FRAMEWORK_LABELS", "METHOD_LABELS", "make_figure", "write_timing"]
+
+FRAMEWORK_LABELS = {"torch": "PyTorch", "tf": "TensorFlow"}
+METHOD_LABELS = {"gatys": "Gatys", "fast": "Fast (Johnson)"}
+
+RANDOM_NOTICE = (
+    "notice: no ImageNet VGG weights are cached, so this demo uses seeded random VGG weights "
+    "(random:{seed}).\n"
+    "  Random features still capture texture statistics, so colours and local patterns of the style "
+    "transfer,\n  but not its semantic structure (brush strokes that follow objects, painted shapes): "
+    "the images look\n  like the photo overlaid with the style's texture, not like a painting. "
+    "For the real look, get the\n  weights once (e.g. vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5 "
+    "from keras-applications)\n  and run `resty weights import FILE`, or pass --weights imagenet where "
+    "the internet is reachable.")
+
+
+@dataclass
+class DemoSettings:
+    """Everything the demo does, in one place (``resty demo`` fills it from its options)."""
+    out: str = "resty-demo"
+    backends: Optional[Sequence[str]] = None     # default: every installed backend
+    contents: Sequence[str] = ("chelsea", "astronaut")
+    size: int = 128
+    iterations: int = 40
+    gatys_preset: str = "gatys2015"
+    gatys_overrides: Dict = field(default_factory=lambda: {"init": "content"})
+    fast_preset: str = "johnson2016"
+    train_steps: int = 30
+    train_batch: int = 2
+    train_size: Optional[int] = None             # crop size; default: size
+    train_lr: Optional[float] = 1e-2
+    weights: Optional[str] = None                # default: imagenet if cached, else random:seed
+    device: Optional[str] = None
+    seed: int = 0
+    title: str = "Resty demo"
+    verbose: bool = True
+
+    @classmethod
+    def quick(cls, **kw) -> "DemoSettings":
+        base = dict(contents=("chelsea",), size=96, iterations=20, train_steps=20, train_batch=2)
+        base.update(kw)
+        return cls(**base)
+
+
+def _log(settings: DemoSettings, *parts) -> None:
+    if settings.verbose:
+        print(*parts, flush=True)
+
+
+# =========================================================================== inputs
+def style_texture(size: int = 256, seed: int = 0) -> np.ndarray:
+    """A colourful wavy 'brush-stroke' texture (float32 H×W×3 in [0, 1]), made in NumPy.
+
+    Blue and ochre bands warped by low-frequency noise, in the spirit of a Van Gogh sky: strong
+    colours and oriented strokes, so both methods visibly transfer something even with random VGG
+    weights.  Deterministic in ``seed``.
+    """
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:size, 0:size].astype(np.float64) / size
+    warp = np.zeros_like(x)
+    for _ in range(6):
+        fx, fy = rng.uniform(1, 4, 2)
+        warp += np.sin(2 * np.pi * (fx * x + fy * y) + rng.uniform(0, 2 * np.pi)) / 6
+    swirl = np.sin(2 * np.pi * (6 * x + 9 * warp)) * np.cos(2 * np.pi * (5 * y - 2 * warp))
+    bands = (np.sin(2 * np.pi * (6 * (x + 0.35 * np.sin(2 * np.pi * (2 * y + warp))) + 4 * warp)) + 1) / 2
+    cells = max(1, size // 64)
+    fine = np.kron(rng.random((size // (4 * cells) + 1,) * 2), np.ones((4 * cells, 4 * cells)))[:size, :size]
+    v = np.clip(0.75 * bands + 0.15 * (swirl + 1) / 2 + 0.1 * fine, 0, 1)
+    palette = np.array([[0.05, 0.10, 0.35], [0.10, 0.35, 0.70], [0.95, 0.85, 0.30],
+                        [0.98, 0.60, 0.10], [0.90, 0.95, 0.95]])
+    pos = np.linspace(0, 1, len(palette))
+    return np.stack([np.interp(v, pos, palette[:, c]) for c in range(3)], -1).astype(np.float32)
+
+
+def _imagenet_for(preset_name: str, seed: int) -> str:
+    """'imagenet' if the file this preset needs is cached, else 'random:SEED'."""
+    from . import presets
+    from .weights import IMAGENET_SOURCES, cached_weights_path
+    p = presets.get(preset_name)
+    entry = IMAGENET_SOURCES[p.vgg.arch][p.imagenet_source]
+    if cached_weights_path(p.vgg.arch, p.imagenet_source).exists() or entry.framework_cache_path().exists():
+        return f"imagenet:{p.imagenet_source}"
+    return f"random:{seed}"
+
+
+# =========================================================================== running
+def _device_of(obj, backend: str) -> str:
+    dev = getattr(obj, "device", None)
+    if dev is None and getattr(obj, "net", None) is not None:
+        dev = getattr(obj.net, "device", None)
+    if dev is None:
+        return "cpu"
+    text = str(dev)
+    if text.startswith("/"):
+        text = text.split("device:")[-1].lstrip("/")
+    return text.lower()
+
+
+def _cpu_label() -> str:
+    n = os.cpu_count() or 1
+    return f"{platform.machine() or 'cpu'}, {n} core{'s' if n != 1 else ''}"
+
+
+def run_demo(out: str = "resty-demo", quick: bool = False, backends: Optional[Sequence[str]] = None,
+             size: Optional[int] = None, iterations: Optional[int] = None, train_steps: Optional[int] = None,
+             weights: Optional[str] = None, device: Optional[str] = None, seed: int = 0,
+             settings: Optional[DemoSettings] = None) -> Dict:
+    """Run the demo; returns ``{"figure", "timing_md", "timing_json", "rows", "images"}``."""
+    if settings is None:
+        kw = {k: v for k, v in dict(out=out, backends=backends, size=size, iterations=iterations,
+                                    train_steps=train_steps, weights=weights, device=device,
+                                    seed=seed).items() if v is not None}
+        settings = DemoSettings.quick(**kw) if quick else DemoSettings(**kw)
+    return _run(settings)
+
+
+def _choose_backends(requested: Optional[Sequence[str]], s: DemoSettings) -> List[str]:
+    from .backends import available_backends, get_backend, normalize_name
+    if requested:
+        names = [normalize_name(b) for b in requested]
+        for b in names:
+            get_backend(b)     # a requested backend that is missing is an error (one line)
+        return names
+    names = available_backends()
+    missing = [b for b in ("torch", "tf") if b not in names]
+    for b in missing:
+        _log(s, f"note: the {b} backend is not installed (pip install 'resty[{b}]'); skipping it")
+    if not names:
+        raise RestyError("the demo needs a backend: pip install 'resty[torch]' or 'resty[tf]' (or 'resty[all]')")
+    return names
+
+
+def _run(s: DemoSettings) -> Dict:
+    from .images import resize_longest, sample_images, save_image
+
+    outdir = Path(s.out).expanduser()
+    if outdir.exists() and not outdir.is_dir():
+        raise RestyError(f"{outdir}: exists and is not a folder")
+    outdir.mkdir(parents=True, exist_ok=True)
+    names = _choose_backends(s.backends, s)
+
+    samples = sample_images()
+    for c in s.contents:
+        if c not in samples:
+            raise RestyError(f"unknown sample image {c!r}; known: {', '.join(samples)}")
+    contents = {c: resize_longest(samples[c], s.size) for c in s.contents}
+    style = style_texture(max(2 * s.size, 128), seed=s.seed)
+    train_items = [resize_longest(samples[c], 2 * s.size) for c in ("astronaut", "chelsea", "coffee", "rocket")]
+
+    gw = s.weights or _imagenet_for(s.gatys_preset, s.seed)
+    fw = s.weights or _imagenet_for(s.fast_preset, s.seed)
+    random_used = gw.startswith("random") or fw.startswith("random")
+    if random_used and not s.weights:
+        _log(s, RANDOM_NOTICE.format(seed=s.seed))
+    _log(s, f"{s.title}: {len(contents)} photo(s) at {s.size} px, backends {', '.join(names)}; "
+            f"Gatys {s.iterations} iterations ({s.gatys_preset}), fast net {s.train_steps} training steps "
+            f"({s.fast_preset}); VGG weights {gw if gw == fw else gw + ' / ' + fw}")
+
+    results: Dict[tuple, np.ndarray] = {}
+    rows: List[Dict] = []
+    images: List[str] = []
+    for b in names:
+        from .backends import get_backend
+        mod = get_backend(b)
+        label = FRAMEWORK_LABELS[b]
+        # ---- Gatys
+        t0 = time.perf_counter()
+        g = mod.GatysStylizer(s.gatys_preset, weights=gw, device=s.device)
+        setup = time.perf_counter() - t0
+        secs = []
+        dev = _device_of(g, b)
+        for name, img in contents.items():
+            t1 = time.perf_counter()
+            y = g.stylize(img, style, iterations=s.iterations, seed=s.seed, image_size=s.size,
+                          progress=s.verbose, **s.gatys_overrides)
+            secs.append(time.perf_counter() - t1)
+            results[(name, "gatys", b)] = y
+            images.append(str(save_image(y, outdir / f"{name}-gatys-{b}.png", overwrite=True)))
+        rows.append(dict(method="gatys", framework=label, backend=b, device=dev,
+                         seconds_per_image=float(np.mean(secs)), images=len(secs), setup_seconds=setup,
+                         iterations=s.iterations, size=s.size, weights=gw, preset=s.gatys_preset))
+        _log(s, f"  {label:<10} Gatys: {np.mean(secs):.2f} s per image ({s.iterations} iterations, {dev})")
+        del g
+        # ---- fast: train briefly, then stylize
+        t0 = time.perf_counter()
+        f = mod.FastStylizer(s.fast_preset, weights=fw, device=s.device, transformer_weights=f"random:{s.seed}")
+        fit_kw = dict(steps=s.train_steps, batch_size=s.train_batch, image_size=s.train_size or s.size,
+                      seed=s.seed, progress=s.verbose)
+        if s.train_lr is not None:
+            fit_kw["lr"] = s.train_lr
+        f.fit(train_items, style, **fit_kw)
+        train_secs = time.perf_counter() - t0
+        dev = _device_of(f, b)
+        f.stylize(next(iter(contents.values())))   # warm-up (graph tracing, allocator)
+        secs = []
+        for name, img in contents.items():
+            t1 = time.perf_counter()
+            y = f.stylize(img)
+            secs.append(time.perf_counter() - t1)
+            results[(name, "fast", b)] = y
+            images.append(str(save_image(y, outdir / f"{name}-fast-{b}.png", overwrite=True)))
+        rows.append(dict(method="fast", framework=label, backend=b, device=dev,
+                         seconds_per_image=float(np.mean(secs)), images=len(secs),
+                         train_seconds=train_secs, train_steps=s.train_steps, size=s.size, weights=fw,
+                         preset=s.fast_preset))
+        _log(s, f"  {label:<10} fast:  {np.mean(secs):.3f} s per image after {s.train_steps} training steps "
+                f"({train_secs:.1f} s, {dev})")
+        del f
+
+    save_image(style, outdir / "style.png", overwrite=True)
+    for name, img in contents.items():
+        save_image(img, outdir / f"{name}.png", overwrite=True)
+    fig = make_figure(contents, style, results, names, outdir / "demo.png",
+                      rows=rows, title=f"{s.title} ({'random' if random_used else 'ImageNet'} VGG weights)")
+    md, js = write_timing(rows, outdir, settings=s, random_weights=random_used)
+    _log(s, f"figure:       {fig}\ntiming table: {md} (and {js.name})\nimages:       {outdir}/")
+    return {"figure": fig, "timing_md": md, "timing_json": js, "rows": rows, "images": images,
+            "random_weights": random_used}
+
+
+# =========================================================================== outputs
+def make_figure(contents: Dict[str, np.ndarray], style: np.ndarray, results: Dict[tuple, np.ndarray],
+                backends: Sequence[str], path, rows: Optional[List[Dict]] = None, title: str = "") -> Path:
+    """content | style | Gatys per framework | fast per framework, one row per photo (matplotlib Agg)."""
+    import matplotlib
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    from .images import atomic_path
+
+    secs = {(r["method"], r["backend"]): r["seconds_per_image"] for r in rows or []}
+    cols = [("content", None), ("style", None)] + [(m, b) for m in ("gatys", "fast") for b in backends]
+    n_r, n_c = len(contents), len(cols)
+    fig, axes = plt.subplots(n_r, n_c, figsize=(1.9 * n_c, 2.0 * n_r + 0.5), squeeze=False)
+    for i, (name, img) in enumerate(contents.items()):
+        for j, (what, b) in enumerate(cols):
+            ax = axes[i][j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for sp in ax.spines.values():
+                sp.set_visible(False)
+            if what == "content":
+                ax.imshow(np.clip(img, 0, 1))
+                head = "content"
+            elif what == "style":
+                ax.imshow(np.clip(style, 0, 1))
+                head = "style"
+            else:
+                y = results.get((name, what, b))
+                if y is not None:
+                    ax.imshow(np.clip(y, 0, 1))
+                t = secs.get((what, b))
+                head = f"{METHOD_LABELS[what]}\n{FRAMEWORK_LABELS[b]}" + (f" · {t:.2f} s" if t is not None else "")
+            if i == 0:
+                ax.set_title(head, fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    target = Path(path)
+    with atomic_path(target, overwrite=True) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+    return target
+
+
+def write_timing(rows: List[Dict], outdir, settings: Optional[DemoSettings] = None,
+                 random_weights: bool = False, report: Optional[Dict[str, float]] = None) -> tuple:
+    """``timing.md`` (a markdown table) and ``timing.json`` (the rows and the settings)."""
+    from .images import atomic_write_bytes
+    outdir = Path(outdir)
+    lines = ["| method | framework | device | seconds per image | notes |",
+             "|---|---|---|---:|---|"]
+    for r in rows:
+        dev = r["device"] + (f" ({_cpu_label()})" if r["device"].startswith("cpu") else "")
+        if r["method"] == "gatys":
+            note = f"{r['iterations']} iterations at {r['size']} px ({r['preset']})"
+        else:
+            note = (f"after {r['train_steps']} training steps ({r['train_seconds']:.1f} s) at "
+                    f"{r['size']} px ({r['preset']})")
+        lines.append(f"| {METHOD_LABELS[r['method']]} | {r['framework']} | {dev} | "
+                     f"{r['seconds_per_image']:.3f} | {note} |")
+    if report:
+        lines.append("")
+        lines.append("The report (one GPU, full size, fully trained): " +
+                     ", ".join(f"{k} {v:g} s per image" for k, v in report.items()) + ".")
+    lines.append("")
+    lines.append("VGG weights: " + ("seeded random (textures transfer, semantic style does not)"
+                                    if random_weights else "ImageNet") + ".")
+    md = outdir / "timing.md"
+    atomic_write_bytes(md, ("\n".join(lines) + "\n").encode(), overwrite=True)
+    payload = {"rows": rows, "random_weights": random_weights, "machine": _cpu_label(),
+               "settings": {k: (list(v) if isinstance(v, tuple) else v)
+                            for k, v in (vars(settings).items() if settings else [])}}
+    if report:
+        payload["report"] = report
+    js = outdir / "timing.json"
+    atomic_write_bytes(js, (json.dumps(payload, indent=2, default=str) + "\n").encode(), overwrite=True)
+    return md, js
