@@ -208,7 +208,7 @@ class GatysStylizer:
             k = count[0]
             hist[k] = terms.detach()
             count[0] = k + 1
-            total = float(terms[0])        # L-BFGS reads the loss on the host anyway
+            total = float(terms[0].detach())   # L-BFGS reads the loss on the host anyway
             common.check_finite(total, offset + k + 1)
             if bar.bar is not None:
                 bar.update(1, dict(zip(L.TERMS, hist[k].tolist())))

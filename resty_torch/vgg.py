@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from resty.errors import ImageError
 from resty.specs import POOLINGS, Preprocessing, vgg_layer_names, vgg_truncate
 from resty.weights import WeightSet, resolve_weights
 
@@ -38,6 +39,8 @@ class VGGFeatures(nn.Module):
         self.layers = tuple(layers) if layers is not None else vgg_layer_names(arch)
         table = vgg_truncate(arch, self.layers)
         self._table = table
+        # Each 2x2 pool halves the side (floor): the deepest layer needs 2**pools pixels.
+        self.min_side = 2 ** sum(1 for l in table if l.kind == "pool")
         self.convs = nn.ModuleDict()
         wanted = set(self.layers)
         self._plan = []   # (kind, name, conv name or None, inplace relu)
@@ -101,6 +104,9 @@ class VGGFeatures(nn.Module):
             raise ValueError(f"VGGFeatures: layer(s) {missing} were not requested at construction "
                              f"(have {list(self.layers)})")
         remaining = set(want)
+        if min(images01.shape[-2:]) < self.min_side:
+            raise ImageError(f"<image>: {tuple(images01.shape[-2:])} px is too small for {self.arch} up to "
+                             f"{self._table[-1].name}; each side needs >= {self.min_side} px")
         h = self.preprocess(images01) if preprocess else images01
         out: Dict[str, torch.Tensor] = {}
         for kind, name in self._plan:

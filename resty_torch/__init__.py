@@ -1,0 +1,20 @@
+"""Resty's PyTorch backend: Gatys and Johnson style transfer driven by the core's specs.
+
+Importing this package registers the torchvision ``.pth`` reader and the torch.hub
+downloader with :mod:`resty.weights`.  It never imports TensorFlow.
+"""
+from __future__ import annotations
+
+from . import weights_io as _weights_io
+from .device import autocast, resolve_device, resolve_dtype, set_tf32, get_tf32
+from .fast import FastStylizer
+from .gatys import GatysStylizer
+from .losses import content_loss, gram, style_loss, total_loss, tv_loss
+from .transformer import TransformerNet
+from .vgg import VGGFeatures
+
+_weights_io.register()
+
+__all__ = ["GatysStylizer", "FastStylizer", "TransformerNet", "VGGFeatures", "gram", "style_loss",
+           "content_loss", "tv_loss", "total_loss", "set_tf32", "get_tf32", "resolve_device",
+           "resolve_dtype", "autocast"]

@@ -1,0 +1,364 @@
+"""Johnson et al. 2016: train a feed-forward transformer against a perceptual loss, then
+stylise in one forward pass."""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+import numpy as np
+import torch
+
+from resty import common
+from resty import weights as W
+from resty.errors import RestyError, TrainingError
+from resty.images import preserve_color as _preserve_color, resize_longest
+from resty.presets import Preset, get as get_preset, resolve
+
+from . import losses as L
+from ._util import to_hwc, to_nchw
+from .device import autocast, autocast_dtype, resolve_device, resolve_dtype
+from .optim import make_adam
+from .transformer import TransformerNet
+from .vgg import VGGFeatures, loss_network_weights
+
+__all__ = ["FastStylizer"]
+
+
+# --------------------------------------------------------------------------- data
+class _TrainData(torch.utils.data.Dataset):
+    """Maps a key ``(step, slot, item index)`` to ``(crop or None, name)``.
+
+    The key carries the step and slot so the crop is the pure function
+    ``common.crop_rng(seed, step, slot)`` whichever worker loads it: the batches are the same
+    with 0 or 8 workers, after a resume, and in the TF backend."""
+
+    def __init__(self, items: List[Any], image_size: int, seed: int):
+        self.items, self.image_size, self.seed = items, image_size, seed
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, key):
+        step, slot, idx = key
+        crop = common.load_training_item(self.items[idx], self.image_size, self.seed, step, slot)
+        return crop, common.item_name(self.items[idx], idx), step
+
+
+class _Batches:
+    """Batch sampler: the keys of steps ``start .. total-1`` from a BatchSchedule."""
+
+    def __init__(self, sched: common.BatchSchedule, start: int, total: int):
+        self.sched, self.start, self.total = sched, start, total
+
+    def __iter__(self):
+        for s in range(self.start, self.total):
+            yield [(s, j, i) for j, i in enumerate(self.sched.batch(s))]
+
+    def __len__(self):
+        return max(0, self.total - self.start)
+
+
+def _collate(batch):
+    """Stack the readable crops; name the unreadable ones (training never dies on one file)."""
+    good = [c for c, _, _ in batch if c is not None]
+    skipped = [n for c, n, _ in batch if c is None]
+    x = torch.from_numpy(np.ascontiguousarray(np.stack(good).transpose(0, 3, 1, 2))) if good else None
+    return x, skipped, batch[0][2]
+
+
+# --------------------------------------------------------------------------- stylizer
+class FastStylizer:
+    """Feed-forward style transfer (Johnson et al. 2016 with instance norm).
+
+    The VGG loss network is only built when :meth:`fit` needs it, so a trained model loads and
+    stylises without ImageNet weights."""
+
+    def __init__(self, preset="johnson2016", weights="imagenet", device=None, dtype="float32",
+                 transformer_weights=None, precision=None, channels_last=False, compile=False):
+        self.preset: Preset = resolve(preset)
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype)
+        self.precision = autocast_dtype(precision)
+        self.channels_last = bool(channels_last)
+        self.weights = weights
+        tw = transformer_weights
+        if tw is None:
+            tw = f"random:{self.preset.training.seed}"
+        if isinstance(tw, W.WeightSet) and tw.spec != self.preset.transformer:
+            self.preset = self.preset.replace(transformer=tw.spec)
+        self.net = TransformerNet(self.preset.transformer, tw, dtype=self.dtype, device=self.device)
+        if self.channels_last:
+            self.net.to(memory_format=torch.channels_last)
+        self._net_fn = torch.compile(self.net) if compile else self.net
+        self._vgg: Optional[VGGFeatures] = None
+        self.history: List[Dict] = []
+        self.skipped: List[str] = []
+        self.skipped_count = 0
+        self.step = 0
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def vgg(self) -> VGGFeatures:
+        if self._vgg is None:
+            p = self.preset
+            ws = loss_network_weights(self.weights, p)
+            self._vgg = VGGFeatures(p.vgg.arch, ws, p.vgg.pooling, layers=p.fast_loss.all_layers,
+                                    dtype=self.dtype, device=self.device)
+            if self.channels_last:
+                self._vgg.to(memory_format=torch.channels_last)
+        return self._vgg
+
+    def _tensor(self, a: np.ndarray) -> torch.Tensor:
+        return to_nchw(a, self.device, self.dtype, self.channels_last)
+
+    @torch.no_grad()
+    def _style_grams(self, style, style_weights, style_size) -> Dict[str, torch.Tensor]:
+        loss = self.preset.fast_loss
+        styles, blend = common.prepare_styles(style, style_weights)
+        grams: Dict[str, torch.Tensor] = {}
+        for s, w in zip(styles, blend):
+            if style_size is not None:
+                s = resize_longest(s, style_size)
+            with autocast(self.device, self.precision):
+                f = self.vgg(self._tensor(s), layers=loss.style_layers)
+            for l in loss.style_layers:
+                g = L.gram(f[l], loss.gram)[0] * w
+                grams[l] = g if l not in grams else grams[l] + g
+        return grams
+
+    def _train_loss(self, x: torch.Tensor, grams) -> torch.Tensor:
+        loss = self.preset.fast_loss
+        with autocast(self.device, self.precision):
+            y = self._net_fn(x)
+            fy = self.vgg(y)
+            with torch.no_grad():
+                fx = self.vgg(x, layers=loss.content_layers) if loss.content_layers else {}
+        return L.total_loss(fy, y, loss, fx, grams)
+
+    # ------------------------------------------------------------------ checkpoints
+    def _checkpoint_tensors(self, opt: torch.optim.Optimizer) -> Dict[str, np.ndarray]:
+        t = {f"net.{k}": v for k, v in self.net.state_dict_canonical().items()}
+        m, v, step = {}, {}, 0
+        for name, p in self.net.named_parameters():
+            st = opt.state.get(p)
+            if st:
+                m[name] = st["exp_avg"].detach().cpu().numpy()
+                v[name] = st["exp_avg_sq"].detach().cpu().numpy()
+                step = int(float(st["step"]))
+        t.update(common.adam_state_to_tensors(step, m, v))
+        return t
+
+    def _save_checkpoint(self, ckdir, step, opt, sched, total, settings, keep) -> Path:
+        epoch, pos = sched.epoch_position(step)
+        rng = {"torch": torch.get_rng_state().tolist()}
+        if self.device.type == "cuda":
+            rng["cuda"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
+        meta = {"step": step, "epoch": epoch, "position": pos, "total_steps": total,
+                "settings": settings, "rng": rng, "history": self.history, "skipped": self.skipped,
+                "skipped_count": self.skipped_count, "preset": self.preset.to_dict(),
+                "backend": "torch", "dtype": str(self.dtype).replace("torch.", "")}
+        return common.save_checkpoint(ckdir, step, self._checkpoint_tensors(opt), meta, keep=keep)
+
+    def _restore(self, path, opt, settings) -> int:
+        tensors, meta = common.load_checkpoint(path)
+        old = meta.get("settings", {})
+        diff = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
+        if diff:
+            raise RestyError(f"{path}: cannot resume: the checkpoint was made with different settings "
+                             f"({', '.join(f'{k} {a!r} -> {b!r}' for k, (a, b) in diff.items())})")
+        self.net.load_canonical({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
+        step, m, v = common.adam_state_from_tensors(tensors)
+        for name, p in self.net.named_parameters():
+            if name in m:
+                opt.state[p] = {"step": torch.tensor(float(step)),
+                                "exp_avg": torch.from_numpy(m[name]).to(p.device, p.dtype),
+                                "exp_avg_sq": torch.from_numpy(v[name]).to(p.device, p.dtype)}
+        rng = meta.get("rng", {})
+        if "torch" in rng:
+            torch.set_rng_state(torch.tensor(rng["torch"], dtype=torch.uint8))
+        if "cuda" in rng and self.device.type == "cuda":
+            torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in rng["cuda"]])
+        self.history = list(meta.get("history", []))
+        self.skipped = list(meta.get("skipped", []))
+        self.skipped_count = int(meta.get("skipped_count", 0))
+        return int(meta["step"])
+
+    # ------------------------------------------------------------------ training
+    def fit(self, images, style, *, steps=None, epochs=None, batch_size=None, image_size=None,
+            checkpoint_dir=None, checkpoint_every=None, resume=False, seed=None, num_workers=None,
+            progress=False, callback=None, lr=None, style_weights=None) -> Dict[str, Any]:
+        """Train the transformer on ``images`` (a folder, a list of paths, or an iterable of
+        arrays) to reproduce ``style``.  Returns a summary dict (steps, history, skipped, ...).
+
+        Batches are a pure function of ``(seed, step)`` (resty.common.BatchSchedule and
+        crop_rng), so ``resume=True`` continues from the newest checkpoint in
+        ``checkpoint_dir`` to the same weights an uninterrupted run reaches.  Unreadable
+        images are skipped and listed in ``skipped``.  ``callback(step, losses, None)``
+        returning True stops (after writing a checkpoint when a directory is given)."""
+        tc = self.preset.training
+        if steps is None and epochs is None:
+            steps, epochs = tc.steps, tc.epochs
+        bs = int(batch_size or tc.batch_size)
+        size = int(image_size or tc.image_size)
+        seed = int(tc.seed if seed is None else seed)
+        workers = int(tc.num_workers if num_workers is None else num_workers)
+        ck_every = int(checkpoint_every or tc.checkpoint_every)
+        items = common.list_training_images(images)
+        sched = common.BatchSchedule(len(items), bs, seed)
+        total = sched.total_steps(steps, epochs)
+        settings = {"n_items": len(items), "batch_size": sched.batch_size, "image_size": size, "seed": seed,
+                    "lr": float(lr if lr is not None else tc.adam.lr)}
+
+        self.net.train()
+        opt = make_adam(self.net.parameters(), tc.adam, lr=lr, foreach=None)
+        scaler = torch.amp.GradScaler(self.device.type) if self.precision == torch.float16 else None
+        start = 0
+        if not resume:
+            self.history, self.skipped, self.skipped_count = [], [], 0
+        elif checkpoint_dir is not None and common.latest_checkpoint(checkpoint_dir) is not None:
+            start = self._restore(common.latest_checkpoint(checkpoint_dir), opt, settings)
+        grams = self._style_grams(style, style_weights, tc.style_size)
+
+        loader = torch.utils.data.DataLoader(
+            _TrainData(items, size, seed), batch_sampler=_Batches(sched, start, total), collate_fn=_collate,
+            num_workers=workers, pin_memory=self.device.type == "cuda",
+            persistent_workers=False, prefetch_factor=4 if workers else None)
+        n = max(0, total - start)
+        hist = torch.zeros((max(n, 1), 4), dtype=torch.float64 if self.dtype == torch.float64 else torch.float32,
+                           device=self.device)
+        empty = set()                  # steps whose whole batch was unreadable (no update)
+        flushed = 0                    # rows of hist already copied into self.history
+        last_ck = start
+        t0 = time.perf_counter()
+        seen = 0
+        stopped = False
+        log_every = tc.log_every
+
+        def flush(upto: int) -> None:
+            nonlocal flushed
+            if upto <= flushed:
+                return
+            rows = hist[flushed:upto].to("cpu", torch.float64).numpy()
+            for i, r in enumerate(rows):
+                s = start + flushed + i + 1
+                if s in empty:
+                    self.history.append({"step": s, "skipped_batch": True})
+                    continue
+                if not np.isfinite(r[0]):
+                    flushed += i
+                    raise TrainingError(common.nonfinite_message(float(r[0]), s))
+                self.history.append({"step": s, **{k: float(v) for k, v in zip(L.TERMS, r)}})
+            flushed = upto
+
+        with common.Progress(n, progress, desc="fit", unit="step") as bar:
+            for i, (x, skipped, s) in enumerate(loader):
+                if skipped:
+                    self.skipped_count += len(skipped)
+                    self.skipped.extend(k for k in skipped if k not in self.skipped)
+                if x is None:
+                    empty.add(s + 1)
+                else:
+                    x = x.to(self.device, self.dtype, non_blocking=True)
+                    if self.channels_last:
+                        x = x.contiguous(memory_format=torch.channels_last)
+                    seen += x.shape[0]
+                    opt.zero_grad(set_to_none=True)
+                    terms = self._train_loss(x, grams)
+                    if scaler is not None:
+                        scaler.scale(terms[0]).backward()
+                        scaler.step(opt)
+                        scaler.update()
+                    else:
+                        terms[0].backward()
+                        opt.step()
+                    hist[i] = terms.detach()
+                done = s + 1
+                due_ck = checkpoint_dir is not None and done % ck_every == 0
+                if callback is not None or due_ck or done % log_every == 0 or done == total:
+                    upto_before = flushed
+                    flush(i + 1)
+                    if self.history and bar.bar is not None:
+                        last = self.history[-1]
+                        bar.update(i + 1 - upto_before, {k: last[k] for k in L.TERMS if k in last})
+                self.step = done
+                if due_ck:
+                    self._save_checkpoint(checkpoint_dir, done, opt, sched, total, settings, tc.keep_checkpoints)
+                    last_ck = done
+                if callback is not None:
+                    last = self.history[-1] if self.history else {}
+                    if callback(done, {k: last[k] for k in L.TERMS if k in last}, None):
+                        stopped = True
+                        break
+        flush(self.step - start if self.step > start else 0)
+        if checkpoint_dir is not None and self.step > last_ck:
+            self._save_checkpoint(checkpoint_dir, self.step, opt, sched, total, settings, tc.keep_checkpoints)
+        self.net.eval()
+        seconds = time.perf_counter() - t0
+        return {"steps": self.step, "start_step": start, "total_steps": total, "stopped": stopped,
+                "history": self.history, "skipped": list(self.skipped), "skipped_count": self.skipped_count,
+                "images_seen": seen, "seconds": seconds,
+                "images_per_second": seen / seconds if seconds > 0 else float("nan"),
+                "checkpoint": str(common.latest_checkpoint(checkpoint_dir)) if checkpoint_dir else None}
+
+    # ------------------------------------------------------------------ inference
+    @torch.inference_mode()
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        x = self._tensor(batch)
+        with autocast(self.device, self.precision):
+            y = self._net_fn(x)
+        return np.clip(to_hwc(y.float() if y.dtype in (torch.float16, torch.bfloat16) else y), 0.0, 1.0)
+
+    def stylize(self, images, *, preserve_color=False, tile=None, overlap=32, batch_size=None):
+        """Stylise one image (-> H×W×3 float32) or several (a list or a B×H×W×3 array -> a
+        list, or an array for an array).  Each output has its input's size.  ``tile`` (px)
+        runs large images in overlapping tiles blended with linear ramps (instance norm then
+        sees per-tile statistics; a larger ``overlap`` hides the seams better)."""
+        arrays, single = common.as_image_list(images)
+        self.net.eval()
+        bs = int(batch_size or 1)
+        outs: List[Optional[np.ndarray]] = [None] * len(arrays)
+        if tile:
+            for k, a in enumerate(arrays):
+                outs[k] = common.tiled_apply(a, lambda t: self._run(t)[0], int(tile), int(overlap))
+        else:
+            k = 0
+            while k < len(arrays):
+                j = k + 1   # group consecutive same-size images into one batch
+                while j < len(arrays) and j - k < bs and arrays[j].shape == arrays[k].shape:
+                    j += 1
+                res = self._run(np.stack(arrays[k:j]))
+                for m in range(k, j):
+                    outs[m] = res[m - k]
+                k = j
+        if preserve_color:
+            outs = [_preserve_color(o, a) for o, a in zip(outs, arrays)]
+        outs = [np.ascontiguousarray(o, dtype=np.float32) for o in outs]
+        if single:
+            return outs[0]
+        if isinstance(images, np.ndarray):
+            return np.stack(outs)
+        return outs
+
+    # ------------------------------------------------------------------ files
+    def save(self, path, *, overwrite=False) -> Path:
+        """Canonical safetensors file (resty.weights) with the TransformerSpec and the preset
+        JSON in the metadata: loadable by either backend."""
+        ws = W.WeightSet(self.net.state_dict_canonical(), "transformer",
+                         source=f"resty_torch FastStylizer ({self.preset.name})", spec=self.preset.transformer,
+                         extra={"preset": self.preset.to_dict(), "steps": int(self.step),
+                                "skipped_count": int(self.skipped_count)})
+        return W.save_weights(path, ws, overwrite=overwrite)
+
+    @classmethod
+    def load(cls, path, *, weights="imagenet", device=None, dtype="float32", **kw) -> "FastStylizer":
+        """A stylizer from a file written by :meth:`save` (either backend)."""
+        ws = W.load_weights(path, expect="transformer")
+        preset_d = ws.extra.get("preset")
+        preset = resolve(preset_d) if preset_d else get_preset("johnson2016")
+        if preset.transformer != ws.spec:
+            preset = preset.replace(transformer=ws.spec)
+        obj = cls(preset, weights=weights, device=device, dtype=dtype, transformer_weights=ws, **kw)
+        obj.step = int(ws.extra.get("steps", 0))
+        return obj
