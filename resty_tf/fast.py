@@ -158,14 +158,18 @@ class FastStylizer:
         return ds.with_options(opts).prefetch(max(2, workers))
 
     # ------------------------------------------------------------------ training
-    def _make_train_step(self, opt: TorchAdam, variables, grams):
+    def _make_train_step(self, opt: TorchAdam, variables, grams, size: int):
         loss = self.preset.fast_loss
         vgg, net = self.vgg, self.net
         fp16 = self.precision == "fp16"
         scale = tf.Variable(2.0 ** 15, trainable=False, dtype=tf.float32) if fp16 else None
         self._loss_scale = scale
 
-        @tf.function(jit_compile=self.jit_compile, reduce_retracing=True)
+        # One trace for the whole run: the batch dimension is dynamic (a batch shrinks when an
+        # item is unreadable), the spatial size static (the loss factors are then constants,
+        # which XLA needs).
+        @tf.function(jit_compile=self.jit_compile, autograph=False,
+                     input_signature=[tf.TensorSpec([None, size, size, 3], self.tf_dtype)])
         def step(x):
             fx = {l: tf.stop_gradient(v) for l, v in vgg(x).items() if l in loss.content_layers}
             with tf.GradientTape() as tape:
@@ -227,7 +231,7 @@ class FastStylizer:
             elif checkpoint_dir is not None and common.latest_checkpoint(checkpoint_dir) is not None:
                 start = self._restore(common.latest_checkpoint(checkpoint_dir), opt, names, settings)
             grams = self._style_grams(style, style_weights, tc.style_size)
-            train_step = self._make_train_step(opt, variables, grams)
+            train_step = self._make_train_step(opt, variables, grams, size)
             ds = self._dataset(items, sched, size, seed, start, total, workers, sched.batch_size)
 
             n = max(0, total - start)
@@ -298,7 +302,7 @@ class FastStylizer:
         if self._infer is None:
             net = self.net
 
-            @tf.function(jit_compile=self.jit_compile, reduce_retracing=True)
+            @tf.function(jit_compile=self.jit_compile, reduce_retracing=True, autograph=False)
             def infer(x):
                 return tf.clip_by_value(tf.cast(net(x, training=False), self.tf_dtype), 0.0, 1.0)
             self._infer = infer
@@ -376,7 +380,7 @@ class FastStylizer:
             module.net = self.net
             net = self.net
 
-            @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32, name="images")])
+            @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32, name="images")], autograph=False)
             def serve(images):
                 y = net(tf.cast(images, net.compute_dtype), training=False)
                 return {"stylized": tf.clip_by_value(tf.cast(y, tf.float32), 0.0, 1.0)}

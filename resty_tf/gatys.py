@@ -85,20 +85,21 @@ class GatysStylizer:
         return L.total_loss(feats, x, self.preset.loss, content_t, grams)
 
     def _function(self, kind: str):
-        """The tf.functions, created once per stylizer (they retrace per image size)."""
+        """The tf.functions, created once per stylizer.  They retrace per image size on purpose
+        (no ``reduce_retracing``): static shapes make the loss factors constants, which XLA needs."""
         if kind in self._fns:
             return self._fns[kind]
         jit = self.jit_compile
 
         if kind == "loss_grad":
-            @tf.function(jit_compile=jit, reduce_retracing=True)
+            @tf.function(jit_compile=jit, autograph=False)
             def fn(x, content_t, grams):
                 with tf.GradientTape() as tape:
                     tape.watch(x)
                     terms = self._terms(x, content_t, grams)
                 return terms, tape.gradient(terms["total"], x)
         elif kind == "adam":
-            @tf.function(jit_compile=jit, reduce_retracing=True)
+            @tf.function(jit_compile=jit, autograph=False)
             def fn(xvar, content_t, grams, clamp):
                 with tf.GradientTape() as tape:
                     terms = self._terms(xvar, content_t, grams)

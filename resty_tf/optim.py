@@ -75,7 +75,7 @@ class TorchAdam:
             var.assign(np.asarray(a).astype(var.dtype.as_numpy_dtype))
 
 
-@tf.function(reduce_retracing=True)
+@tf.function(reduce_retracing=True, autograph=False)
 def _two_loop(flat_grad, dirs, stps, ro, start, count, h_diag):
     """L-BFGS direction from a ring-buffer history: torch's two-loop recursion.
 
