@@ -12,6 +12,7 @@ from typing import Callable, Dict, List, Tuple
 import numpy as np
 
 from . import tolerances as T
+from . import tolerances as _T
 from .compare import ItemResult, Missing, compare_arrays
 
 Result = Tuple[str, bool, ItemResult]
@@ -225,3 +226,64 @@ MUTATIONS: Dict[str, Callable[[str], List[Result]]] = {
     "conv_transpose_same": conv_transpose_same,
     "keras_adam_epsilon_hat": keras_adam,
 }
+
+
+# --------------------------------------------------------------------------- through the backends
+def _backend(name):
+    import importlib
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        raise Missing(f"{name} not importable ({exc})") from None
+
+
+def transformer_eps_via_backends(dtype: str) -> List[Result]:
+    """The whole Johnson net (small spec): resty_torch.TransformerNet with eps 1e-5 against the
+    oracle run with the spec's eps replaced by Keras's 1e-3 (control: the same eps)."""
+    from resty import reference
+    from resty.specs import TransformerSpec
+    from resty.weights import random_transformer
+    torch = _torch()
+    Net = _backend("resty_torch").TransformerNet
+    spec = TransformerSpec(channels=(4, 6, 8), residual_blocks=2)
+    ws = random_transformer(spec, 11)
+    x = _rng(6).random((2, 21, 30, 3)).astype(np.float32).astype(np.float64)
+    with torch.no_grad():
+        y = Net(spec, ws, dtype=dtype)(_tt(x.transpose(0, 3, 1, 2), dtype)).numpy().transpose(0, 2, 3, 1)
+    t = {k: np.asarray(v, np.float64) for k, v in ws.tensors.items()}
+    tol = _T.get("output", dtype)
+    return [
+        _cmp("resty_torch TransformerNet vs oracle, eps 1e-5 both", True, y, reference.transformer_forward(x, t, spec), tol),
+        _cmp("resty_torch TransformerNet (1e-5) vs oracle with Keras's eps 1e-3", False, y,
+             reference.transformer_forward(x, t, spec.replace(norm_eps=1e-3)), tol),
+    ]
+
+
+def transpose_crop_via_backends(dtype: str) -> List[Result]:
+    """resty_tf.TransformerNet with transposed-conv upsampling: the right crop (1, 0) against
+    resty_torch, and the Keras-'same'-like crop (0, 1) (a one-pixel shift) injected into TF."""
+    from resty.specs import TransformerSpec
+    from resty.weights import random_transformer
+    torch = _torch()
+    tf = _tf()
+    Tt, Tf = _backend("resty_torch").TransformerNet, _backend("resty_tf").TransformerNet
+    spec = TransformerSpec(channels=(4, 6, 8), residual_blocks=1, upsampling="transposed_conv")
+    ws = random_transformer(spec, 12)
+    x = _rng(7).random((2, 20, 28, 3)).astype(np.float32)
+    with torch.no_grad():
+        yt = Tt(spec, ws, dtype=dtype)(_tt(x.transpose(0, 3, 1, 2), dtype)).numpy().transpose(0, 2, 3, 1)
+    tol = T.get("output", dtype)
+    good = Tf(spec, ws, dtype=dtype)(tf.constant(x.astype(dtype))).numpy()
+    import dataclasses
+    bad_spec = spec.replace(transpose_crop=(0, 1))
+    bad = Tf(bad_spec, dataclasses.replace(ws, spec=bad_spec), dtype=dtype)(tf.constant(x.astype(dtype))).numpy()
+    return [
+        _cmp("resty_tf vs resty_torch, transposed conv crop (1,0)", True, good, yt, tol),
+        _cmp("resty_tf with crop (0,1) (Keras 'same' shift) vs resty_torch", False, bad, yt, tol),
+    ]
+
+
+MUTATIONS.update({
+    "transformer_eps_backend": transformer_eps_via_backends,
+    "transpose_crop_backend": transpose_crop_via_backends,
+})

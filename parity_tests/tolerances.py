@@ -83,9 +83,14 @@ TOLERANCES: Dict[Tuple[str, str], Tolerance] = {
     # update formula differs, so the step Δx is compared element-wise to its own scale.
     ("step", "float64"): Tolerance("scaled", 1e-10, reason=_F64),
     ("step", "float32"): Tolerance("scaled", 1e-4, reason="float32 Adam update from identical gradients: a few ulp of the step; Keras's epsilon-hat moves it by ≥ 3e-3"),
+    # Images returned by the public API (stylize): float32 H×W×3 by contract, also in the float64
+    # tier, where both backends round the same float64 numbers to float32: identical except for
+    # a value within 1e-13 of a rounding boundary, which differs by one ulp.
+    ("image_out", "float64"): Tolerance("scaled", 1.2e-7, reason="the API returns float32 images: float64 runs round to the same float32 except at a rounding boundary (≤ 1 ulp = 1.2e-7 of the scale)"),
+    ("image_out", "float32"): Tolerance("scaled", 1e-4, reason="float32 Johnson output measured 1e-5 of scale (DESIGN §3); 1e-4 = 10× headroom"),
     # End-to-end stylize / training: many steps through VGG in float32.
-    ("e2e", "float64"): Tolerance("scaled", 1e-8, reason="float64: many VGG forward/backward passes, each ≤ 1e-13; 1e-8 of the image scale"),
-    ("e2e", "float32"): Tolerance("norm", 2e-2, 0.999, reason="float32: ReLU sign flips (relL2 5e-4 per gradient) compound over the steps; compared by relL2 and cosine of the change from the start"),
+    ("e2e", "float64"): Tolerance("scaled", 1.2e-7, reason="float64: many VGG forward/backward passes (each ≤ 1e-13) and a float32 image out (API): ≤ 1 float32 ulp of the scale"),
+    ("e2e", "float32"): Tolerance("norm", 5e-2, 0.999, reason="float32: ReLU sign flips (relL2 5e-4 per gradient) compound over the steps, and L-BFGS's curvature pairs amplify them (measured: 10 L-BFGS evaluations at 24×40, output change relL2 1.4e-2, cosine 0.9999, loss history 6e-5); relL2 and cosine of the change from the start"),
 }
 
 CATEGORIES = tuple(sorted({c for c, _ in TOLERANCES}))

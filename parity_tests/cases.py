@@ -1,0 +1,829 @@
+"""The quantities compared across torch, TF and the NumPy oracle (issue 5).
+
+Every quantity computes the same thing on each side from the same seeded random inputs
+(random, asymmetric: non-square images, odd sizes, batches > 1) and returns NumPy arrays in the
+oracle's layout (NCHW for images and features).  Inputs are float32-representable numbers in
+both tiers (``resty.images.load_image`` hands float32 to the backends), so the float64 tier
+compares identical inputs and the float32 tier measures only float32 arithmetic.
+
+Sides use only the backends' public API: ``VGGFeatures``, ``TransformerNet``, the ``losses``
+modules, the ``optim`` modules, ``GatysStylizer`` (``loss_terms``, ``stylize``, ``history``) and
+``FastStylizer`` (``fit``, ``stylize``, ``save``/``load``, ``net``).  What a side lacks raises
+:class:`~parity_tests.compare.Missing` naming the hook.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib
+import os
+import tempfile
+import zlib
+from typing import Callable, Dict, List, Mapping
+
+import numpy as np
+
+from resty import presets as P
+from resty import reference as R
+from resty.specs import (CONTENT_CONVENTIONS, GRAM_CONVENTIONS, TV_CONVENTIONS, AdamSpec, LBFGSSpec,
+                         LossSpec, PREPROCESSING, TransformerSpec, VGGSpec, vgg_layer_names)
+from resty.weights import random_transformer, random_vgg
+
+from . import env
+from .compare import Missing, Quantity
+
+SEED = 20240
+IMG_HW = (24, 40)          # most checks (issue 5: small, non-square)
+VGG_HW = (36, 52)          # every VGG layer down to pool5 stays non-empty; odd sizes after pool2
+SMALL_SPEC = TransformerSpec(channels=(4, 6, 8), residual_blocks=2)
+
+
+# --------------------------------------------------------------------------- inputs
+def rng(*key) -> np.random.Generator:
+    return np.random.default_rng([SEED] + [zlib.crc32(str(k).encode()) for k in key])
+
+
+def image(key, shape) -> np.ndarray:
+    """Random RGB in [0, 1], float32-representable, float64 array; shape (..., H, W, 3)."""
+    return rng("image", key).random(shape).astype(np.float32).astype(np.float64)
+
+
+def features(key, shape) -> np.ndarray:
+    """Random non-negative (ReLU-like) NCHW features, float32-representable."""
+    r = rng("features", key)
+    return np.maximum(r.standard_normal(shape) + 0.3, 0).astype(np.float32).astype(np.float64)
+
+
+def nchw(x_nhwc):
+    return np.ascontiguousarray(np.asarray(x_nhwc, dtype=np.float64).transpose(0, 3, 1, 2))
+
+
+def nhwc(x_nchw):
+    return np.ascontiguousarray(np.asarray(x_nchw).transpose(0, 2, 3, 1))
+
+
+# --------------------------------------------------------------------------- backends
+class Ctx:
+    """Per-run context: the backends (imported lazily), caches and a scratch directory."""
+
+    def __init__(self, quick: bool = False):
+        self.quick = quick
+        self.env = env.configure()
+        self.torch_device = env.torch_device()
+        self._tmp = tempfile.TemporaryDirectory(prefix="resty-parity-")
+        self.tmp = self._tmp.name
+        self.cache: Dict[tuple, object] = {}
+
+    def backend(self, side: str):
+        name = {"torch": "resty_torch", "tf": "resty_tf"}[side]
+        try:
+            return importlib.import_module(name)
+        except ImportError as exc:
+            raise Missing(f"{name} not importable ({exc})") from None
+
+    def hook(self, side: str, path: str):
+        """``hook('torch', 'losses.gram')`` -> resty_torch.losses.gram, or Missing."""
+        mod = self.backend(side)
+        parts = path.split(".")
+        obj = mod
+        for i, p in enumerate(parts):
+            try:
+                obj = getattr(obj, p)
+            except AttributeError:
+                try:
+                    obj = importlib.import_module(".".join([mod.__name__] + parts[: i + 1]))
+                except ImportError:
+                    raise Missing(f"{mod.__name__}.{path} is missing") from None
+        return obj
+
+    # tensors
+    def t(self, x_nchw, dtype):
+        import torch
+        return torch.tensor(np.asarray(x_nchw, dtype=dtype), device=self.torch_device)   # a copy, never shared
+
+    @staticmethod
+    def f(x, dtype):
+        import tensorflow as tf
+        return tf.constant(np.asarray(x, dtype=dtype))
+
+    @staticmethod
+    def np_t(t):
+        return t.detach().cpu().double().numpy()
+
+    @staticmethod
+    def np_f(t):
+        return np.asarray(t.numpy(), dtype=np.float64)
+
+
+def sides(ctx, **fns) -> Dict[str, object]:
+    """Run each side's function; a side's Missing or error is recorded for that side only."""
+    out = {}
+    for side, fn in fns.items():
+        try:
+            out[side] = fn()
+        except Missing as exc:
+            out[side] = exc
+        except Exception as exc:  # noqa: BLE001 - reported in the row
+            import traceback
+            tb = traceback.extract_tb(exc.__traceback__)[-1]
+            out[side] = RuntimeError(f"{type(exc).__name__}: {' '.join(str(exc).split())[:240]} "
+                                     f"(at {os.path.basename(tb.filename)}:{tb.lineno})")
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def vgg_weights(arch: str, prep: str):
+    return random_vgg(arch, 7, prep)
+
+
+# --------------------------------------------------------------------------- preprocessing
+def q_preprocess(ctx: Ctx, dtype: str):
+    x = image("prep", (2,) + IMG_HW + (3,))
+    preps = ("torchvision", "caffe")
+
+    def torch_side():
+        V = ctx.hook("torch", "VGGFeatures")
+        return {p: ctx.np_t(V("vgg16", vgg_weights("vgg16", p), layers=["conv1_1"], dtype=dtype,
+                                device=ctx.torch_device).preprocess(ctx.t(nchw(x), dtype))) for p in preps}
+
+    def tf_side():
+        V = ctx.hook("tf", "VGGFeatures")
+        return {p: nchw(ctx.np_f(V("vgg16", vgg_weights("vgg16", p), layers=["conv1_1"], dtype=dtype)
+                                 .preprocess(ctx.f(x, dtype)))) for p in preps}
+
+    return sides(ctx, torch=torch_side, tf=tf_side,
+                 ref=lambda: {p: R.preprocess(x, PREPROCESSING[p]) for p in preps})
+
+
+# --------------------------------------------------------------------------- VGG features
+def q_vgg(arch: str, pooling: str, prep: str):
+    def fn(ctx: Ctx, dtype: str):
+        x = image(("vgg", arch, pooling), (2,) + VGG_HW + (3,))
+        ws = vgg_weights(arch, prep)
+        names = vgg_layer_names(arch)
+
+        def torch_side():
+            V = ctx.hook("torch", "VGGFeatures")
+            import torch
+            with torch.no_grad():
+                out = V(arch, ws, pooling, layers=names, dtype=dtype, device=ctx.torch_device)(ctx.t(nchw(x), dtype))
+            return {k: ctx.np_t(out[k]) for k in names}
+
+        def tf_side():
+            V = ctx.hook("tf", "VGGFeatures")
+            out = V(arch, ws, pooling, layers=names, dtype=dtype)(ctx.f(x, dtype))
+            return {k: nchw(ctx.np_f(out[k])) for k in names}
+
+        def ref_side():
+            t = {k: np.asarray(v, np.float64) for k, v in ws.tensors.items()}
+            return R.vgg_features(R.preprocess(x, ws.preprocessing), t, VGGSpec(arch, pooling), names)
+
+        return sides(ctx, torch=torch_side, tf=tf_side, ref=ref_side)
+    return fn
+
+
+# --------------------------------------------------------------------------- losses
+F_SHAPE = (2, 8, 5, 7)
+
+
+def _loss_inputs():
+    f = features("F", F_SHAPE)
+    f2 = features("F2", F_SHAPE)           # target features (style and content)
+    x = image("tv", (2,) + IMG_HW + (3,))
+    return f, f2, nchw(x)
+
+
+def q_gram(ctx: Ctx, dtype: str):
+    f, _, _ = _loss_inputs()
+
+    def torch_side():
+        g = ctx.hook("torch", "losses.gram")
+        return {c: ctx.np_t(g(ctx.t(f, dtype), c)) for c in GRAM_CONVENTIONS}
+
+    def tf_side():
+        g = ctx.hook("tf", "losses.gram")
+        return {c: ctx.np_f(g(ctx.f(nhwc(f), dtype), c)) for c in GRAM_CONVENTIONS}
+
+    return sides(ctx, torch=torch_side, tf=tf_side, ref=lambda: {c: R.gram(f, c) for c in GRAM_CONVENTIONS})
+
+
+def _torch_losses(ctx, dtype, with_grad):
+    import torch
+    L = ctx.hook("torch", "losses")
+    f, f2, x = _loss_inputs()
+    out = {}
+    for kind, convs in (("style", GRAM_CONVENTIONS), ("content", CONTENT_CONVENTIONS), ("tv", TV_CONVENTIONS)):
+        for c in convs:
+            a = ctx.t(x if kind == "tv" else f, dtype).requires_grad_(True)
+            if kind == "style":
+                v = L.style_loss(a, L.gram(ctx.t(f2, dtype), c)[0], c)
+            elif kind == "content":
+                v = L.content_loss(a, ctx.t(f2, dtype), c)
+            else:
+                v = L.tv_loss(a, c)
+            if with_grad:
+                (gr,) = torch.autograd.grad(v, a)
+                out[f"{kind}:{c}"] = ctx.np_t(gr)
+            else:
+                out[f"{kind}:{c}"] = np.asarray(float(v.detach()) if hasattr(v, "detach") else float(v))
+    return out
+
+
+def _tf_losses(ctx, dtype, with_grad):
+    import tensorflow as tf
+    L = ctx.hook("tf", "losses")
+    f, f2, x = _loss_inputs()
+    out = {}
+    for kind, convs in (("style", GRAM_CONVENTIONS), ("content", CONTENT_CONVENTIONS), ("tv", TV_CONVENTIONS)):
+        for c in convs:
+            a = tf.Variable(nhwc(x if kind == "tv" else f).astype(dtype))
+            with tf.GradientTape() as tape:
+                if kind == "style":
+                    v = L.style_loss(a, L.gram(ctx.f(nhwc(f2), dtype), c)[0], c)
+                elif kind == "content":
+                    v = L.content_loss(a, ctx.f(nhwc(f2), dtype), c)
+                else:
+                    v = L.tv_loss(a, c)
+            if with_grad:
+                out[f"{kind}:{c}"] = nchw(ctx.np_f(tape.gradient(v, a)))
+            else:
+                out[f"{kind}:{c}"] = np.asarray(float(v.detach()) if hasattr(v, "detach") else float(v))
+    return out
+
+
+def _ref_losses(with_grad):
+    f, f2, x = _loss_inputs()
+    out = {}
+    for c in GRAM_CONVENTIONS:
+        a = R.gram(f2, c)[0]
+        out[f"style:{c}"] = R.style_loss_grad(f, a, c) if with_grad else np.asarray(R.style_loss(f, a, c))
+    for c in CONTENT_CONVENTIONS:
+        out[f"content:{c}"] = R.content_loss_grad(f, f2, c) if with_grad else np.asarray(R.content_loss(f, f2, c))
+    for c in TV_CONVENTIONS:
+        out[f"tv:{c}"] = R.tv_loss_grad(x, c) if with_grad else np.asarray(R.tv_loss(x, c))
+    return out
+
+
+def q_losses(with_grad: bool):
+    def fn(ctx: Ctx, dtype: str):
+        return sides(ctx, torch=lambda: _torch_losses(ctx, dtype, with_grad),
+                     tf=lambda: _tf_losses(ctx, dtype, with_grad), ref=lambda: _ref_losses(with_grad))
+    return fn
+
+
+# --------------------------------------------------------------------------- Gatys loss
+def gatys_preset(name: str):
+    """A preset with TV switched on (so every term is exercised) and no resizing."""
+    p = P.get(name)
+    return p.replace(loss=p.loss.replace(tv_weight=0.5 if p.loss.tv_weight == 0 else p.loss.tv_weight),
+                     gatys=p.gatys.replace(image_size=None))
+
+
+def _gatys_inputs():
+    return (image("gatys-img", IMG_HW + (3,)), image("gatys-content", IMG_HW + (3,)),
+            image("gatys-style", (28, 36, 3)))
+
+
+def q_gatys_loss(preset_name: str):
+    def fn(ctx: Ctx, dtype: str):
+        preset = gatys_preset(preset_name)
+        ws = vgg_weights(preset.vgg.arch, preset.preprocessing_name)
+        img, content, style = _gatys_inputs()
+        terms = ("total", "content", "style", "tv")
+
+        def backend_side(side):
+            G = ctx.hook(side, "GatysStylizer")
+            kw = {"device": ctx.torch_device} if side == "torch" else {}
+            g = G(preset, weights=ws, dtype=dtype, **kw)
+            if not hasattr(g, "loss_terms"):
+                raise Missing(f"{side} GatysStylizer.loss_terms is missing")
+            t = g.loss_terms(img.astype(np.float32), content.astype(np.float32), style.astype(np.float32))
+            return {k: np.asarray(t[k], dtype=np.float64) for k in terms}
+
+        def ref_side():
+            loss = preset.loss
+            t = {k: np.asarray(v, np.float64) for k, v in ws.tensors.items()}
+            layers = loss.all_layers
+            feats = lambda im: R.vgg_features(R.preprocess(im, ws.preprocessing), t, preset.vgg, layers)
+            fc, fs = feats(content), feats(style)
+            out = R.total_loss(feats(img), nchw(img[None]), loss, {l: fc[l] for l in loss.content_layers},
+                               {l: R.gram(fs[l], loss.gram)[0] for l in loss.style_layers})
+            return {k: np.asarray(out[k]) for k in terms}
+
+        return sides(ctx, torch=lambda: backend_side("torch"), tf=lambda: backend_side("tf"), ref=ref_side)
+    return fn
+
+
+def q_gatys_grad(preset_name: str):
+    """d total / d image, composed from the backends' VGGFeatures and losses.total_loss."""
+    def fn(ctx: Ctx, dtype: str):
+        preset = gatys_preset(preset_name)
+        loss = preset.loss
+        ws = vgg_weights(preset.vgg.arch, preset.preprocessing_name)
+        img, content, style = _gatys_inputs()
+
+        def torch_side():
+            import torch
+            V, L = ctx.hook("torch", "VGGFeatures"), ctx.hook("torch", "losses")
+            vgg = V(preset.vgg.arch, ws, preset.vgg.pooling, layers=loss.all_layers, dtype=dtype, device=ctx.torch_device)
+            with torch.no_grad():
+                fc = vgg(ctx.t(nchw(content[None]), dtype))
+                fs = vgg(ctx.t(nchw(style[None]), dtype))
+            ct = {l: fc[l] for l in loss.content_layers}
+            sg = {l: L.gram(fs[l], loss.gram)[0] for l in loss.style_layers}
+            x = ctx.t(nchw(img[None]), dtype).requires_grad_(True)
+            tot = L.total_loss(vgg(x), x, loss, ct, sg)
+            tot = tot[0] if not isinstance(tot, dict) else tot["total"]
+            (g,) = torch.autograd.grad(tot, x)
+            return {"d total / d image": ctx.np_t(g)}
+
+        def tf_side():
+            import tensorflow as tf
+            V, L = ctx.hook("tf", "VGGFeatures"), ctx.hook("tf", "losses")
+            vgg = V(preset.vgg.arch, ws, preset.vgg.pooling, layers=loss.all_layers, dtype=dtype)
+            fc = vgg(ctx.f(content[None], dtype))
+            fs = vgg(ctx.f(style[None], dtype))
+            ct = {l: fc[l] for l in loss.content_layers}
+            sg = {l: L.gram(fs[l], loss.gram)[0] for l in loss.style_layers}
+            x = tf.Variable(img[None].astype(dtype))
+            with tf.GradientTape() as tape:
+                tot = L.total_loss(vgg(x), x, loss, ct, sg)
+                tot = tot["total"] if isinstance(tot, dict) else tot[0]
+            return {"d total / d image": nchw(ctx.np_f(tape.gradient(tot, x)))}
+
+        return sides(ctx, torch=torch_side, tf=tf_side, ref=lambda: Missing(
+            "resty.reference has no VGG backward (gradient w.r.t. the image)"))
+    return fn
+
+
+# --------------------------------------------------------------------------- optimisers
+# An objective with analytic oracle gradients: the image itself is treated as the features.
+OPT_SHAPE = (1, 3, 12, 20)
+OPT_LOSS = dict(style_conv="gatys2015", content_conv="mse", tv_conv="squared_mean", beta=1e3, tau=0.3)
+
+
+def _opt_inputs():
+    x0 = nchw(image("opt-x0", (1, 12, 20, 3)))
+    p = nchw(image("opt-content", (1, 12, 20, 3)))
+    a = R.gram(nchw(image("opt-style", (1, 12, 20, 3))), OPT_LOSS["style_conv"])[0]
+    return x0, p, a.astype(np.float32).astype(np.float64)
+
+
+def _ref_objective(x, p, a):
+    o = OPT_LOSS
+    f = (o["beta"] * R.style_loss(x, a, o["style_conv"]) + R.content_loss(x, p, o["content_conv"])
+         + o["tau"] * R.tv_loss(x, o["tv_conv"]))
+    g = (o["beta"] * R.style_loss_grad(x, a, o["style_conv"]) + R.content_loss_grad(x, p, o["content_conv"])
+         + o["tau"] * R.tv_loss_grad(x, o["tv_conv"]))
+    return f, g
+
+
+def _torch_objective(L, x, p, a):
+    o = OPT_LOSS
+    return (o["beta"] * L.style_loss(x, a, o["style_conv"]) + L.content_loss(x, p, o["content_conv"])
+            + o["tau"] * L.tv_loss(x, o["tv_conv"]))
+
+
+def _tf_objective(L, x, p, a):
+    o = OPT_LOSS
+    return (o["beta"] * L.style_loss(x, a, o["style_conv"]) + L.content_loss(x, p, o["content_conv"])
+            + o["tau"] * L.tv_loss(x, o["tv_conv"]))
+
+
+ADAM = AdamSpec(lr=1e-2)
+ADAM_STEPS = 12
+LBFGS = LBFGSSpec(max_iter=5, history_size=4)
+LBFGS_EVALS = 16
+
+
+def q_adam(ctx: Ctx, dtype: str):
+    x0, p, a = _opt_inputs()
+    keep = (1, 4, ADAM_STEPS)
+
+    def torch_side():
+        import torch
+        L, O = ctx.hook("torch", "losses"), ctx.hook("torch", "optim")
+        x = ctx.t(x0, dtype).requires_grad_(True)
+        opt = O.make_adam([x], ADAM)
+        pt, at = ctx.t(p, dtype), ctx.t(a, dtype)
+        out = {}
+        for k in range(1, ADAM_STEPS + 1):
+            opt.zero_grad()
+            _torch_objective(L, x, pt, at).backward()
+            opt.step()
+            if k in keep:
+                out[f"x_{k} − x_0"] = ctx.np_t(x) - x0
+        return out
+
+    def tf_side():
+        import tensorflow as tf
+        L, O = ctx.hook("tf", "losses"), ctx.hook("tf", "optim")
+        x = tf.Variable(nhwc(x0).astype(dtype))
+        opt = O.TorchAdam(ADAM, [x])
+        pt, at = ctx.f(nhwc(p), dtype), ctx.f(a, dtype)
+        out = {}
+        for k in range(1, ADAM_STEPS + 1):
+            with tf.GradientTape() as tape:
+                v = _tf_objective(L, x, pt, at)
+            opt.apply([tape.gradient(v, x)])
+            if k in keep:
+                out[f"x_{k} − x_0"] = nchw(ctx.np_f(x)) - x0
+        return out
+
+    def ref_side():
+        x, st, out = x0.copy(), R.AdamState(x0.shape), {}
+        for k in range(1, ADAM_STEPS + 1):
+            x = R.adam_step(x, _ref_objective(x, p, a)[1], st, ADAM)
+            if k in keep:
+                out[f"x_{k} − x_0"] = x - x0
+        return out
+
+    return sides(ctx, torch=torch_side, tf=tf_side, ref=ref_side)
+
+
+def q_lbfgs(ctx: Ctx, dtype: str):
+    x0, p, a = _opt_inputs()
+
+    def torch_side():
+        import torch
+        L, O = ctx.hook("torch", "losses"), ctx.hook("torch", "optim")
+        x = ctx.t(x0, dtype).requires_grad_(True)
+        opt = O.make_lbfgs(x, LBFGS)
+        pt, at = ctx.t(p, dtype), ctx.t(a, dtype)
+        losses = []
+
+        def closure():
+            opt.zero_grad()
+            v = _torch_objective(L, x, pt, at)
+            v.backward()
+            losses.append(float(v.detach()))
+            return v
+
+        def project():
+            with torch.no_grad():
+                x.clamp_(0, 1)
+
+        O.lbfgs_outer_steps(opt, closure, LBFGS, LBFGS_EVALS, lambda: len(losses), project)
+        return {"x_N − x_0": ctx.np_t(x) - x0, "loss per evaluation": np.asarray(losses)}
+
+    def tf_side():
+        import tensorflow as tf
+        L, O = ctx.hook("tf", "losses"), ctx.hook("tf", "optim")
+        pt, at = ctx.f(nhwc(p), dtype), ctx.f(a, dtype)
+
+        def fun(x):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                v = _tf_objective(L, x, pt, at)
+            return v, tape.gradient(v, x)
+
+        x, losses = O.lbfgs_minimize(fun, ctx.f(nhwc(x0), dtype), LBFGS, LBFGS_EVALS,
+                                     project=lambda z: tf.clip_by_value(z, 0, 1))
+        return {"x_N − x_0": nchw(ctx.np_f(x)) - x0, "loss per evaluation": np.asarray(losses)}
+
+    def ref_side():
+        x, losses = R.lbfgs_minimize(lambda z: _ref_objective(z, p, a), x0, LBFGS, LBFGS_EVALS,
+                                     project=lambda z: np.clip(z, 0, 1))
+        return {"x_N − x_0": x - x0, "loss per evaluation": np.asarray(losses)}
+
+    return sides(ctx, torch=torch_side, tf=tf_side, ref=ref_side)
+
+
+# --------------------------------------------------------------------------- Gatys stylize
+def q_stylize(optimizer: str, iterations: int):
+    """End-to-end GatysStylizer.stylize with a fixed seed: output change from the init image,
+    and the total loss per evaluation (history)."""
+    def fn(ctx: Ctx, dtype: str):
+        from resty import common
+        preset = gatys_preset("gatys2015")
+        preset = preset.replace(gatys=preset.gatys.replace(
+            optimizer=optimizer, adam=AdamSpec(lr=2e-2), lbfgs=LBFGSSpec(max_iter=4, history_size=3)))
+        ws = vgg_weights(preset.vgg.arch, preset.preprocessing_name)
+        _, content, style = _gatys_inputs()
+        x0 = common.init_image("noise", content.astype(np.float32), style.astype(np.float32), 3,
+                               preset.gatys.noise_std).astype(np.float64)
+
+        def backend_side(side):
+            G = ctx.hook(side, "GatysStylizer")
+            kw = {"device": ctx.torch_device} if side == "torch" else {}
+            g = G(preset, weights=ws, dtype=dtype, **kw)
+            out = g.stylize(content.astype(np.float32), style.astype(np.float32), iterations=iterations,
+                            seed=3, init="noise", image_size=None)
+            hist = getattr(g, "history", None)
+            if not hist:
+                raise Missing(f"{side} GatysStylizer.history is empty")
+            out = np.asarray(out, np.float64)[None]
+            # float64: the float32 image itself (≤ 1 ulp); float32: its change from the start.
+            key, val = ("output", out) if dtype == "float64" else ("output − init", out - x0[None])
+            return {key: nchw(val), "total loss per evaluation": np.asarray([h["total"] for h in hist])}
+
+        return sides(ctx, torch=lambda: backend_side("torch"), tf=lambda: backend_side("tf"),
+                     ref=lambda: Missing("resty.reference has no VGG backward"))
+    return fn
+
+
+# --------------------------------------------------------------------------- transformer
+SIZES = {"even 24×40, batch 2": (2, 24, 40), "odd 23×37, batch 2": (2, 23, 37),
+         "non-square 17×30, batch 3": (3, 17, 30)}
+
+
+def q_transformer(spec: TransformerSpec, sizes: Mapping[str, tuple], wseed: int = 11):
+    def fn(ctx: Ctx, dtype: str):
+        ws = random_transformer(spec, wseed)
+        xs = {k: image(("tr", k), (b, h, w, 3)) for k, (b, h, w) in sizes.items()}
+
+        def torch_side():
+            import torch
+            T = ctx.hook("torch", "TransformerNet")
+            net = T(spec, ws, dtype=dtype, device=ctx.torch_device)
+            with torch.no_grad():
+                return {k: ctx.np_t(net(ctx.t(nchw(x), dtype))) for k, x in xs.items()}
+
+        def tf_side():
+            T = ctx.hook("tf", "TransformerNet")
+            net = T(spec, ws, dtype=dtype)
+            return {k: nchw(ctx.np_f(net(ctx.f(x, dtype)))) for k, x in xs.items()}
+
+        def ref_side():
+            t = {k: np.asarray(v, np.float64) for k, v in ws.tensors.items()}
+            return {k: nchw(R.transformer_forward(x, t, spec)) for k, x in xs.items()}
+
+        return sides(ctx, torch=torch_side, tf=tf_side, ref=ref_side)
+    return fn
+
+
+# --------------------------------------------------------------------------- fast training
+FAST_SIZE = 24
+FAST_LR = 1e-2
+
+
+def fast_preset():
+    """johnson2016 (VGG16, Johnson conventions, TV on) with the small transformer."""
+    p = P.get("johnson2016")
+    return p.replace(transformer=SMALL_SPEC, training=p.training.replace(style_size=None, num_workers=0))
+
+
+def _fast_data():
+    items = [image(("fast-train", i), (26 + 3 * i, 33 + 2 * i, 3)).astype(np.float32) for i in range(3)]
+    style = image("fast-style", (30, 38, 3)).astype(np.float32)
+    return items, style
+
+
+def _fast_batch(items, step=0, bs=2, seed=0):
+    from resty import common
+    sched = common.BatchSchedule(len(items), bs, seed)
+    return np.stack([common.load_training_item(items[i], FAST_SIZE, seed, step, j)
+                     for j, i in enumerate(sched.batch(step))]).astype(np.float64)
+
+
+def _fast_make(ctx, side, dtype, tw=None):
+    Fs = ctx.hook(side, "FastStylizer")
+    preset = fast_preset()
+    kw = {"device": ctx.torch_device} if side == "torch" else {}
+    return Fs(preset, weights=vgg_weights(preset.vgg.arch, preset.preprocessing_name), dtype=dtype,
+              transformer_weights=tw if tw is not None else random_transformer(SMALL_SPEC, 21), **kw)
+
+
+def _fit_one(ctx, side, dtype):
+    """One FastStylizer.fit step (cached per side and dtype: fast-loss, fast-update and the
+    checkpoint quantities share it)."""
+    key = ("fit", side, dtype)
+    if key not in ctx.cache:
+        items, style = _fast_data()
+        fs = _fast_make(ctx, side, dtype)
+        before = {k: np.asarray(v, np.float64) for k, v in fs.net.state_dict_canonical().items()}
+        fs.fit(items, style, steps=1, batch_size=2, image_size=FAST_SIZE, seed=0, num_workers=0, lr=FAST_LR)
+        after = {k: np.asarray(v, np.float64) for k, v in fs.net.state_dict_canonical().items()}
+        ctx.cache[key] = (fs, before, after)
+    return ctx.cache[key]
+
+
+def zero_gradient_params(spec: TransformerSpec):
+    """Parameters whose true gradient is exactly 0: the norm bias closing each residual block
+    adds a per-channel constant that every later path removes (the next residual branch starts
+    with conv + instance norm; up1 is nearest ×2 + reflection pad + conv + instance norm, which
+    maps a constant to a constant and normalises it away).  Their computed gradients are
+    rounding noise (measured 3e-11 in float64) and Adam's first step turns noise into ±lr, so
+    they are left out of element-wise gradient/update comparisons (like DESIGN §3's conv bias
+    before a norm) and compared inside the whole-network gradient instead."""
+    if spec.norm != "instance" or spec.upsampling != "nearest_conv":
+        return ()
+    return tuple(f"res{i}.conv2.norm.bias" for i in range(1, spec.residual_blocks + 1))
+
+
+def q_fast_loss(ctx: Ctx, dtype: str):
+    """The loss terms of the first training step (before its update)."""
+    terms = ("total", "content", "style", "tv")
+
+    def backend_side(side):
+        fs, _, _ = _fit_one(ctx, side, dtype)
+        h = fs.history[0]
+        return {k: np.asarray(h[k]) for k in terms}
+
+    def ref_side():
+        preset = fast_preset()
+        loss = preset.fast_loss
+        items, style = _fast_data()
+        x = _fast_batch(items)
+        ws = vgg_weights(preset.vgg.arch, preset.preprocessing_name)
+        t = {k: np.asarray(v, np.float64) for k, v in ws.tensors.items()}
+        tw = {k: np.asarray(v, np.float64) for k, v in random_transformer(SMALL_SPEC, 21).tensors.items()}
+        feats = lambda im: R.vgg_features(R.preprocess(im, ws.preprocessing), t, preset.vgg, loss.all_layers)
+        y = R.transformer_forward(x, tw, SMALL_SPEC)
+        fx, fs_ = feats(x), feats(style.astype(np.float64))
+        out = R.total_loss(feats(y), nchw(y), loss, {l: fx[l] for l in loss.content_layers},
+                           {l: R.gram(fs_[l], loss.gram)[0] for l in loss.style_layers})
+        return {k: np.asarray(out[k]) for k in terms}
+
+    return sides(ctx, torch=lambda: backend_side("torch"), tf=lambda: backend_side("tf"), ref=ref_side)
+
+
+def q_fast_update(ctx: Ctx, dtype: str):
+    """The weights after one FastStylizer.fit step minus before (Adam's first step ≈ lr·sign(g))."""
+    def backend_side(side):
+        _, before, after = _fit_one(ctx, side, dtype)
+        skip = zero_gradient_params(SMALL_SPEC)
+        return {k: after[k] - before[k] for k in before if k not in skip}
+
+    return sides(ctx, torch=lambda: backend_side("torch"), tf=lambda: backend_side("tf"))
+
+
+def _grad_items(g: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    skip = zero_gradient_params(SMALL_SPEC)
+    out = {"all weights (one vector)": np.concatenate([g[k].ravel() for k in sorted(g)])}
+    out.update({k: v for k, v in g.items() if k not in skip})
+    return out
+
+
+def q_fast_grads(ctx: Ctx, dtype: str):
+    """d loss / d transformer weights for the first batch, composed from the backends' public
+    TransformerNet, VGGFeatures and losses.total_loss (FastStylizer exposes no gradient hook)."""
+    preset = fast_preset()
+    loss = preset.fast_loss
+    items, style = _fast_data()
+    x = _fast_batch(items)
+    ws = vgg_weights(preset.vgg.arch, preset.preprocessing_name)
+    tws = random_transformer(SMALL_SPEC, 21)
+
+    def torch_side():
+        import torch
+        Tn, V, L = ctx.hook("torch", "TransformerNet"), ctx.hook("torch", "VGGFeatures"), ctx.hook("torch", "losses")
+        net = Tn(SMALL_SPEC, tws, dtype=dtype, device=ctx.torch_device)
+        vgg = V(preset.vgg.arch, ws, preset.vgg.pooling, layers=loss.all_layers, dtype=dtype, device=ctx.torch_device)
+        xt = ctx.t(nchw(x), dtype)
+        with torch.no_grad():
+            fx = vgg(xt)
+            fs_ = vgg(ctx.t(nchw(style[None]), dtype))
+        y = net(xt)
+        tot = L.total_loss(vgg(y), y, loss, {l: fx[l] for l in loss.content_layers},
+                           {l: L.gram(fs_[l], loss.gram)[0] for l in loss.style_layers})
+        tot = tot["total"] if isinstance(tot, dict) else tot[0]
+        names = [n for n, _ in net.named_parameters()]
+        grads = torch.autograd.grad(tot, [p for _, p in net.named_parameters()])
+        return _grad_items({n: ctx.np_t(g) for n, g in zip(names, grads)})
+
+    def tf_side():
+        import tensorflow as tf
+        Tn, V, L = ctx.hook("tf", "TransformerNet"), ctx.hook("tf", "VGGFeatures"), ctx.hook("tf", "losses")
+        net = Tn(SMALL_SPEC, tws, dtype=dtype)
+        if not hasattr(net, "canonical_variables") or not hasattr(net, "to_canonical_layout"):
+            raise Missing("resty_tf TransformerNet.canonical_variables / to_canonical_layout missing")
+        vgg = V(preset.vgg.arch, ws, preset.vgg.pooling, layers=loss.all_layers, dtype=dtype)
+        xt = ctx.f(x, dtype)
+        fx = vgg(xt)
+        fs_ = vgg(ctx.f(style[None], dtype))
+        cv = net.canonical_variables()
+        with tf.GradientTape() as tape:
+            y = net(xt)
+            tot = L.total_loss(vgg(y), y, loss, {l: fx[l] for l in loss.content_layers},
+                               {l: L.gram(fs_[l], loss.gram)[0] for l in loss.style_layers})
+            tot = tot["total"] if isinstance(tot, dict) else tot[0]
+        grads = tape.gradient(tot, list(cv.values()))
+        return _grad_items({n: np.asarray(net.to_canonical_layout(n, g.numpy()), np.float64) for n, g in zip(cv, grads)})
+
+    return sides(ctx, torch=torch_side, tf=tf_side)
+
+
+def q_checkpoint(src: str):
+    """A FastStylizer trained (one fit step) and saved by ``src``, loaded by the other backend:
+    the transformer forward of both and of the oracle on the saved tensors; in float32 also
+    the public ``stylize`` output (float32 by contract)."""
+    dst = "tf" if src == "torch" else "torch"
+
+    def fn(ctx: Ctx, dtype: str):
+        from resty.weights import load_weights
+        preset = fast_preset()
+        ws = vgg_weights(preset.vgg.arch, preset.preprocessing_name)
+        x = image(("ckpt", src), (2, 23, 30, 3))
+        path = os.path.join(ctx.tmp, f"fast-{src}-{dtype}.safetensors")
+        produced = {}
+
+        def run(side, fs):
+            import numpy as _np
+            out = {}
+            if side == "torch":
+                import torch
+                with torch.no_grad():
+                    out["net forward"] = ctx.np_t(fs.net(ctx.t(nchw(x), dtype)))
+            else:
+                out["net forward"] = nchw(ctx.np_f(fs.net(ctx.f(x, dtype))))
+            if dtype == "float32":
+                out["stylize()"] = nchw(_np.stack(fs.stylize([a for a in x.astype(_np.float32)])).astype(_np.float64))
+            return out
+
+        def src_side():
+            fs, _, _ = _fit_one(ctx, src, dtype)
+            fs.save(path, overwrite=True)
+            produced["ok"] = True
+            return run(src, fs)
+
+        def dst_side():
+            if not produced:
+                raise Missing(f"no checkpoint from {src}")
+            Fs = ctx.hook(dst, "FastStylizer")
+            kw = {"device": ctx.torch_device} if dst == "torch" else {}
+            return run(dst, Fs.load(path, weights=ws, dtype=dtype, **kw))
+
+        def ref_side():
+            if not produced:
+                raise Missing(f"no checkpoint from {src}")
+            saved = load_weights(path, expect="transformer")
+            y = nchw(R.transformer_forward(x, {k: np.asarray(v, np.float64) for k, v in saved.tensors.items()}, saved.spec))
+            out = {"net forward": y}
+            if dtype == "float32":
+                out["stylize()"] = np.clip(y, 0, 1).astype(np.float32).astype(np.float64)
+            return out
+
+        res = sides(ctx, **{src: src_side})
+        res.update(sides(ctx, **{dst: dst_side}))
+        res.update(sides(ctx, ref=ref_side))
+        return res
+    return fn
+
+
+def q_preserve_color(ctx: Ctx, dtype: str):
+    """FastStylizer.stylize(preserve_color=True) against resty.images.preserve_color applied to
+    the oracle's output (luminance of the stylised image, chrominance of the content)."""
+    from resty.images import preserve_color
+    x = image("colour", (2, 22, 31, 3)).astype(np.float32)
+    tws = random_transformer(SMALL_SPEC, 21)
+
+    def backend_side(side):
+        fs = _fast_make(ctx, side, dtype, tws)
+        return {"stylize(preserve_color=True)": nchw(np.stack(fs.stylize([a for a in x], preserve_color=True)))}
+
+    def ref_side():
+        y = R.transformer_forward(x.astype(np.float64), {k: np.asarray(v, np.float64) for k, v in tws.tensors.items()},
+                                  SMALL_SPEC)
+        return {"stylize(preserve_color=True)": nchw(np.stack(
+            [preserve_color(np.clip(yi, 0, 1).astype(np.float32), xi) for yi, xi in zip(y, x)]))}
+
+    return sides(ctx, torch=lambda: backend_side("torch"), tf=lambda: backend_side("tf"), ref=ref_side)
+
+
+# --------------------------------------------------------------------------- registry
+def build() -> List[Quantity]:
+    qs = [Quantity("preprocess", "preprocessing (torchvision RGB mean/std; caffe BGR·255 − mean)", "preprocess", q_preprocess)]
+    for arch, pooling, prep in (("vgg19", "max", "torchvision"), ("vgg19", "avg", "caffe"),
+                                ("vgg16", "max", "caffe"), ("vgg16", "avg", "torchvision")):
+        n = len(vgg_layer_names(arch))
+        qs.append(Quantity(f"{arch}-{pooling}", f"{arch.upper()} features, {pooling} pool, {prep} ({n} layers, {VGG_HW[0]}×{VGG_HW[1]})",
+                           "features", q_vgg(arch, pooling, prep), quick=(arch == "vgg19" and pooling == "max")))
+    qs += [
+        Quantity("gram", f"Gram matrices ({len(GRAM_CONVENTIONS)} conventions)", "gram", q_gram),
+        Quantity("losses", f"style/content/TV losses ({len(GRAM_CONVENTIONS)}+{len(CONTENT_CONVENTIONS)}+{len(TV_CONVENTIONS)} conventions)", "loss", q_losses(False)),
+        Quantity("loss-grads", "style/content/TV loss gradients w.r.t. features/image (every convention)", "grad", q_losses(True)),
+        Quantity("gatys-loss-gatys2015", "Gatys total loss terms, gatys2015 preset (+TV), VGG19 avg", "loss", q_gatys_loss("gatys2015")),
+        Quantity("gatys-loss-johnson2016", "Gatys total loss terms, johnson2016 conventions, VGG16 max", "loss", q_gatys_loss("johnson2016"), quick=False),
+        Quantity("gatys-grad-gatys2015", "Gatys total loss gradient w.r.t. the image, gatys2015 (+TV)", "grad", q_gatys_grad("gatys2015")),
+        Quantity("gatys-grad-johnson2016", "Gatys total loss gradient w.r.t. the image, johnson2016", "grad", q_gatys_grad("johnson2016"), quick=False),
+        Quantity("adam", f"Adam trajectory, {ADAM_STEPS} steps (torch formula, lr {ADAM.lr:g})", "trajectory", q_adam),
+        Quantity("lbfgs", f"L-BFGS trajectory, {LBFGS_EVALS} evaluations (max_iter {LBFGS.max_iter}, history {LBFGS.history_size}, clamp)", "trajectory", q_lbfgs),
+        Quantity("transformer-nearest", "transformer forward, nearest ×2 + conv (small spec; even/odd/non-square, batch>1)", "output",
+                 q_transformer(SMALL_SPEC, SIZES)),
+        Quantity("transformer-transposed", "transformer forward, transposed conv (small spec; even/odd/non-square, batch>1)", "output",
+                 q_transformer(SMALL_SPEC.replace(upsampling="transposed_conv"), SIZES)),
+        Quantity("transformer-activations", "transformer forward, sigmoid/tanh outputs, conv bias before norm (small spec)", "output",
+                 q_transformer(SMALL_SPEC.replace(output_activation="tanh", conv_bias_before_norm=True), {"odd 21×26, batch 2": (2, 21, 26)}),
+                 quick=False),
+        Quantity("transformer-johnson", "transformer forward, full-size Johnson net (32/64/128, 5 res) at 20×28", "output",
+                 q_transformer(TransformerSpec(), {"20×28, batch 1": (1, 20, 28)}), quick=False),
+        Quantity("stylize-adam", "end-to-end Gatys stylize, Adam, 5 iterations, seed 3", "e2e", q_stylize("adam", 5),
+                 sides=("torch", "tf")),
+        Quantity("stylize-lbfgs", "end-to-end Gatys stylize, L-BFGS, 8 evaluations, seed 3", "e2e", q_stylize("lbfgs", 8),
+                 sides=("torch", "tf"), quick=False),
+        Quantity("fast-loss", f"fast training step 1: loss terms (johnson2016, small net, batch 2, {FAST_SIZE}px crops)", "loss", q_fast_loss),
+        Quantity("fast-grads", "fast training step 1: gradients w.r.t. every transformer weight", "grad", q_fast_grads,
+                 sides=("torch", "tf")),
+        Quantity("fast-update", f"fast training step 1: weight update of FastStylizer.fit (Adam lr {FAST_LR:g})", "trajectory",
+                 q_fast_update, sides=("torch", "tf")),
+        Quantity("checkpoint-torch-tf", "checkpoint trained+saved in torch, loaded in TF (net forward; stylize())", "image_out",
+                 q_checkpoint("torch")),
+        Quantity("checkpoint-tf-torch", "checkpoint trained+saved in TF, loaded in torch (net forward; stylize())", "image_out",
+                 q_checkpoint("tf")),
+        Quantity("preserve-color", "colour preservation: FastStylizer.stylize(preserve_color=True)", "image_out", q_preserve_color),
+    ]
+    for q in qs:
+        if q.key.startswith("gatys-grad"):
+            q.sides = ("torch", "tf")
+    return qs

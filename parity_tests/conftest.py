@@ -1,0 +1,17 @@
+"""pytest set-up for the parity suite.
+
+pytest loads the conftest of every ``testpaths`` entry before collecting anything, so importing
+:mod:`parity_tests` here imports torch and torchvision before TensorFlow for the whole run
+(DESIGN.md §3: the other order segfaults), including ``tests/``.
+"""
+from __future__ import annotations
+
+import pytest
+
+import parity_tests  # noqa: F401  (import order: torch, torchvision, then tensorflow)
+
+
+@pytest.fixture(scope="session")
+def parity_ctx():
+    from parity_tests import cases
+    return cases.Ctx()
