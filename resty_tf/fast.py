@@ -152,7 +152,11 @@ class FastStylizer:
             return x, bad, step
 
         ds = tf.data.Dataset.range(start, total)
-        ds = ds.map(tf_load, num_parallel_calls=max(1, workers) if workers else None, deterministic=True)
+        if workers:
+            # Parallel decoding, results kept in step order (deterministic=True).
+            ds = ds.map(tf_load, num_parallel_calls=workers, deterministic=True)
+        else:
+            ds = ds.map(tf_load)
         opts = tf.data.Options()
         opts.threading.private_threadpool_size = max(1, workers) if workers else 0
         return ds.with_options(opts).prefetch(max(2, workers))
