@@ -54,6 +54,8 @@ def main(argv=None):
     ap.add_argument("--device", default=None)
     ap.add_argument("--quick", action="store_true", help="tiny sizes (a CPU smoke test of this script)")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--extras", action="store_true",
+                    help="only: where the Adam loop syncs, cudnn.benchmark, torch.compile")
     a = ap.parse_args(argv)
     dev = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     q = a.quick
@@ -63,6 +65,12 @@ def main(argv=None):
     style = rng.random((gs, gs, 3)).astype(np.float32)
     emit(kind="env", torch=torch.__version__, device=str(dev),
          name=torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu")
+    if a.extras:
+        extras(dev, q, content, style, gs, fs)
+        if a.out:
+            with open(a.out, "w") as fh:
+                json.dump(RECORDS, fh, indent=1)
+        return
 
     # 1. float64 features on the device equal the CPU's (TF32 off).
     set_tf32(False)
@@ -149,6 +157,68 @@ def main(argv=None):
     if a.out:
         with open(a.out, "w") as fh:
             json.dump(RECORDS, fh, indent=1)
+
+
+def _gatys_ms(g, content, style, n, dev, reps=2):
+    ct, sg = g._targets(content, [style], (1.0,))
+    x0 = g._tensor(content)
+    bar = common.Progress(0, False)
+    return timed(lambda: g._run_adam(x0, ct, sg, n, {"step": 0, "stop": False}, None, bar), dev, reps, warm=1) / n
+
+
+def extras(dev, q, content, style, gs, fs):
+    n = 5 if q else 50
+    # Where does the Adam loop synchronise?  (file:line of each reported sync)
+    if dev.type == "cuda":
+        set_tf32(False)
+        g = GatysStylizer("restynet", weights="random:0", device=dev)
+        ct, sg = g._targets(content, [style], (1.0,))
+        x0 = g._tensor(content)
+        g._run_adam(x0, ct, sg, 3, {"step": 0, "stop": False}, None, common.Progress(0, False))
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                g._run_adam(x0, ct, sg, 24, {"step": 0, "stop": False}, None, common.Progress(0, False))
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        emit(kind="adam_loop_sync_sites", sites=[f"{x.filename.split('/')[-1]}:{x.lineno}" for x in w])
+    # Repeat float32 (clock warm-up check) and cudnn.benchmark on/off.
+    for bench in (False, True):
+        torch.backends.cudnn.benchmark = bench
+        for mode, tf32 in (("float32", False), ("tf32", True)):
+            set_tf32(tf32)
+            g = GatysStylizer("restynet", weights="random:0", device=dev)
+            emit(kind="gatys_adam", mode=mode, cudnn_benchmark=bench, size=gs,
+                 ms_per_iter=round(_gatys_ms(g, content, style, n, dev) * 1e3, 3))
+            f = FastStylizer("johnson2016", weights="random:0", device=dev)
+            x = torch.rand(1, 3, fs, fs, device=dev)
+
+            def infer():
+                with torch.inference_mode():
+                    return f.net(x)
+            emit(kind="fast_inference", mode=mode, cudnn_benchmark=bench, size=fs,
+                 ms=round(timed(infer, dev, 3 if q else 20) * 1e3, 3))
+    torch.backends.cudnn.benchmark = False
+    # torch.compile: Gatys (TF32) and the fast network (fp16 autocast, and TF32).
+    set_tf32(True)
+    t = time.perf_counter()
+    g = GatysStylizer("restynet", weights="random:0", device=dev, compile=True)
+    ms = _gatys_ms(g, content, style, n, dev)
+    emit(kind="gatys_adam_compiled", mode="tf32", size=gs, ms_per_iter=round(ms * 1e3, 3),
+         total_seconds_incl_compile=round(time.perf_counter() - t, 1))
+    for prec in ("fp16", None):
+        t = time.perf_counter()
+        f = FastStylizer("johnson2016", weights="random:0", device=dev, precision=prec, compile=True)
+        x = torch.rand(1, 3, fs, fs, device=dev)
+
+        def infer():
+            with torch.inference_mode(), autocast(dev, f.precision):
+                return f._net_fn(x)
+        ms = timed(infer, dev, 3 if q else 20, warm=3)
+        emit(kind="fast_inference_compiled", mode=prec or "tf32", size=fs, ms=round(ms * 1e3, 3),
+             total_seconds_incl_compile=round(time.perf_counter() - t, 1))
+    set_tf32(False)
 
 
 if __name__ == "__main__":

@@ -371,3 +371,10 @@ def test_device_helpers():
     from resty.errors import RestyError
     with pytest.raises(RestyError):
         rt.resolve_dtype("float16")
+
+
+def test_fit_nonfinite_loss_names_the_step():
+    arrays = [_rand(40, 40, 3, seed=k).astype(np.float32) for k in range(2)]
+    f = rt.FastStylizer(_fast_preset(), weights="random:0", device="cpu")
+    with pytest.raises(TrainingError, match=r"at step \d+ "):
+        f.fit(arrays, arrays[0], steps=4, lr=1e30)
