@@ -274,10 +274,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "fast network, in each installed backend; writes DIR/demo.png (figure) and "
                                    "DIR/timing.md / timing.json (seconds per image).")
     p.add_argument("--out", default="resty-demo", metavar="DIR", help="output folder (default ./resty-demo)")
-    p.add_argument("--quick", action="store_true", help="smaller and shorter (about a minute on a laptop CPU)")
+    p.add_argument("--quick", action="store_true", help="one photo at 64 px, 15 iterations / training steps (about a minute on a laptop CPU)")
     p.add_argument("--backends", type=_backend_list, default=None,
                    help="comma-separated, e.g. torch,tf (default: every installed backend)")
-    p.add_argument("--size", type=_positive_int, default=None, help="longest side in pixels (default 128; --quick 96)")
+    p.add_argument("--size", type=_positive_int, default=None, help="longest side in pixels (default 128; --quick 64)")
     p.add_argument("--iterations", type=_positive_int, default=None, help="Gatys iterations")
     p.add_argument("--train-steps", type=_positive_int, default=None, help="fast-network training steps")
     p.add_argument("--weights", default=None,

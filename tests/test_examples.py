@@ -1,0 +1,69 @@
+"""Each script in examples/ runs with --quick (a couple of minutes at most on CPU).
+
+They run as subprocesses, as a user would run them, in a temporary working directory and with
+offline, empty caches.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from resty.backends import is_installed
+
+REPO = Path(__file__).resolve().parents[1]
+BOTH = is_installed("torch") and is_installed("tf")
+
+
+def _run(script, args, tmp_path, timeout=600):
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               RESTY_OFFLINE="1", RESTY_HOME=str(tmp_path / "home"), MPLBACKEND="Agg",
+               TF_CPP_MIN_LOG_LEVEL="2")
+    r = subprocess.run([sys.executable, str(REPO / "examples" / script), *args], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=timeout)
+    assert r.returncode == 0, f"{script} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    return r.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not BOTH, reason="needs both backends")
+def test_reproduce_report(tmp_path):
+    out = _run("reproduce_report.py", ["--quick", "--out", "rep", "--size", "32"], tmp_path)
+    assert (tmp_path / "rep" / "demo.png").exists()
+    assert "39" in (tmp_path / "rep" / "timing.md").read_text()
+    assert "| Gatys | PyTorch |" in out and "| Fast (Johnson) | TensorFlow |" in out
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not is_installed("torch"), reason="needs torch")
+def test_train_fast(tmp_path):
+    out = _run("train_fast.py", ["--quick", "--out", "m.safetensors", "--image-size", "32"], tmp_path)
+    assert (tmp_path / "m.safetensors").exists() and (tmp_path / "m.png").exists()
+    assert "trained 3 steps" in out
+    if BOTH:
+        diff = float(out.split("max |difference| to torch = ")[1].split()[0])
+        assert diff < 1e-3
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not BOTH, reason="needs both backends")
+def test_compare_frameworks(tmp_path):
+    out = _run("compare_frameworks.py", ["--quick"], tmp_path)
+    rows = [ln for ln in out.splitlines() if ln.startswith("| ") and "compared" not in ln]
+    assert len(rows) == 4
+    for ln in rows:
+        diff = float(ln.split("|")[2])
+        assert diff < 5e-3, ln
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not is_installed("torch"), reason="needs torch")
+def test_export_onnx(tmp_path):
+    pytest.importorskip("onnxruntime")
+    out = _run("export_onnx.py", ["--quick", "--out", "m.onnx"], tmp_path)
+    assert (tmp_path / "m.onnx").exists()
+    diff = float(out.split("max |difference| ")[1].split()[0])
+    assert diff < 1e-3
