@@ -80,6 +80,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                 except compare.Missing as exc:
                     muts.append({"mutation": name, "dtype": dt, "check": str(exc), "expect_pass": None,
                                  "passed": None, "max_rel": None, "note": "missing", "ok": None})
+                except Exception as exc:  # noqa: BLE001 - reported, and fails the run
+                    muts.append({"mutation": name, "dtype": dt, "check": f"error: {compare._fmt_exc(exc)}",
+                                 "expect_pass": None, "passed": None, "max_rel": None, "note": "error",
+                                 "ok": False})
     seconds = time.perf_counter() - t0
 
     print("## Parity report\n")

@@ -123,6 +123,8 @@ def sides(ctx, **fns) -> Dict[str, object]:
             out[side] = fn()
         except Missing as exc:
             out[side] = exc
+        except ImportError as exc:   # a framework not installed (e.g. a torch-only GPU machine)
+            out[side] = Missing(f"{side}: {exc}")
         except Exception as exc:  # noqa: BLE001 - reported in the row
             import traceback
             tb = traceback.extract_tb(exc.__traceback__)[-1]

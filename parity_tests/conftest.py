@@ -15,3 +15,12 @@ import parity_tests  # noqa: F401  (import order: torch, torchvision, then tenso
 def parity_ctx():
     from parity_tests import cases
     return cases.Ctx()
+
+
+@pytest.fixture(autouse=True)
+def _parity_environment():
+    """Re-assert TF32 off / determinism before every parity test (a unit test elsewhere in the
+    same run may have switched TF32 on through a backend's set_tf32)."""
+    from parity_tests import env
+    env.configure()
+    yield

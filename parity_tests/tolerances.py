@@ -43,10 +43,13 @@ class Tolerance:
             raise ValueError("Tolerance: a norm tolerance needs min_cos")
 
     def describe(self) -> str:
+        def fmt(x):
+            return f"{x:.1e}".replace(".0e", "e")
+
         if self.kind == "scaled":
-            return f"{self.rtol:.0e}·scale"
-        cos = f"1−{1 - self.min_cos:.0e}" if self.min_cos > 0.999999 else f"{self.min_cos:g}"
-        return f"relL2 {self.rtol:.0e}, cos ≥ {cos}"
+            return f"{fmt(self.rtol)}·scale"
+        cos = f"1−{fmt(1 - self.min_cos)}" if self.min_cos > 0.999999 else f"{self.min_cos:g}"
+        return f"relL2 {fmt(self.rtol)}, cos ≥ {cos}"
 
 
 _F64 = ("float64: torch vs TF measured ≤ 1e-13 relative and oracle vs torch 3e-15 (DESIGN §3); "
