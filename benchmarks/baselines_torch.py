@@ -1,0 +1,209 @@
+"""Plain-PyTorch baselines, written the way the tutorials write them, for ratio reporting.
+
+Gatys: torchvision VGG19 features, per-layer loss modules inserted into an nn.Sequential
+(the PyTorch "Neural Transfer" tutorial's structure), optimising the image with Adam or L-BFGS.
+Fast: the pytorch/examples fast_neural_style TransformerNet in eager float32.
+These are measured seconds apart from Resty on the same machine, so every Resty figure is
+also a ratio.  Random weights: timings do not depend on the values.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+# ----------------------------------------------------------------------------- Gatys (tutorial)
+def _gram(x):
+    a, b, c, d = x.size()
+    f = x.view(a * b, c * d)
+    return torch.mm(f, f.t()).div(a * b * c * d)
+
+
+class _ContentLoss(nn.Module):
+    def __init__(self, target):
+        super().__init__()
+        self.target = target.detach()
+        self.loss = None
+
+    def forward(self, x):
+        self.loss = F.mse_loss(x, self.target)
+        return x
+
+
+class _StyleLoss(nn.Module):
+    def __init__(self, target_feature):
+        super().__init__()
+        self.target = _gram(target_feature).detach()
+        self.loss = None
+
+    def forward(self, x):
+        self.loss = F.mse_loss(_gram(x), self.target)
+        return x
+
+
+def tutorial_gatys_model(content, style, device, content_layers=("conv_4",),
+                         style_layers=("conv_1", "conv_2", "conv_3", "conv_4", "conv_5")):
+    import torchvision
+    cnn = torchvision.models.vgg19(weights=None).features.to(device).eval()
+    for p in cnn.parameters():
+        p.requires_grad_(False)
+    mean = torch.tensor([0.485, 0.456, 0.406], device=device).view(-1, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225], device=device).view(-1, 1, 1)
+
+    class Norm(nn.Module):
+        def forward(self, img):
+            return (img - mean) / std
+
+    model = nn.Sequential(Norm())
+    content_losses, style_losses = [], []
+    i = 0
+    for layer in cnn.children():
+        if isinstance(layer, nn.Conv2d):
+            i += 1
+            name = f"conv_{i}"
+        elif isinstance(layer, nn.ReLU):
+            name = f"relu_{i}"
+            layer = nn.ReLU(inplace=False)
+        elif isinstance(layer, nn.MaxPool2d):
+            name = f"pool_{i}"
+        else:
+            name = f"other_{i}"
+        model.add_module(name, layer)
+        if name in content_layers:
+            cl = _ContentLoss(model(content).detach())
+            model.add_module(f"content_loss_{i}", cl)
+            content_losses.append(cl)
+        if name in style_layers:
+            sl = _StyleLoss(model(style).detach())
+            model.add_module(f"style_loss_{i}", sl)
+            style_losses.append(sl)
+    # trim after the last loss module
+    for j in range(len(model) - 1, -1, -1):
+        if isinstance(model[j], (_ContentLoss, _StyleLoss)):
+            break
+    return model[: j + 1], content_losses, style_losses
+
+
+def tutorial_gatys(content, style, iterations, optimizer="lbfgs", style_weight=1e6, content_weight=1.0):
+    """Run the tutorial's loop; returns the image.  ``iterations`` counts closure evaluations."""
+    model, cls, sls = tutorial_gatys_model(content, style, content.device)
+    img = content.clone().contiguous().requires_grad_(True)
+    opt = torch.optim.LBFGS([img]) if optimizer == "lbfgs" else torch.optim.Adam([img], lr=1e-3)
+    run = [0]
+
+    def closure():
+        with torch.no_grad():
+            img.clamp_(0, 1)
+        opt.zero_grad()
+        model(img)
+        loss = style_weight * sum(s.loss for s in sls) + content_weight * sum(c.loss for c in cls)
+        loss.backward()
+        run[0] += 1
+        return loss
+
+    while run[0] < iterations:
+        if optimizer == "lbfgs":
+            opt.step(closure)
+        else:
+            closure()
+            opt.step()
+    with torch.no_grad():
+        img.clamp_(0, 1)
+    return img.detach()
+
+
+# ----------------------------------------------------------------------------- fast (pytorch/examples)
+class _ConvLayer(nn.Module):
+    def __init__(self, cin, cout, k, stride):
+        super().__init__()
+        self.pad = nn.ReflectionPad2d(k // 2)
+        self.conv = nn.Conv2d(cin, cout, k, stride)
+
+    def forward(self, x):
+        return self.conv(self.pad(x))
+
+
+class _Res(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.c1, self.n1 = _ConvLayer(c, c, 3, 1), nn.InstanceNorm2d(c, affine=True)
+        self.c2, self.n2 = _ConvLayer(c, c, 3, 1), nn.InstanceNorm2d(c, affine=True)
+
+    def forward(self, x):
+        return x + self.n2(self.c2(F.relu(self.n1(self.c1(x)))))
+
+
+class _Up(nn.Module):
+    def __init__(self, cin, cout, k, up):
+        super().__init__()
+        self.up = up
+        self.conv = _ConvLayer(cin, cout, k, 1)
+
+    def forward(self, x):
+        if self.up:
+            x = F.interpolate(x, mode="nearest", scale_factor=self.up)
+        return self.conv(x)
+
+
+class ExamplesTransformerNet(nn.Module):
+    """pytorch/examples fast_neural_style/transformer_net.py, structurally."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(
+            _ConvLayer(3, 32, 9, 1), nn.InstanceNorm2d(32, affine=True), nn.ReLU(),
+            _ConvLayer(32, 64, 3, 2), nn.InstanceNorm2d(64, affine=True), nn.ReLU(),
+            _ConvLayer(64, 128, 3, 2), nn.InstanceNorm2d(128, affine=True), nn.ReLU(),
+            *[_Res(128) for _ in range(5)],
+            _Up(128, 64, 3, 2), nn.InstanceNorm2d(64, affine=True), nn.ReLU(),
+            _Up(64, 32, 3, 2), nn.InstanceNorm2d(32, affine=True), nn.ReLU(),
+            _ConvLayer(32, 3, 9, 1))
+
+    def forward(self, x):
+        return self.body(x)
+
+
+def examples_train_step_factory(device, batch, size):
+    """One pytorch/examples training step (VGG16 relu1_2..relu4_3, mse on Grams)."""
+    import torchvision
+    vgg = torchvision.models.vgg16(weights=None).features[:23].to(device).eval()
+    for p in vgg.parameters():
+        p.requires_grad_(False)
+    net = ExamplesTransformerNet().to(device)
+    opt = torch.optim.Adam(net.parameters(), 1e-3)
+    mean = torch.tensor([0.485, 0.456, 0.406], device=device).view(1, -1, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225], device=device).view(1, -1, 1, 1)
+    taps = {3, 8, 15, 22}
+
+    def feats(x):
+        x = (x / 255.0 - mean) / std
+        out = []
+        for i, layer in enumerate(vgg):
+            x = layer(x)
+            if i in taps:
+                out.append(x)
+        return out
+
+    def gram(y):
+        b, ch, h, w = y.size()
+        f = y.view(b, ch, w * h)
+        return f.bmm(f.transpose(1, 2)) / (ch * h * w)
+
+    style = torch.rand(1, 3, size, size, device=device) * 255
+    gs = [gram(f) for f in feats(style)]
+    x = torch.rand(batch, 3, size, size, device=device) * 255
+
+    def step():
+        opt.zero_grad()
+        y = net(x)
+        fy, fx = feats(y), feats(x)
+        c = 1e5 * F.mse_loss(fy[1], fx[1])
+        s = 0.0
+        for f, g in zip(fy, gs):
+            s = s + F.mse_loss(gram(f), g.expand(batch, -1, -1))
+        loss = c + 1e10 * s
+        loss.backward()
+        opt.step()
+        return loss
+    return step
