@@ -95,7 +95,8 @@ class GatysStylizer:
                 optimizer=None, scales=None, style_scale=None) -> np.ndarray:
         """Stylise ``content`` with ``style`` (one image or a list blended by
         ``style_weights``).  Returns H×W×3 float32 in [0, 1] at the content's size, or with
-        longest side ``image_size`` (default: the preset's; the content's when that is None).
+        longest side ``image_size`` (default: the preset's; 0 or a preset size of None keeps the
+        content's size).
 
         ``iterations`` counts loss/gradient evaluations, split over the coarse-to-fine
         ``scales``.  ``callback(step, losses, image)`` is called after every evaluation and
@@ -104,7 +105,8 @@ class GatysStylizer:
         cfg = self.preset.gatys
         iterations = int(cfg.iterations if iterations is None else iterations)
         seed = cfg.init_seed if seed is None else int(seed)
-        image_size = cfg.image_size if image_size is None else int(image_size)
+        # None: the preset's size; 0: keep the content's size (same rule in resty_tf)
+        image_size = cfg.image_size if image_size is None else (None if int(image_size) == 0 else int(image_size))
         init = cfg.init if init is None else init
         optimizer = cfg.optimizer if optimizer is None else optimizer
         scales = tuple(cfg.scales if scales is None else scales)
