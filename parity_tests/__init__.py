@@ -20,6 +20,7 @@ os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 try:  # order matters: torch and torchvision first, TensorFlow after
     import torch  # noqa: F401
+    import torch._dynamo  # noqa: F401  (torch.optim pulls it in lazily; it too must precede TF)
     import torchvision  # noqa: F401
 except ImportError:  # pragma: no cover - a machine without the torch extra
     torch = None
