@@ -75,7 +75,6 @@ class TorchAdam:
             var.assign(np.asarray(a).astype(var.dtype.as_numpy_dtype))
 
 
-@tf.function(reduce_retracing=True, autograph=False)
 def _two_loop(flat_grad, dirs, stps, ro, start, count, h_diag):
     """L-BFGS direction from a ring-buffer history: torch's two-loop recursion.
 
@@ -110,6 +109,11 @@ class _History:
         self.ro = tf.Variable(tf.zeros([self.cap], dtype), trainable=False)
         self.start = 0
         self.count = 0
+        # One traced function per history: a tf.Variable argument's trace is keyed on the
+        # variable, not on its shape, so a module-level tf.function traced for one problem size
+        # was silently reused for another (reshape error when a second Gatys run had a
+        # different pixel count).  Per-instance tracing keeps the shapes static and correct.
+        self._two_loop = tf.function(_two_loop, autograph=False)
 
     def clear(self):
         self.start = self.count = 0
@@ -126,7 +130,7 @@ class _History:
         self.ro[j].assign(r)
 
     def direction(self, flat_grad, h_diag):
-        return _two_loop(flat_grad, self.dirs, self.stps, self.ro, tf.constant(self.start),
+        return self._two_loop(flat_grad, self.dirs, self.stps, self.ro, tf.constant(self.start),
                          tf.constant(self.count), h_diag)
 
 

@@ -367,3 +367,21 @@ def test_export_savedmodel_and_keras_reload_same_output(tmp_path):
     f.export(tmp_path / "m.keras", format="keras")
     k = keras.saving.load_model(str(tmp_path / "m.keras"))
     np.testing.assert_allclose(np.clip(k(x).numpy(), 0, 1), want, atol=1e-5)
+
+
+def test_lbfgs_two_problem_sizes_in_one_process():
+    # Regression: the L-BFGS two-loop tf.function was traced once for one pixel count and
+    # reused for another (InvalidArgumentError on reshape).
+    from resty_tf.optim import lbfgs_minimize as tf_lbfgs
+    from resty.specs import LBFGSSpec
+    import tensorflow as tf
+    for n in (7, 13):
+        target = tf.constant(np.linspace(0, 1, n), tf.float64)
+
+        def fun(x):
+            with tf.GradientTape() as t:
+                t.watch(x)
+                f = tf.reduce_sum((x - target) ** 2)
+            return f, t.gradient(f, x)
+        x, losses = tf_lbfgs(fun, tf.zeros([n], tf.float64), LBFGSSpec(max_iter=5), 12)
+        assert losses[-1] < losses[0]
