@@ -32,7 +32,7 @@ from resty import presets, reference as R
 from resty.images import resize_longest, sample_images
 from resty_torch import FastStylizer, GatysStylizer, VGGFeatures
 from resty_torch.device import set_tf32
-import baselines_torch as B
+from resty.bench import baselines_torch as B
 
 ROWS = []
 
@@ -51,7 +51,7 @@ def peak_gib():
 
 def reset_peak():
     if DEV == "cuda":
-        reset_peak()
+        torch.cuda.reset_peak_memory_stats()
 
 
 def timed(fn, n, warmup=2):
@@ -119,7 +119,7 @@ def main():
     n_adam = 20 if args.quick else 50
     for mode, tf32, prec in modes():
         set_tf32(tf32)
-        reset_peak()
+        torch.cuda.reset_peak_memory_stats()
         g = GatysStylizer(presets.get("restynet"), weights="random:0", device=DEV, precision=prec)
         g.stylize(content, style, iterations=5, image_size=G)   # warm-up (cuDNN autotune)
         sync()
@@ -176,7 +176,7 @@ def main():
         def run():
             with torch.inference_mode(), torch.autocast(DEV, dtype=dt, enabled=dt is not None):
                 net(x1024)
-        reset_peak()
+        torch.cuda.reset_peak_memory_stats()
         ms, spread = timed(run, 10 if args.quick else 30)
         peak = peak_gib()
         base = None
@@ -200,7 +200,7 @@ def main():
     # ---------------------------------------------------------------- training 256 px, batch 16
     for mode, tf32, prec in modes():
         set_tf32(tf32)
-        reset_peak()
+        torch.cuda.reset_peak_memory_stats()
         f = FastStylizer("johnson2016", weights="random:0", device=DEV, precision=prec)
         grams = f._style_grams(resize_longest(style, T), None, None)
         opt = torch.optim.Adam(f.net.parameters(), 1e-3)

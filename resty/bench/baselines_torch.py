@@ -42,12 +42,26 @@ class _StyleLoss(nn.Module):
         return x
 
 
-def tutorial_gatys_model(content, style, device, content_layers=("conv_4",),
-                         style_layers=("conv_1", "conv_2", "conv_3", "conv_4", "conv_5")):
+# The tutorial's own layers (conv_4; conv_1..conv_5) stop at conv3_1.  Resty's Gatys presets go
+# to relu5_1; for ratios on the same work the bench uses the same depth with the tutorial's
+# structure: conv_N counts convolutions (conv4_2 = conv_10, conv5_1 = conv_13).
+TUTORIAL_LAYERS = (("conv_4",), ("conv_1", "conv_2", "conv_3", "conv_4", "conv_5"))
+GATYS_DEPTH_LAYERS = (("conv_10",), ("conv_1", "conv_3", "conv_5", "conv_9", "conv_13"))
+
+
+def tutorial_vgg19(device):
+    """torchvision VGG19 ``features`` (random init; timings do not depend on the values)."""
     import torchvision
     cnn = torchvision.models.vgg19(weights=None).features.to(device).eval()
     for p in cnn.parameters():
         p.requires_grad_(False)
+    return cnn
+
+
+def tutorial_gatys_model(content, style, device, content_layers=TUTORIAL_LAYERS[0],
+                         style_layers=TUTORIAL_LAYERS[1], cnn=None):
+    import copy
+    cnn = tutorial_vgg19(device) if cnn is None else copy.deepcopy(cnn)
     mean = torch.tensor([0.485, 0.456, 0.406], device=device).view(-1, 1, 1)
     std = torch.tensor([0.229, 0.224, 0.225], device=device).view(-1, 1, 1)
 
@@ -85,9 +99,19 @@ def tutorial_gatys_model(content, style, device, content_layers=("conv_4",),
     return model[: j + 1], content_losses, style_losses
 
 
-def tutorial_gatys(content, style, iterations, optimizer="lbfgs", style_weight=1e6, content_weight=1.0):
-    """Run the tutorial's loop; returns the image.  ``iterations`` counts closure evaluations."""
-    model, cls, sls = tutorial_gatys_model(content, style, content.device)
+def tutorial_gatys(content, style, iterations, optimizer="lbfgs", style_weight=1e6, content_weight=1.0,
+                   layers=TUTORIAL_LAYERS, cnn=None, counter=None):
+    """Run the tutorial's loop (model built from ``cnn``, targets computed, image optimised);
+    returns the image.  ``iterations`` counts closure evaluations; L-BFGS may overshoot by
+    up to one outer step, so ``counter`` (a list) receives the evaluations actually made."""
+    model, cls, sls = tutorial_gatys_model(content, style, content.device, layers[0], layers[1], cnn=cnn)
+    return tutorial_optimize(model, cls, sls, content, iterations, optimizer, style_weight,
+                             content_weight, counter)
+
+
+def tutorial_optimize(model, cls, sls, content, iterations, optimizer="lbfgs", style_weight=1e6,
+                      content_weight=1.0, counter=None):
+    """The tutorial's optimisation loop on a built model (clamp inside the closure)."""
     img = content.clone().contiguous().requires_grad_(True)
     opt = torch.optim.LBFGS([img]) if optimizer == "lbfgs" else torch.optim.Adam([img], lr=1e-3)
     run = [0]
@@ -110,6 +134,8 @@ def tutorial_gatys(content, style, iterations, optimizer="lbfgs", style_weight=1
             opt.step()
     with torch.no_grad():
         img.clamp_(0, 1)
+    if counter is not None:
+        counter.append(run[0])
     return img.detach()
 
 

@@ -1,0 +1,185 @@
+"""Plain-TensorFlow baselines, written the way the TF tutorials write them, for ratio reporting.
+
+Gatys: the "Neural style transfer" tutorial (tensorflow.org/tutorials/generative/style_transfer):
+``keras.applications.VGG19(include_top=False)`` cut into a multi-output extraction model,
+``vgg19.preprocess_input(image * 255)``, Gram by ``tf.linalg.einsum``, a ``@tf.function``
+train step with ``tf.GradientTape`` and ``keras.optimizers.Adam``, clip to [0, 1].
+Fast: a plain Keras transformer shaped like pytorch/examples' TransformerNet (reflection pad
+by ``tf.pad``, Conv2D, instance norm as ``GroupNormalization(groups=-1)``, nearest ×2
+upsampling), called eagerly in float32; a training step with a Keras VGG16 loss network.
+Random weights (``weights=None``): timings do not depend on the values.
+Imported lazily (the core package imports no framework).
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+# The tutorial's layers (content block5_conv2; style block1..5_conv1).  The bench uses the
+# Gatys depth (content block4_conv2) so that the work equals Resty's Gatys presets.
+TUTORIAL_LAYERS = (("block5_conv2",), ("block1_conv1", "block2_conv1", "block3_conv1", "block4_conv1",
+                                       "block5_conv1"))
+GATYS_DEPTH_LAYERS = (("block4_conv2",), TUTORIAL_LAYERS[1])
+
+
+# ----------------------------------------------------------------------------- Gatys (tutorial)
+def vgg_layers(layer_names):
+    vgg = keras.applications.VGG19(include_top=False, weights=None)
+    vgg.trainable = False
+    outputs = [vgg.get_layer(name).output for name in layer_names]
+    return keras.Model([vgg.input], outputs)
+
+
+def gram_matrix(input_tensor):
+    result = tf.linalg.einsum("bijc,bijd->bcd", input_tensor, input_tensor)
+    input_shape = tf.shape(input_tensor)
+    num_locations = tf.cast(input_shape[1] * input_shape[2], tf.float32)
+    return result / num_locations
+
+
+class StyleContentModel(keras.models.Model):
+    def __init__(self, style_layers, content_layers):
+        super().__init__()
+        self.vgg = vgg_layers(style_layers + content_layers)
+        self.style_layers = style_layers
+        self.content_layers = content_layers
+        self.num_style_layers = len(style_layers)
+        self.vgg.trainable = False
+
+    def call(self, inputs):
+        inputs = inputs * 255.0
+        preprocessed_input = keras.applications.vgg19.preprocess_input(inputs)
+        outputs = self.vgg(preprocessed_input)
+        style_outputs, content_outputs = (outputs[:self.num_style_layers], outputs[self.num_style_layers:])
+        style_outputs = [gram_matrix(style_output) for style_output in style_outputs]
+        content_dict = {n: v for n, v in zip(self.content_layers, content_outputs)}
+        style_dict = {n: v for n, v in zip(self.style_layers, style_outputs)}
+        return {"content": content_dict, "style": style_dict}
+
+
+class TutorialGatys:
+    """Extractor + targets + ``train_step`` as in the tutorial.  ``run(n)`` makes n steps."""
+
+    def __init__(self, content, style, layers=GATYS_DEPTH_LAYERS, style_weight=1e-2, content_weight=1e4,
+                 total_variation_weight=30.0):
+        content_layers, style_layers = list(layers[0]), list(layers[1])
+        self.extractor = StyleContentModel(style_layers, content_layers)
+        content = tf.convert_to_tensor(content[None], tf.float32)
+        style = tf.convert_to_tensor(style[None], tf.float32)
+        self.style_targets = self.extractor(style)["style"]
+        self.content_targets = self.extractor(content)["content"]
+        self.content = content
+        self.image = tf.Variable(content)
+        self.opt = keras.optimizers.Adam(learning_rate=0.02, beta_1=0.99, epsilon=1e-1)
+        ns, nc = len(style_layers), len(content_layers)
+
+        def style_content_loss(outputs):
+            style_outputs, content_outputs = outputs["style"], outputs["content"]
+            style_loss = tf.add_n([tf.reduce_mean((style_outputs[n] - self.style_targets[n]) ** 2)
+                                   for n in style_outputs.keys()])
+            style_loss *= style_weight / ns
+            content_loss = tf.add_n([tf.reduce_mean((content_outputs[n] - self.content_targets[n]) ** 2)
+                                     for n in content_outputs.keys()])
+            content_loss *= content_weight / nc
+            return style_loss + content_loss
+
+        @tf.function()
+        def train_step(image):
+            with tf.GradientTape() as tape:
+                outputs = self.extractor(image)
+                loss = style_content_loss(outputs)
+                loss += total_variation_weight * tf.image.total_variation(image)
+            grad = tape.gradient(loss, image)
+            self.opt.apply_gradients([(grad, image)])
+            image.assign(tf.clip_by_value(image, 0.0, 1.0))
+            return loss
+        self.train_step = train_step
+
+    def run(self, n: int) -> float:
+        self.image.assign(self.content)
+        loss = None
+        for _ in range(n):
+            loss = self.train_step(self.image)
+        return float(loss[0] if loss.shape.rank else loss)   # host read = device sync
+
+
+# ----------------------------------------------------------------------------- fast (examples net)
+class ReflectionPad(keras.layers.Layer):
+    def __init__(self, pad, **kw):
+        super().__init__(**kw)
+        self.pad = pad
+
+    def call(self, x):
+        p = self.pad
+        return tf.pad(x, [[0, 0], [p, p], [p, p], [0, 0]], mode="REFLECT")
+
+
+def _conv(x, c, k, s):
+    x = ReflectionPad(k // 2)(x)
+    return keras.layers.Conv2D(c, k, s, padding="valid")(x)
+
+
+def _norm(x):
+    return keras.layers.GroupNormalization(groups=-1, epsilon=1e-5)(x)
+
+
+def examples_transformer(input_shape=(None, None, 3)) -> keras.Model:
+    """pytorch/examples TransformerNet as a Keras functional model (NHWC, input ×255 units)."""
+    inp = keras.Input(input_shape)
+    x = keras.layers.ReLU()(_norm(_conv(inp, 32, 9, 1)))
+    x = keras.layers.ReLU()(_norm(_conv(x, 64, 3, 2)))
+    x = keras.layers.ReLU()(_norm(_conv(x, 128, 3, 2)))
+    for _ in range(5):
+        r = x
+        y = keras.layers.ReLU()(_norm(_conv(x, 128, 3, 1)))
+        y = _norm(_conv(y, 128, 3, 1))
+        x = keras.layers.Add()([r, y])
+    x = keras.layers.UpSampling2D(2, interpolation="nearest")(x)
+    x = keras.layers.ReLU()(_norm(_conv(x, 64, 3, 1)))
+    x = keras.layers.UpSampling2D(2, interpolation="nearest")(x)
+    x = keras.layers.ReLU()(_norm(_conv(x, 32, 3, 1)))
+    out = _conv(x, 3, 9, 1)
+    return keras.Model(inp, out)
+
+
+def examples_train_step_factory(batch: int, size: int):
+    """One training step the examples' way in Keras: VGG16 block1_conv2, block2_conv2,
+    block3_conv3, block4_conv3 (content block2_conv2), MSE on Grams, Keras Adam, tf.function."""
+    net = examples_transformer((size, size, 3))
+    vgg = keras.applications.VGG16(include_top=False, weights=None)
+    vgg.trainable = False
+    names = ["block1_conv2", "block2_conv2", "block3_conv3", "block4_conv3"]
+    feats = keras.Model(vgg.input, [vgg.get_layer(n).output for n in names])
+    opt = keras.optimizers.Adam(1e-3)
+
+    def gram(y):
+        b, h, w, c = y.shape
+        f = tf.reshape(y, (-1, h * w, c))
+        return tf.matmul(f, f, transpose_a=True) / float(c * h * w)
+
+    def vgg_in(x255):
+        return keras.applications.vgg16.preprocess_input(x255)
+
+    style = tf.random.uniform((1, size, size, 3), seed=0) * 255.0
+    gs = [gram(f) for f in feats(vgg_in(style))]
+    x = tf.random.uniform((batch, size, size, 3), seed=1) * 255.0
+
+    @tf.function()
+    def step():
+        with tf.GradientTape() as tape:
+            y = net(x, training=True)
+            fy, fx = feats(vgg_in(y)), feats(vgg_in(x))
+            c = 1e5 * tf.reduce_mean((fy[1] - fx[1]) ** 2)
+            s = tf.add_n([tf.reduce_mean((gram(f) - g) ** 2) for f, g in zip(fy, gs)])
+            loss = c + 1e10 * s
+        grads = tape.gradient(loss, net.trainable_variables)
+        opt.apply_gradients(zip(grads, net.trainable_variables))
+        return loss
+
+    def run():
+        return float(step())   # host read = device sync
+    return run

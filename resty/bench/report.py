@@ -1,0 +1,186 @@
+"""bench.json, bench.md (markdown table) and bench.png (matplotlib Agg bar chart)."""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+SCHEMA = "resty.bench/1"
+
+# The issue's targets, for the summary (value, unit, comparison).
+TARGETS = [
+    ("gatys-run", "cuda", "Gatys 500 iterations at 512 px <= 1.0 s (H200)", lambda r: r["size"] == 512, 1.0, "<="),
+    ("fast-infer", "cuda", "fast net 1024 px <= 1.5 ms (H200)", lambda r: r["size"] == 1024, 1.5, "<="),
+    ("fast-infer-compiled", "cuda", "fast net 1024 px <= 1.5 ms (H200)", lambda r: r["size"] == 1024, 1.5, "<="),
+    ("fast-train", "cuda", "training 256 px >= 1500 img/s (H200)", lambda r: r["size"] == 256, 1500.0, ">="),
+    ("onnx-light", "cpu", "light net via ONNX Runtime, 1024 px <= 600 ms (CPU)", lambda r: r["size"] == 1024, 600.0, "<="),
+]
+MEM_TARGETS = [
+    ("gatys-memory", "Gatys 2048 px peak <= 6 GiB", 6.0),
+    ("fast-tiled", "4096 px fast stylization peak <= 2 GiB", 2.0),
+]
+
+
+def document(cfg, runner, env: Dict[str, Any]) -> Dict[str, Any]:
+    rows = runner.rows
+    return {
+        "schema": SCHEMA,
+        "started": runner.t0, "finished": time.time(),
+        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
+        "environment": env,
+        "definitions": {
+            "median": "median over the timed calls (after warm-up); min/max and spread_pct = (max-min)/median",
+            "ratio_vs_baseline": "speed-up over the baseline measured in the same group, interleaved with it: "
+                                 "baseline median / resty median for times, resty / baseline for img/s; "
+                                 "> 1 means Resty is faster",
+            "peak_mem_bytes": "see peak_mem_kind on each row",
+        },
+        "rows": rows,
+        "tf_vs_torch": tf_vs_torch(rows),
+        "targets": targets(rows),
+        "notes": list(runner.notes),
+        "errors": list(runner.errors),
+    }
+
+
+def tf_vs_torch(rows: List[Dict]) -> List[Dict]:
+    """Resty TF median / Resty torch median for the same workload (default variants)."""
+    out = []
+    default = {"eager", "graph", "johnson2016 (VGG16)", "L-BFGS"}
+    idx = {}
+    for r in rows:
+        if r["impl"] == "resty" and r["variant"] in default:
+            idx[(r["workload"], r["size"], r["batch"], r["device"], r["precision"], r["backend"])] = r
+    for (w, size, b, d, p, be), r in idx.items():
+        if be != "tf":
+            continue
+        t = idx.get((w, size, b, d, p, "torch"))
+        if t is None:
+            continue
+        slow = (t["median"] / r["median"]) if r["higher_is_better"] else (r["median"] / t["median"])
+        out.append({"workload": w, "label": r["label"], "device": d, "precision": p,
+                    "tf_time_over_torch_time": slow, "within_1.3x": slow <= 1.3})
+    return out
+
+
+def targets(rows: List[Dict]) -> List[Dict]:
+    out = []
+    for w, dev, text, sel, goal, op in TARGETS:
+        cands = [r for r in rows if r["workload"] == w and r["impl"] == "resty" and r["device"].startswith(dev)
+                 and sel(r)]
+        if not cands:
+            continue
+        best = (max if op == ">=" else min)(cands, key=lambda r: r["median"])
+        ok = best["median"] >= goal if op == ">=" else best["median"] <= goal
+        out.append({"target": text, "best": best["median"], "unit": best["unit"], "met": ok,
+                    "row": best["id"]})
+    for w, text, gib in MEM_TARGETS:
+        cands = [r for r in rows if r["workload"] == w and r["impl"] == "resty" and r.get("peak_mem_bytes")]
+        if cands:
+            best = min(cands, key=lambda r: r["peak_mem_bytes"])
+            out.append({"target": text, "best": best["peak_mem_bytes"] / 2**30, "unit": "GiB",
+                        "met": best["peak_mem_bytes"] / 2**30 <= gib, "row": best["id"]})
+    return out
+
+
+def write_json(doc: Dict[str, Any], path: Path) -> None:
+    tmp = Path(str(path) + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=1, default=str))
+    tmp.replace(path)
+
+
+def _fmt(v: Optional[float]) -> str:
+    if v is None:
+        return ""
+    return f"{v:.3g}" if abs(v) < 100 else f"{v:.0f}"
+
+
+def _mem(r: Dict) -> str:
+    b = r.get("peak_mem_bytes")
+    if not b:
+        return ""
+    return f"{b / 2**30:.2f} GiB" if b >= 2**30 else f"{b / 2**20:.0f} MiB"
+
+
+def markdown(doc: Dict[str, Any]) -> str:
+    env = doc["environment"]
+    lines = ["# resty bench", ""]
+    lines.append("Environment: " + ", ".join(f"{k} {v}" for k, v in env.items()))
+    lines.append("")
+    lines.append("Ratio = speed-up over the plain-framework baseline measured in the same group, interleaved "
+                 "with it (> 1: Resty faster). Value = median of n timed calls; spread = (max − min)/median. "
+                 "Memory: CUDA `max_memory_allocated` (working memory of the call, or absolute for the "
+                 "memory rows); CPU: RSS peak delta during a warm-up call (approximate).")
+    lines.append("")
+    lines.append("| workload | backend | device | precision | implementation | value | unit | spread | n | "
+                 "ratio vs baseline | peak mem |")
+    lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in doc["rows"]:
+        ratio = r.get("ratio_vs_baseline")
+        impl = ("**baseline**: " if r["impl"] == "baseline" else "resty: ") + r["variant"]
+        lines.append(f"| {r['label']} | {r['backend']} | {r['device']} | {r['precision']} | {impl} | "
+                     f"{_fmt(r['median'])} | {r['unit']} | {r['spread_pct']:.0f}% | {r['n']} | "
+                     f"{'' if ratio is None else f'{ratio:.2f}×'} | {_mem(r)} |")
+    if doc.get("tf_vs_torch"):
+        lines += ["", "## TF vs torch (Resty, default variants): TF time / torch time", "",
+                  "| workload | device | precision | TF/torch | within 1.3× |", "|---|---|---|---|---|"]
+        for t in doc["tf_vs_torch"]:
+            lines.append(f"| {t['label']} | {t['device']} | {t['precision']} | {t['tf_time_over_torch_time']:.2f} | "
+                         f"{'yes' if t['within_1.3x'] else 'no'} |")
+    if doc.get("targets"):
+        lines += ["", "## Targets (issue 7)", "", "| target | best | met |", "|---|---|---|"]
+        for t in doc["targets"]:
+            lines.append(f"| {t['target']} | {_fmt(t['best'])} {t['unit']} | {'yes' if t['met'] else 'no'} |")
+    notes = [r for r in doc["rows"] if r.get("baseline_note")]
+    seen = set()
+    bl = []
+    for r in notes:
+        key = (r["label"], r["baseline_note"])
+        if key not in seen:
+            seen.add(key)
+            bl.append(f"- {r['label']} ({r['backend']}): {r['baseline_note']}")
+    if bl:
+        lines += ["", "## Baseline notes", ""] + bl
+    if doc.get("notes"):
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in doc["notes"]]
+    if doc.get("errors"):
+        lines += ["", "## Errors", ""] + [f"- {e['where']}: {e['error']}" for e in doc["errors"]]
+    t = doc["finished"] - doc["started"]
+    lines += ["", f"Total time {t:.0f} s."]
+    return "\n".join(lines) + "\n"
+
+
+def write_markdown(doc: Dict[str, Any], path: Path) -> None:
+    Path(path).write_text(markdown(doc))
+
+
+def write_chart(doc: Dict[str, Any], path: Path) -> None:
+    """Horizontal bars: Resty's speed-up over its baseline for every row that has one."""
+    import matplotlib
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in doc["rows"] if r.get("ratio_vs_baseline")]
+    n = max(1, len(rows))
+    fig, ax = plt.subplots(figsize=(10, 0.32 * n + 1.6))
+    colors = {"torch": "#ee4c2c", "tf": "#ff9f00"}
+    labels = [f"{r['label']} · {r['backend']} {r['device']} {r['precision']} · {r['variant']}" for r in rows]
+    vals = [r["ratio_vs_baseline"] for r in rows]
+    ax.barh(range(len(rows)), vals, color=[colors.get(r["backend"], "#888") for r in rows])
+    for i, (v, r) in enumerate(zip(vals, rows)):
+        ax.text(v, i, f" {v:.2f}× ({_fmt(r['median'])} {r['unit']})", va="center", fontsize=7)
+    ax.axvline(1.0, color="k", lw=0.8, ls="--")
+    ax.set_yticks(range(len(rows)))
+    ax.set_yticklabels(labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.set_xlabel("speed-up over the plain baseline measured in the same run (log; > 1 = Resty faster)")
+    env = doc.get("environment", {})
+    ax.set_title(f"resty bench — {env.get('cuda_device') or env.get('cpu', '')}", fontsize=9)
+    if not rows:
+        ax.text(0.5, 0.5, "no ratios", transform=ax.transAxes, ha="center")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

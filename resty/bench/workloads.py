@@ -1,0 +1,905 @@
+"""The benchmark workloads, the timer and the run loop of ``resty bench``.
+
+Each *group* is one workload at one size on one backend × device × precision.  It holds a
+plain-framework baseline (resty.bench.baselines_torch / baselines_tf) and one or more Resty
+implementations, all set up first and then timed **interleaved** (round robin, the order
+rotated every repeat), so every ratio compares runs seconds apart on the same machine.
+Per call: device sync, clock, call, device sync, clock.  Warm-up calls first (cuDNN autotune,
+tf.function tracing, torch.compile).  Reported: median, min, max, spread of N calls, and
+peak memory (CUDA ``max_memory_allocated`` during the calls; on CPU the process RSS peak
+during a warm-up call, sampled from /proc/self/statm, minus the RSS before it).
+
+Frameworks are imported lazily inside functions: ``import resty.bench`` imports none.
+Resty-side timings of single steps use the stylizers' own step code (``_run_adam``,
+``_train_loss``, ``_make_train_step``, ``_infer``): the loops users run, minus file I/O.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import tempfile
+import threading
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from resty.specs import TransformerSpec
+
+__all__ = ["BenchConfig", "LIGHT_SPEC", "WORKLOADS", "run_bench", "Impl"]
+
+# Half-width Johnson/Ulyanov transformer (channels 16/32/64, five residual blocks): about a
+# quarter of the FLOPs of the standard net (89 vs 323 GFLOP at 1024 px).  Proposed preset.
+LIGHT_SPEC = TransformerSpec(channels=(16, 32, 64))
+
+WORKLOADS = ("gatys-step", "gatys-run", "fast-infer", "fast-batch", "fast-train", "onnx-light",
+             "gatys-memory", "fast-tiled", "fast-infer-compiled", "gatys-step-compiled")
+GPU_ONLY = ("gatys-memory", "fast-tiled", "fast-infer-compiled", "gatys-step-compiled")
+PRECISIONS = ("float32", "tf32", "bf16", "fp16")
+
+
+# --------------------------------------------------------------------------- configuration
+@dataclass
+class BenchConfig:
+    quick: bool = False
+    backends: Tuple[str, ...] = ("torch", "tf")
+    devices: Optional[Tuple[str, ...]] = None        # None: cpu, plus cuda when torch sees one
+    precisions: Optional[Tuple[str, ...]] = None     # None: cpu float32; cuda float32, tf32, bf16, fp16
+    workloads: Optional[Tuple[str, ...]] = None      # None: all that apply to the device
+    size: Optional[int] = None                       # Gatys side (px)
+    iterations: Optional[int] = None                 # evaluations of the full Gatys run
+    repeats: Optional[int] = None
+    warmup: int = 1
+    step_iters: Optional[int] = None                 # Adam steps per timed call (gatys-step)
+    fast_sizes: Optional[Tuple[int, ...]] = None
+    batch: Optional[int] = None                      # batched inference: images per batch
+    batch_size_px: Optional[int] = None
+    train_size: Optional[int] = None
+    train_batch: Optional[int] = None
+    onnx_size: Optional[int] = None
+    memory_size: int = 2048                          # gatys-memory side
+    tiled_size: int = 4096                           # fast-tiled side
+    tile: int = 1024
+    budget_s: Optional[float] = None                 # skip groups once this much time has passed
+    out: str = "bench-out"
+
+    def resolved(self, device: str) -> Dict[str, Any]:
+        """Sizes and counts for a device (explicit settings win)."""
+        gpu = device.startswith("cuda")
+        q = self.quick
+        d = dict(
+            size=512 if gpu else (128 if q else 256),
+            iterations=(100 if q else 500) if gpu else (20 if q else 50),
+            repeats=(3 if q else 5),
+            step_iters=20 if gpu else (3 if q else 5),
+            fast_sizes=(256, 512) if q else (256, 512, 1024, 2048),
+            batch=(8 if gpu else 4), batch_size_px=(512 if gpu else 256),
+            train_size=256 if gpu else (128 if q else 256),
+            train_batch=16 if gpu else (2 if q else 4),
+            onnx_size=1024,
+        )
+        for k in d:
+            v = getattr(self, k)
+            if v is not None:
+                d[k] = tuple(v) if isinstance(v, list) else v
+        d["run_repeats"] = 2 if gpu else max(1, min(d["repeats"], 2 if q else 3))
+        return d
+
+
+@dataclass
+class Impl:
+    """One timed implementation in a group: ``setup()`` returns ``run()`` (one call) and
+    optionally a ``warm()`` (default: ``run``)."""
+    impl: str                      # "baseline" or "resty"
+    variant: str                   # e.g. "tutorial", "eager", "channels_last", "onnxruntime"
+    setup: Callable[[], Any]
+    desc: str = ""
+
+
+@dataclass
+class Group:
+    workload: str
+    label: str
+    backend: str
+    device: str
+    precision: str
+    unit: str                      # "ms/iter", "s/run", "ms/image", "img/s"
+    per_call: float                # work units per call: value = per_call / t (img/s) or t / per_call
+    impls: List[Impl]
+    size: int = 0
+    batch: int = 1
+    higher_is_better: bool = False
+    sequential: bool = False       # memory groups: one impl at a time, peak is absolute
+    baseline_note: str = ""
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- clocks and memory
+class _Device:
+    """Sync and memory probes for one backend × device."""
+
+    def __init__(self, backend: str, device: str):
+        self.backend, self.device = backend, device
+        self.gpu = device.startswith("cuda") or device.lower().startswith(("gpu", "/gpu"))
+
+    def sync(self) -> None:
+        if self.backend == "torch" and self.gpu:
+            import torch
+            torch.cuda.synchronize()
+        # TF: each run() reads a value back to the host (.numpy()/float()), which waits.
+
+    def reset_peak(self) -> Optional[int]:
+        if not self.gpu:
+            return None
+        if self.backend == "torch":
+            import torch
+            torch.cuda.reset_peak_memory_stats()
+            return torch.cuda.memory_allocated()
+        import tensorflow as tf
+        tf.config.experimental.reset_memory_stats("GPU:0")
+        return tf.config.experimental.get_memory_info("GPU:0")["current"]
+
+    def peak(self) -> Optional[int]:
+        if not self.gpu:
+            return None
+        if self.backend == "torch":
+            import torch
+            return torch.cuda.max_memory_allocated()
+        import tensorflow as tf
+        return tf.config.experimental.get_memory_info("GPU:0")["peak"]
+
+    @property
+    def mem_kind(self) -> str:
+        if self.gpu:
+            return ("torch.cuda.max_memory_allocated" if self.backend == "torch"
+                    else "tf get_memory_info peak")
+        return "CPU process RSS peak during a warm-up call minus RSS before it (sampled every 2 ms)"
+
+
+def _rss() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        import resource
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+class _RSSSampler:
+    def __init__(self, every: float = 0.002):
+        self.every, self.peak, self._stop = every, 0, threading.Event()
+
+    def __enter__(self):
+        self.base = _rss()
+        self.peak = self.base
+        self._t = threading.Thread(target=self._loop, daemon=True)
+        self._t.start()
+        return self
+
+    def _loop(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, _rss())
+            time.sleep(self.every)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join()
+        self.peak = max(self.peak, _rss())
+
+    @property
+    def delta(self) -> int:
+        return max(0, self.peak - self.base)
+
+
+# --------------------------------------------------------------------------- the run loop
+class Runner:
+    def __init__(self, cfg: BenchConfig, log: Callable[[str], None] = print):
+        self.cfg = cfg
+        self.log = log
+        self.rows: List[Dict[str, Any]] = []
+        self.notes: List[str] = []
+        self.errors: List[Dict[str, str]] = []
+        self.t0 = time.time()
+        self.on_group_done: Optional[Callable[[], None]] = None
+
+    def over_budget(self, need_s: float = 0.0) -> bool:
+        b = self.cfg.budget_s
+        return b is not None and time.time() - self.t0 + need_s > b
+
+    def note(self, text: str) -> None:
+        if text not in self.notes:
+            self.notes.append(text)
+            self.log(f"note: {text}")
+
+    def run_group(self, g: Group, repeats: int, warmup: int, need_s: float = 0.0) -> None:
+        where = f"{g.label} [{g.backend} {g.device} {g.precision}]"
+        if self.over_budget(need_s):
+            self.note(f"skipped (time budget {self.cfg.budget_s:.0f} s): {where}")
+            return
+        dev = _Device(g.backend, g.device)
+        self.log(f"-- {where}")
+        live: List[Tuple[Impl, Any, Callable, Dict]] = []
+        t_group = time.time()
+
+        def setup(im: Impl):
+            try:
+                r = im.setup()
+                run, warm = (r if isinstance(r, tuple) else (r, r))
+                return run, warm
+            except Exception as exc:  # a failing implementation is reported, the bench goes on
+                self.errors.append({"where": f"{where} {im.impl}/{im.variant} setup",
+                                    "error": f"{type(exc).__name__}: {exc}"[:500]})
+                self.log(f"   {im.impl}/{im.variant}: setup failed: {exc!r}"[:400])
+                traceback.print_exc()
+                return None
+
+        def measure(im, run, warm, st, n_warm):
+            try:
+                for k in range(n_warm):
+                    dev.sync()
+                    if not dev.gpu and k == n_warm - 1:
+                        with _RSSSampler() as s:
+                            warm()
+                        st["peak"] = max(st.get("peak") or 0, s.delta)
+                    else:
+                        warm()
+            except Exception as exc:
+                st["failed"] = f"{type(exc).__name__}: {exc}"[:500]
+
+        def timed_call(run, st):
+            base = dev.reset_peak()
+            dev.sync()
+            t = time.perf_counter()
+            run()
+            dev.sync()
+            st["times"].append(time.perf_counter() - t)
+            p = dev.peak()
+            if p is not None:
+                st["peak"] = max(st.get("peak") or 0, p if g.sequential else p - base)
+                st["peak_abs"] = max(st.get("peak_abs") or 0, p)
+
+        impls = list(g.impls)
+        if g.sequential:
+            for im in impls:
+                if dev.gpu and g.backend == "torch":
+                    import torch
+                    torch.cuda.empty_cache()
+                fns = setup(im)
+                if fns is None:
+                    continue
+                st = {"times": [], "t_start": time.time()}
+                measure(im, *fns, st, max(1, warmup) if not dev.gpu else warmup)
+                try:
+                    for _ in range(repeats):
+                        if "failed" in st:
+                            break
+                        timed_call(fns[0], st)
+                except Exception as exc:
+                    st["failed"] = f"{type(exc).__name__}: {exc}"[:500]
+                st["t_end"] = time.time()
+                live.append((im, None, None, st))
+                del fns
+        else:
+            for im in impls:
+                fns = setup(im)
+                if fns is not None:
+                    live.append((im, fns[0], fns[1], {"times": [], "t_start": time.time()}))
+            for im, run, warm, st in live:
+                measure(im, run, warm, st, max(1, warmup))
+            for r in range(repeats):
+                order = live[r % len(live):] + live[:r % len(live)] if live else []
+                for im, run, warm, st in order:
+                    if "failed" in st:
+                        continue
+                    try:
+                        timed_call(run, st)
+                    except Exception as exc:
+                        st["failed"] = f"{type(exc).__name__}: {exc}"[:500]
+            for _, _, _, st in live:
+                st["t_end"] = time.time()
+
+        rows = []
+        for im, _, _, st in live:
+            if "failed" in st or not st["times"]:
+                self.errors.append({"where": f"{where} {im.impl}/{im.variant}", "error": st.get("failed", "no timing")})
+                self.log(f"   {im.impl}/{im.variant}: FAILED {st.get('failed')}"[:400])
+                continue
+            ts = st["times"]
+            vals = [g.per_call / t if g.higher_is_better else t / g.per_call for t in ts]
+            med = statistics.median(vals)
+            row = {
+                "id": f"{g.workload}|{g.label}|{g.backend}|{g.device}|{g.precision}|{im.impl}|{im.variant}",
+                "workload": g.workload, "label": g.label, "backend": g.backend, "device": g.device,
+                "precision": g.precision, "impl": im.impl, "variant": im.variant, "desc": im.desc,
+                "size": g.size, "batch": g.batch, "unit": g.unit, "higher_is_better": g.higher_is_better,
+                "median": med, "min": min(vals), "max": max(vals),
+                "spread_pct": 100.0 * (max(vals) - min(vals)) / med if med else 0.0,
+                "n": len(vals), "values": vals, "call_seconds": ts,
+                "peak_mem_bytes": st.get("peak"), "peak_mem_abs_bytes": st.get("peak_abs"),
+                "peak_mem_kind": dev.mem_kind + (" (absolute, one implementation at a time)" if g.sequential
+                                                 else " (working memory of the call)" if dev.gpu else ""),
+                "t_start": st["t_start"], "t_end": st["t_end"], **g.extra,
+            }
+            rows.append(row)
+        base = next((r for r in rows if r["impl"] == "baseline"), None)
+        for r in rows:
+            if r["impl"] == "baseline":
+                continue
+            if base is not None:
+                r["baseline_id"] = base["id"]
+                r["baseline_median"] = base["median"]
+                r["baseline_note"] = g.baseline_note
+                r["ratio_vs_baseline"] = (r["median"] / base["median"] if g.higher_is_better
+                                          else base["median"] / r["median"])
+            else:
+                r["baseline_id"] = None
+                r["ratio_vs_baseline"] = None
+        for r in rows:
+            ratio = r.get("ratio_vs_baseline")
+            mem = r["peak_mem_bytes"]
+            self.log(f"   {r['impl']:<8} {r['variant']:<26} {r['median']:>10.4g} {r['unit']:<8} "
+                     f"±{r['spread_pct']:4.0f}%  n={r['n']}"
+                     + (f"  x{ratio:.2f} vs baseline" if ratio else "")
+                     + (f"  mem {mem / 2**20:.0f} MiB" if mem else ""))
+        self.rows.extend(rows)
+        live.clear()
+        import gc
+        gc.collect()
+        if dev.gpu and g.backend == "torch":
+            import torch
+            torch.cuda.empty_cache()
+        self.log(f"   ({time.time() - t_group:.1f} s)")
+        if self.on_group_done:
+            self.on_group_done()
+
+
+# --------------------------------------------------------------------------- shared inputs
+def _images(side: int) -> Tuple[np.ndarray, np.ndarray]:
+    from resty.images import resize_to, sample_images
+    imgs = sample_images()
+    return (resize_to(imgs["astronaut"], (side, side)).astype(np.float32),
+            resize_to(imgs["brick"], (side, side)).astype(np.float32))
+
+
+def _amp(precision: str) -> Optional[str]:
+    return {"bf16": "bf16", "fp16": "fp16"}.get(precision)
+
+
+# --------------------------------------------------------------------------- torch groups
+def _torch_mode(device: str, precision: str):
+    import torch
+    from resty_torch.device import set_tf32
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        set_tf32(precision != "float32")
+        torch.backends.cudnn.benchmark = False
+    return dev
+
+
+def _nchw(a: np.ndarray, dev):
+    import torch
+    return torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1)[None])).to(dev)
+
+
+def torch_groups(R: Runner, device: str, precision: str, workloads: Sequence[str], s: Dict[str, Any]):
+    import torch
+    from resty import common
+    from resty_torch import FastStylizer, GatysStylizer, TransformerNet
+    from resty_torch.device import autocast, autocast_dtype
+    from resty_torch.optim import make_adam
+    from . import baselines_torch as B
+
+    dev = _torch_mode(device, precision)
+    amp = _amp(precision)
+    ac = autocast_dtype(amp)
+    gpu = dev.type == "cuda"
+    base_note = ("baseline in float32 with TF32 on (the tutorials have no mixed precision)"
+                 if amp else "")
+    reps, warm = s["repeats"], R.cfg.warmup
+    S, N, n = s["size"], s["iterations"], s["step_iters"]
+    content, style = _images(S) if any(w.startswith("gatys") for w in workloads) else (None, None)
+    cnn_cache = {}
+
+    def cnn():
+        if "c" not in cnn_cache:
+            cnn_cache["c"] = B.tutorial_vgg19(dev)
+        return cnn_cache["c"]
+
+    # ---------------------------------------------------------------- gatys-step
+    def gatys_step_group(variants, workload="gatys-step"):
+        def resty_setup(kw):
+            def setup():
+                g = GatysStylizer("restynet", weights="random:0", device=dev, precision=amp, **kw)
+                ct, sg = g._targets(content, [style], [1.0])
+                x0 = g._tensor(content)
+                bar = common.Progress(n, False)
+
+                def run():
+                    g.history = []
+                    g._run_adam(x0, ct, sg, n, {"step": 0, "stop": False}, None, bar)
+                return run
+            return setup
+
+        def base_setup():
+            ct, st = _nchw(content, dev), _nchw(style, dev)
+            model, cls, sls = B.tutorial_gatys_model(ct, st, dev, *B.GATYS_DEPTH_LAYERS, cnn=cnn())
+            return lambda: B.tutorial_optimize(model, cls, sls, ct, n, "adam")
+
+        impls = [Impl("baseline", "tutorial (nn.Sequential loss modules)", base_setup,
+                      "PyTorch tutorial structure, Gatys-depth layers, torch.optim.Adam")]
+        impls += [Impl("resty", v, resty_setup(kw), "GatysStylizer('restynet') Adam loop") for v, kw in variants]
+        return Group(workload, f"Gatys Adam step {S}px", "torch", device, precision, "ms/iter", n / 1e3, impls,
+                     size=S, baseline_note=base_note)
+
+    if "gatys-step" in workloads:
+        variants = [("eager", {})]
+        if not gpu:
+            variants.append(("channels_last", {"channels_last": True}))
+        R.run_group(gatys_step_group(variants), reps, warm)
+
+    # ---------------------------------------------------------------- gatys-run (L-BFGS)
+    if "gatys-run" in workloads and precision != "fp16":
+        def resty_run():
+            g = GatysStylizer("restynet", weights="random:0", device=dev, precision=amp)
+
+            def run(iters=N):
+                g.stylize(content, style, iterations=iters, optimizer="lbfgs", image_size=S)
+                done = len(g.history)
+                if done != iters:
+                    raise RuntimeError(f"resty made {done} evaluations, expected {iters}")
+            return run, (lambda: run(min(N, 10)))
+
+        def base_run():
+            ct, st = _nchw(content, dev), _nchw(style, dev)
+            counter: List[int] = []
+
+            def run(iters=N):
+                counter.clear()
+                B.tutorial_gatys(ct, st, iters, "lbfgs", layers=B.GATYS_DEPTH_LAYERS, cnn=cnn(), counter=counter)
+            return run, (lambda: run(min(N, 10)))
+
+        g = Group("gatys-run", f"Gatys L-BFGS {N} evals {S}px", "torch", device, precision, "s/run", 1.0,
+                  [Impl("baseline", "tutorial", base_run, "tutorial loop: model + targets + LBFGS; "
+                        "may overshoot N by < one outer step (max_iter 20)"),
+                   Impl("resty", "eager", resty_run, "GatysStylizer.stylize(optimizer='lbfgs'), public API")],
+                  size=S, baseline_note=base_note + ("; " if base_note else "") +
+                  "tutorial's while loop can overshoot N by up to 20 evaluations (favours Resty by <= 20/N)")
+        R.run_group(g, s["run_repeats"], 0)
+
+    # ---------------------------------------------------------------- fast inference
+    def fast_group(workload, side, batch, variants, label=None):
+        x = torch.rand(batch, 3, side, side, device=dev)
+
+        def resty_setup(kw):
+            def setup():
+                comp_mode = kw.pop("compile_mode", None)
+                f = FastStylizer("restynet", weights="random:0", device=dev, precision=amp, **kw)
+                net = f.net.eval()
+                fn = f._net_fn
+                if comp_mode:
+                    fn = torch.compile(net, mode=comp_mode, dynamic=False)
+                xi = x.contiguous(memory_format=torch.channels_last) if kw.get("channels_last") else x
+
+                def run():
+                    with torch.inference_mode(), autocast(dev, ac):
+                        fn(xi)
+                return run
+            return setup
+
+        def base_setup():
+            bnet = B.ExamplesTransformerNet().to(dev).eval()
+            x255 = x * 255
+
+            def run():
+                with torch.inference_mode():
+                    bnet(x255)
+            return run
+
+        impls = [Impl("baseline", "examples (eager)", base_setup, "pytorch/examples TransformerNet, eager float32")]
+        impls += [Impl("resty", v, resty_setup(dict(kw)), "FastStylizer('restynet').net") for v, kw in variants]
+        return Group(workload, label or (f"fast inference {side}px" + (f" batch {batch}" if batch > 1 else "")),
+                     "torch", device, precision, "ms/image", batch / 1e3, impls, size=side, batch=batch,
+                     baseline_note=base_note)
+
+    fast_variants = [("eager", {}), ("channels_last", {"channels_last": True})]
+    if "fast-infer" in workloads:
+        for side in s["fast_sizes"]:
+            R.run_group(fast_group("fast-infer", side, 1, fast_variants), reps, max(warm, 2 if gpu else 1))
+    if "fast-batch" in workloads:
+        R.run_group(fast_group("fast-batch", s["batch_size_px"], s["batch"], fast_variants), reps, warm)
+
+    # ---------------------------------------------------------------- training
+    if "fast-train" in workloads and precision != "fp16":
+        T, bs = s["train_size"], s["train_batch"]
+        tstyle = _images(T)[1]
+
+        def resty_train():
+            f = FastStylizer("johnson2016", weights="random:0", device=dev, precision=amp)
+            grams = f._style_grams(tstyle, None, None)
+            opt = make_adam(f.net.parameters(), f.preset.training.adam, foreach=None)
+            xb = torch.rand(bs, 3, T, T, device=dev)
+            f.net.train()
+
+            def step():
+                opt.zero_grad(set_to_none=True)
+                terms = f._train_loss(xb, grams)
+                terms[0].backward()
+                opt.step()
+            return step
+
+        def base_train():
+            return B.examples_train_step_factory(dev, bs, T)
+
+        g = Group("fast-train", f"fast training {T}px batch {bs}", "torch", device, precision, "img/s", bs,
+                  [Impl("baseline", "examples (VGG16)", base_train, "pytorch/examples training step, random data"),
+                   Impl("resty", "johnson2016 (VGG16)", resty_train, "FastStylizer('johnson2016') step, random data")],
+                  size=T, batch=bs, higher_is_better=True, baseline_note=base_note)
+        R.run_group(g, reps, max(warm, 2))
+
+    # ---------------------------------------------------------------- ONNX Runtime, light net (CPU)
+    if "onnx-light" in workloads and not gpu and precision == "float32":
+        side = s["onnx_size"]
+        from resty.weights import random_transformer
+        ws = random_transformer(LIGHT_SPEC, 0)
+        x = np.random.default_rng(0).random((1, 3, side, side), dtype=np.float32)
+
+        def torch_light():
+            net = TransformerNet(LIGHT_SPEC, ws, device="cpu").eval()
+            xt = torch.from_numpy(x)
+
+            def run():
+                with torch.inference_mode():
+                    net(xt)
+            return run
+
+        def ort_light():
+            import onnxruntime as ort
+            from resty.backends import convert_model
+            tmp = Path(tempfile.mkdtemp(prefix="resty-bench-"))
+            path = convert_model(ws, "onnx", tmp / "light.onnx", overwrite=True)
+            so = ort.SessionOptions()
+            so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            so.intra_op_num_threads = os.cpu_count() or 1
+            sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+            return lambda: sess.run(None, {"image": x})
+
+        g = Group("onnx-light", f"light net {side}px (ONNX Runtime vs torch eager)", "torch", device, precision,
+                  "ms/image", 1 / 1e3,
+                  [Impl("baseline", "torch eager (light)", torch_light, "resty_torch TransformerNet(LIGHT_SPEC), eager"),
+                   Impl("resty", "onnxruntime (light)", ort_light, "the same net exported with resty convert --to onnx")],
+                  size=side, baseline_note="baseline here is the same light net in torch eager (what ONNX replaces)",
+                  extra={"spec": LIGHT_SPEC.to_dict() if hasattr(LIGHT_SPEC, "to_dict") else str(LIGHT_SPEC)})
+        R.run_group(g, reps, warm)
+
+    # ---------------------------------------------------------------- GPU memory targets
+    if gpu and "gatys-memory" in workloads and precision in ("tf32", "bf16"):
+        M = R.cfg.memory_size
+        cm, sm = _images(M)
+
+        def resty_mem():
+            g = GatysStylizer("restynet", weights="random:0", device=dev, precision=amp)
+            return lambda: g.stylize(cm, sm, iterations=3, image_size=M)
+
+        def base_mem():
+            ct, st = _nchw(cm, dev), _nchw(sm, dev)
+            return lambda: B.tutorial_gatys(ct, st, 3, "adam", layers=B.GATYS_DEPTH_LAYERS, cnn=cnn())
+
+        g = Group("gatys-memory", f"Gatys {M}px peak memory (3 Adam steps)", "torch", device, precision, "s/run",
+                  1.0, [Impl("baseline", "tutorial", base_mem, "tutorial model + targets + 3 Adam steps"),
+                        Impl("resty", "eager", resty_mem, "GatysStylizer.stylize(iterations=3)")],
+                  size=M, sequential=True, baseline_note=base_note)
+        R.run_group(g, 1, 1)
+
+    if gpu and "fast-tiled" in workloads and precision in ("tf32", "bf16", "fp16"):
+        M, tile = R.cfg.tiled_size, R.cfg.tile
+        big = np.random.default_rng(0).random((M, M, 3), dtype=np.float32)
+
+        def resty_tiled(t):
+            def setup():
+                f = FastStylizer("restynet", weights="random:0", device=dev, precision=amp)
+                return lambda: f.stylize(big, tile=t)
+            return setup
+
+        def base_full():
+            bnet = B.ExamplesTransformerNet().to(dev).eval()
+
+            def run():
+                with torch.inference_mode():
+                    bnet(torch.from_numpy(big.transpose(2, 0, 1)[None].copy()).to(dev) * 255).cpu()
+            return run
+
+        g = Group("fast-tiled", f"fast stylize {M}px (tile {tile}) peak memory", "torch", device, precision,
+                  "s/run", 1.0,
+                  [Impl("baseline", "examples, whole image", base_full, "examples net on the whole image, eager float32"),
+                   Impl("resty", f"stylize(tile={tile})", resty_tiled(tile), "FastStylizer.stylize, host image in/out"),
+                   Impl("resty", "stylize(whole image)", resty_tiled(None), "FastStylizer.stylize without tiling")],
+                  size=M, sequential=True, baseline_note=base_note)
+        R.run_group(g, 1, 1)
+
+    # ---------------------------------------------------------------- torch.compile (fixed shapes)
+    if gpu and "fast-infer-compiled" in workloads and precision in ("bf16", "fp16"):
+        side = 1024 if 1024 in s["fast_sizes"] or not R.cfg.quick else s["fast_sizes"][-1]
+        variants = [("compile+channels_last", {"compile": True, "channels_last": True}),
+                    ("compile reduce-overhead (CUDA graphs)+cl", {"compile_mode": "reduce-overhead",
+                                                                  "channels_last": True})]
+        R.run_group(fast_group("fast-infer-compiled", side, 1, variants,
+                               label=f"fast inference {side}px compiled"), reps, 3, need_s=60)
+    if gpu and "gatys-step-compiled" in workloads and precision in ("tf32", "bf16"):
+        R.run_group(gatys_step_group([("compile+channels_last", {"compile": True, "channels_last": True})],
+                                     workload="gatys-step-compiled"), reps, 2, need_s=90)
+
+
+# --------------------------------------------------------------------------- TF groups
+def tf_groups(R: Runner, device: str, precision: str, workloads: Sequence[str], s: Dict[str, Any]):
+    import tensorflow as tf
+    from resty import common
+    from resty_tf import FastStylizer, GatysStylizer
+    from resty_tf.device import resolve_device, set_tf32
+    from resty_tf.optim import TorchAdam
+    from . import baselines_tf as B
+
+    tfdev = resolve_device("cpu" if device == "cpu" else "gpu")
+    gpu = "GPU" in tfdev
+    if gpu:
+        set_tf32(precision != "float32")
+    amp = _amp(precision)
+    reps, warm = s["repeats"], R.cfg.warmup
+    S, N, n = s["size"], s["iterations"], s["step_iters"]
+    content, style = _images(S)
+    variants = [("graph", False)] + ([] if R.cfg.quick else [("xla", True)])
+    base_note = "baseline in float32 (the tutorials have no mixed precision)" if amp else ""
+
+    if "gatys-step" in workloads and precision != "fp16":
+        def resty_setup(xla):
+            def setup():
+                with tf.device(tfdev):
+                    g = GatysStylizer("restynet", weights="random:0", device=tfdev, precision=amp, compile=xla)
+                    ct, sg = g._targets(content, [style], [1.0])
+                    xvar = tf.Variable(g._tensor(content), trainable=True, name="image")
+                    g._opt = TorchAdam(g.preset.gatys.adam, [xvar])
+                    fn = g._function("adam")
+
+                def run():
+                    with tf.device(tfdev):
+                        for _ in range(n):
+                            t = fn(xvar, ct, sg, True)
+                        float(t["total"])
+                return run
+            return setup
+
+        def base_setup():
+            with tf.device(tfdev):
+                tg = B.TutorialGatys(content, style)
+
+            def run():
+                with tf.device(tfdev):
+                    tg.run(n)
+            return run
+
+        impls = [Impl("baseline", "tutorial (GradientTape, keras Adam)", base_setup,
+                      "TF tutorial: Keras VGG19 extractor, tf.function train_step, Gatys-depth layers")]
+        impls += [Impl("resty", v, resty_setup(x), "GatysStylizer('restynet') Adam step function") for v, x in variants]
+        R.run_group(Group("gatys-step", f"Gatys Adam step {S}px", "tf", device, precision, "ms/iter", n / 1e3,
+                          impls, size=S, baseline_note=base_note), reps, max(warm, 1))
+
+    if "gatys-run" in workloads and precision != "fp16":
+        def resty_run():
+            with tf.device(tfdev):
+                g = GatysStylizer("restynet", weights="random:0", device=tfdev, precision=amp)
+
+            def run(iters=N):
+                g.stylize(content, style, iterations=iters, optimizer="lbfgs", image_size=S)
+            return run, (lambda: run(min(N, 10)))
+
+        def base_run():
+            with tf.device(tfdev):
+                tg = B.TutorialGatys(content, style)
+
+            def run(iters=N):
+                with tf.device(tfdev):
+                    tg.run(iters)
+            return run, (lambda: run(min(N, 10)))
+
+        R.run_group(Group("gatys-run", f"Gatys L-BFGS {N} evals {S}px", "tf", device, precision, "s/run", 1.0,
+                          [Impl("baseline", "tutorial Adam (TF core has no L-BFGS)", base_run,
+                                "TF tutorial loop, N Adam steps, extractor and targets prebuilt"),
+                           Impl("resty", "L-BFGS", resty_run, "GatysStylizer.stylize(optimizer='lbfgs'), public API")],
+                          size=S, baseline_note=(base_note + "; " if base_note else "") +
+                          "TF has no core L-BFGS: baseline is the tutorial's Adam loop with the same number "
+                          "of loss/gradient evaluations, targets precomputed (favours the baseline)"),
+                    s["run_repeats"], 1)
+
+    def fast_group(workload, side, batch):
+        x = tf.random.uniform((batch, side, side, 3), seed=0)
+
+        def resty_setup(xla):
+            def setup():
+                f = FastStylizer("restynet", weights="random:0", device=tfdev, precision=amp, compile=xla)
+                f._run(np.zeros((1, 32, 32, 3), np.float32))   # builds f._infer
+
+                def run():
+                    with tf.device(tfdev):
+                        f._infer(x).numpy()
+                return run
+            return setup
+
+        def base_setup():
+            with tf.device(tfdev):
+                net = B.examples_transformer()
+                x255 = x * 255.0
+
+            def run():
+                with tf.device(tfdev):
+                    net(x255, training=False).numpy()
+            return run
+
+        impls = [Impl("baseline", "examples (Keras eager)", base_setup, "pytorch/examples-shaped Keras net, eager float32")]
+        impls += [Impl("resty", v, resty_setup(x_), "FastStylizer('restynet') inference function") for v, x_ in variants]
+        return Group(workload, f"fast inference {side}px" + (f" batch {batch}" if batch > 1 else ""), "tf", device,
+                     precision, "ms/image", batch / 1e3, impls, size=side, batch=batch, baseline_note=base_note)
+
+    if "fast-infer" in workloads:
+        for side in s["fast_sizes"]:
+            R.run_group(fast_group("fast-infer", side, 1), reps, max(warm, 1))
+    if "fast-batch" in workloads:
+        R.run_group(fast_group("fast-batch", s["batch_size_px"], s["batch"]), reps, max(warm, 1))
+
+    if "fast-train" in workloads and precision != "fp16":
+        T, bs = s["train_size"], s["train_batch"]
+        tstyle = _images(T)[1]
+
+        def resty_train():
+            with tf.device(tfdev):
+                f = FastStylizer("johnson2016", weights="random:0", device=tfdev, precision=amp)
+                names, variables = f._variables()
+                opt = TorchAdam(f.preset.training.adam, variables)
+                grams = f._style_grams(tstyle, None, None)
+                step = f._make_train_step(opt, variables, grams, T)
+                xb = tf.random.uniform((bs, T, T, 3), seed=1)
+
+            def run():
+                with tf.device(tfdev):
+                    step(xb).numpy()
+            return run
+
+        def base_train():
+            with tf.device(tfdev):
+                r = B.examples_train_step_factory(bs, T)
+
+            def run():
+                with tf.device(tfdev):
+                    r()
+            return run
+
+        R.run_group(Group("fast-train", f"fast training {T}px batch {bs}", "tf", device, precision, "img/s", bs,
+                          [Impl("baseline", "examples-style Keras (VGG16)", base_train, "Keras VGG16 loss, keras Adam, tf.function"),
+                           Impl("resty", "johnson2016 (VGG16)", resty_train, "FastStylizer('johnson2016') train step")],
+                          size=T, batch=bs, higher_is_better=True, baseline_note=base_note), reps, max(warm, 2))
+
+
+# --------------------------------------------------------------------------- environment
+def environment(backends: Sequence[str]) -> Dict[str, Any]:
+    env = {"python": platform.python_version(), "platform": platform.platform(), "machine": platform.machine(),
+           "cpu_count": os.cpu_count()}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    env["cpu"] = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    if "torch" in backends:
+        try:
+            import torch
+            env["torch"] = torch.__version__
+            env["torch_threads"] = torch.get_num_threads()
+            if torch.cuda.is_available():
+                env["cuda_device"] = torch.cuda.get_device_name(0)
+                env["cuda"] = torch.version.cuda
+        except ImportError:
+            pass
+    if "tf" in backends:
+        try:
+            import tensorflow as tf
+            env["tensorflow"] = tf.__version__
+        except ImportError:
+            pass
+    try:
+        import onnxruntime
+        env["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        pass
+    return env
+
+
+def _available(backend: str) -> Optional[str]:
+    import importlib.util
+    mod = {"torch": "torch", "tf": "tensorflow"}[backend]
+    if importlib.util.find_spec(mod) is None:
+        return f"{backend}: {mod} is not installed"
+    return None
+
+
+def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> Dict[str, Any]:
+    """Run the configured groups; writes DIR/bench.md and DIR/bench.json after every group and
+    DIR/bench.png at the end.  Returns the JSON document."""
+    from . import report
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    R = Runner(cfg, log)
+    backends = [b for b in cfg.backends]
+    for b in list(backends):
+        why = _available(b)
+        if why:
+            R.note(f"skipped backend {why}")
+            backends.remove(b)
+    if "torch" in backends:   # import order: torch and torchvision before tensorflow
+        import torch  # noqa: F401
+        import torch._dynamo  # noqa: F401
+        import torchvision  # noqa: F401
+    devices = list(cfg.devices) if cfg.devices else None
+    if devices is None:
+        devices = ["cpu"]
+        if "torch" in backends:
+            import torch
+            if torch.cuda.is_available():
+                devices.append("cuda")
+    doc: Dict[str, Any] = {}
+
+    def write():
+        doc.clear()
+        doc.update(report.document(cfg, R, environment(backends)))
+        report.write_json(doc, out / "bench.json")
+        report.write_markdown(doc, out / "bench.md")
+
+    R.on_group_done = write
+    log(f"resty bench: backends {backends}, devices {devices}, out {out}")
+    for device in devices:
+        s = cfg.resolved(device)
+        gpu = device.startswith("cuda")
+        precs = list(cfg.precisions) if cfg.precisions else (["float32"] if not gpu else
+                                                              ["float32", "tf32", "bf16", "fp16"])
+        wl = list(cfg.workloads) if cfg.workloads else [w for w in WORKLOADS if gpu or w not in GPU_ONLY]
+        for backend in backends:
+            if backend == "torch" and gpu:
+                import torch
+                if not torch.cuda.is_available():
+                    R.note("skipped torch on cuda: torch sees no CUDA GPU")
+                    continue
+            if backend == "tf" and gpu:
+                import tensorflow as tf
+                if not tf.config.list_logical_devices("GPU"):
+                    R.note("skipped tf on cuda: TensorFlow sees no GPU")
+                    continue
+            for prec in precs:
+                if prec not in PRECISIONS:
+                    R.note(f"unknown precision {prec!r} (known: {', '.join(PRECISIONS)})")
+                    continue
+                if not gpu and prec in ("tf32",):
+                    R.note(f"skipped {prec} on {device}: TF32 is a GPU tensor-core mode")
+                    continue
+                if backend == "tf" and prec == "fp16" and not gpu:
+                    R.note("skipped tf fp16 on cpu")
+                    continue
+                try:
+                    (torch_groups if backend == "torch" else tf_groups)(R, device, prec, wl, s)
+                except Exception as exc:
+                    R.errors.append({"where": f"{backend} {device} {prec}", "error": f"{type(exc).__name__}: {exc}"[:500]})
+                    log(f"{backend} {device} {prec}: {exc!r}")
+                    traceback.print_exc()
+    write()
+    try:
+        report.write_chart(doc, out / "bench.png")
+    except Exception as exc:
+        R.errors.append({"where": "chart", "error": f"{type(exc).__name__}: {exc}"[:500]})
+        write()
+    log(f"wrote {out / 'bench.md'}, {out / 'bench.json'}, {out / 'bench.png'} "
+        f"({time.time() - R.t0:.0f} s)")
+    return doc
