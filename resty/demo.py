@@ -215,7 +215,9 @@ def _run(s: DemoSettings) -> Dict:
         t0 = time.perf_counter()
         g = mod.GatysStylizer(s.gatys_preset, weights=gw, device=s.device)
         # Warm-up (first-use imports such as torch._dynamo, graph tracing), kept out of the timing.
-        g.stylize(style[:32, :32], style, iterations=1, image_size=32, seed=s.seed, **s.gatys_overrides)
+        # Same size as the timed runs, since tf.function retraces for a new shape.
+        g.stylize(next(iter(contents.values())), style, iterations=1, image_size=s.size, seed=s.seed,
+                  **s.gatys_overrides)
         setup = time.perf_counter() - t0
         secs = []
         dev = _device_of(g, b)
