@@ -285,6 +285,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="device for both backends (default: GPU if visible, else CPU)")
     p.add_argument("--seed", type=_nonneg_int, default=0, help="random seed (default 0)")
     p.set_defaults(func=cmd_demo)
+
+    # ---- bench (options and run live in resty.bench, which imports no framework until it runs)
+    from .bench import add_arguments as _bench_arguments, run_from_args as _bench_run
+    p = sub.add_parser("bench", help="time both methods per backend/device/precision against plain torch/TF baselines",
+                       description="Timing workloads (Gatys step and run, fast inference and training, ONNX light "
+                                   "net) with plain-framework baselines measured in the same run; writes "
+                                   "DIR/bench.md, DIR/bench.json and DIR/bench.png.")
+    _bench_arguments(p)
+    p.set_defaults(func=_bench_run)
     return parser
 
 
