@@ -3,6 +3,8 @@ stylise in one forward pass."""
 from __future__ import annotations
 
 import os
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
@@ -11,11 +13,13 @@ import numpy as np
 import torch
 
 from resty import common
+from resty import distributed as rdist
 from resty import weights as W
 from resty.errors import RestyError, TrainingError
 from resty.images import preserve_color as _preserve_color, resize_longest
 from resty.presets import Preset, get as get_preset, resolve
 
+from . import distributed as tdist
 from . import losses as L
 from ._util import to_hwc, to_nchw
 from .device import autocast, autocast_dtype, resolve_device, resolve_dtype
@@ -43,29 +47,74 @@ class _TrainData(torch.utils.data.Dataset):
     def __getitem__(self, key):
         step, slot, idx = key
         crop = common.load_training_item(self.items[idx], self.image_size, self.seed, step, slot)
-        return crop, common.item_name(self.items[idx], idx), step
+        return crop, common.item_name(self.items[idx], idx), step, slot
 
 
 class _Batches:
-    """Batch sampler: the keys of steps ``start .. total-1`` from a BatchSchedule."""
+    """Batch sampler: the keys of steps ``start .. total-1`` from a BatchSchedule; with
+    ``shard=(rank, world_size)`` only this rank's contiguous slots of each global batch
+    (resty.distributed.shard_bounds).  Not a DistributedSampler: that one would make the data
+    order depend on the number of processes; here the global batch of a step is the same
+    for any number of processes (and after a resume with a different number)."""
 
-    def __init__(self, sched: common.BatchSchedule, start: int, total: int):
+    def __init__(self, sched: common.BatchSchedule, start: int, total: int, shard=(0, 1)):
         self.sched, self.start, self.total = sched, start, total
+        self.lo, self.hi = rdist.shard_bounds(sched.batch_size, *shard)
 
     def __iter__(self):
         for s in range(self.start, self.total):
-            yield [(s, j, i) for j, i in enumerate(self.sched.batch(s))]
+            keys = [(s, j, i) for j, i in enumerate(self.sched.batch(s)) if self.lo <= j < self.hi]
+            # An empty shard (batch smaller than the world) still yields a marker for the step.
+            yield keys or [(s, -1, -1)]
 
     def __len__(self):
         return max(0, self.total - self.start)
 
 
+class _ShardData(_TrainData):
+    def __getitem__(self, key):
+        if key[2] < 0:
+            return None, None, key[0], -1
+        return super().__getitem__(key)
+
+
 def _collate(batch):
-    """Stack the readable crops; name the unreadable ones (training never dies on one file)."""
-    good = [c for c, _, _ in batch if c is not None]
-    skipped = [n for c, n, _ in batch if c is None]
+    """Stack the readable crops; name the unreadable ones (training never dies on one file).
+    Returns ``(x or None, skipped names, step, unreadable slots)``."""
+    good = [c for c, _, _, j in batch if c is not None]
+    skipped = [n for c, n, _, j in batch if c is None and j >= 0]
+    bad = [j for c, _, _, j in batch if c is None and j >= 0]
     x = torch.from_numpy(np.ascontiguousarray(np.stack(good).transpose(0, 3, 1, 2))) if good else None
-    return x, skipped, batch[0][2]
+    return x, skipped, batch[0][2], bad
+
+
+class _SigtermFlag:
+    """While active (main thread only, and only where SIGTERM has its default action), SIGTERM
+    sets a flag instead of killing: fit stops at the next step boundary, writes a checkpoint,
+    then re-sends SIGTERM to itself with the default action, so the process still dies of the
+    signal, but with nothing lost."""
+
+    def __init__(self, enabled: bool):
+        self.hit = False
+        self.active = (enabled and threading.current_thread() is threading.main_thread()
+                       and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL)
+
+    def __enter__(self):
+        if self.active:
+            signal.signal(signal.SIGTERM, self._handler)
+        return self
+
+    def _handler(self, signum, frame):
+        self.hit = True
+
+    def __exit__(self, *exc):
+        if self.active:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+    def redeliver(self) -> None:
+        if self.active and self.hit:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
 
 
 # --------------------------------------------------------------------------- stylizer
@@ -78,7 +127,7 @@ class FastStylizer:
     def __init__(self, preset="johnson2016", weights="imagenet", device=None, dtype="float32",
                  transformer_weights=None, precision=None, channels_last=False, compile=False):
         self.preset: Preset = resolve(preset)
-        self.device = resolve_device(device)
+        self.device = resolve_device(device if device is not None else tdist.default_device())
         self.dtype = resolve_dtype(dtype)
         self.precision = autocast_dtype(precision)
         self.channels_last = bool(channels_last)
@@ -128,10 +177,10 @@ class FastStylizer:
                 grams[l] = g if l not in grams else grams[l] + g
         return grams
 
-    def _train_loss(self, x: torch.Tensor, grams) -> torch.Tensor:
+    def _train_loss(self, x: torch.Tensor, grams, net_fn=None) -> torch.Tensor:
         loss = self.preset.fast_loss
         with autocast(self.device, self.precision):
-            y = self._net_fn(x)
+            y = (net_fn or self._net_fn)(x)
             fy = self.vgg(y)
             with torch.no_grad():
                 fx = self.vgg(x, layers=loss.content_layers) if loss.content_layers else {}
@@ -161,7 +210,7 @@ class FastStylizer:
                 "backend": "torch", "dtype": str(self.dtype).replace("torch.", "")}
         return common.save_checkpoint(ckdir, step, self._checkpoint_tensors(opt), meta, keep=keep)
 
-    def _restore(self, path, opt, settings) -> int:
+    def _restore(self, path, opt, settings, restore_rng=True) -> int:
         tensors, meta = common.load_checkpoint(path)
         old = meta.get("settings", {})
         diff = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
@@ -175,7 +224,7 @@ class FastStylizer:
                 opt.state[p] = {"step": torch.tensor(float(step)),
                                 "exp_avg": torch.from_numpy(m[name]).to(p.device, p.dtype),
                                 "exp_avg_sq": torch.from_numpy(v[name]).to(p.device, p.dtype)}
-        rng = meta.get("rng", {})
+        rng = meta.get("rng", {}) if restore_rng else {}
         if "torch" in rng:
             torch.set_rng_state(torch.tensor(rng["torch"], dtype=torch.uint8))
         if "cuda" in rng and self.device.type == "cuda":
@@ -211,6 +260,7 @@ class FastStylizer:
         settings = {"n_items": len(items), "batch_size": sched.batch_size, "image_size": size, "seed": seed,
                     "lr": float(lr if lr is not None else tc.adam.lr)}
 
+        ctx = tdist.setup(self.device)
         self.net.train()
         opt = make_adam(self.net.parameters(), tc.adam, lr=lr, foreach=None)
         scaler = torch.amp.GradScaler(self.device.type) if self.precision == torch.float16 else None
@@ -218,12 +268,27 @@ class FastStylizer:
         if not resume:
             self.history, self.skipped, self.skipped_count = [], [], 0
         elif checkpoint_dir is not None and common.latest_checkpoint(checkpoint_dir) is not None:
-            start = self._restore(common.latest_checkpoint(checkpoint_dir), opt, settings)
+            # Under DDP every rank reads the same checkpoint (a shared folder); the torch RNG
+            # state in it is rank 0's, so ranks reseed below instead.
+            start = self._restore(common.latest_checkpoint(checkpoint_dir), opt, settings,
+                                  restore_rng=not ctx.enabled)
+        net_fn = self._net_fn
+        if ctx.enabled:
+            # Per-rank seeds for any per-rank randomness (none in the loss; DataLoader worker
+            # seeds derive from it): a pure function of (seed, rank, start step).
+            torch.manual_seed(int(np.random.SeedSequence([seed, ctx.rank, start]).generate_state(1)[0]))
+            from torch.nn.parallel import DistributedDataParallel as DDP
+            ids = [self.device.index if self.device.index is not None else torch.cuda.current_device()] \
+                if self.device.type == "cuda" else None
+            # DDP broadcasts rank 0's parameters now and averages gradients in backward.
+            net_fn = DDP(self._net_fn, device_ids=ids)
         grams = self._style_grams(style, style_weights, tc.style_size)
 
+        B, W = sched.batch_size, ctx.world_size
+        data_cls = _ShardData if ctx.enabled else _TrainData
         loader = torch.utils.data.DataLoader(
-            _TrainData(items, size, seed), batch_sampler=_Batches(sched, start, total), collate_fn=_collate,
-            num_workers=workers, pin_memory=self.device.type == "cuda",
+            data_cls(items, size, seed), batch_sampler=_Batches(sched, start, total, (ctx.rank, W)),
+            collate_fn=_collate, num_workers=workers, pin_memory=self.device.type == "cuda",
             persistent_workers=False, prefetch_factor=4 if workers else None)
         n = max(0, total - start)
         hist = torch.zeros((max(n, 1), 4), dtype=torch.float64 if self.dtype == torch.float64 else torch.float32,
@@ -232,15 +297,19 @@ class FastStylizer:
         flushed = 0                    # rows of hist already copied into self.history
         last_ck = start
         t0 = time.perf_counter()
-        seen = 0
+        seen = 0                       # images trained on (all ranks together)
         stopped = False
         log_every = tc.log_every
+        main = ctx.is_main
 
         def flush(upto: int) -> None:
             nonlocal flushed
             if upto <= flushed:
                 return
-            rows = hist[flushed:upto].to("cpu", torch.float64).numpy()
+            part = hist[flushed:upto]
+            if ctx.enabled:
+                part = ctx.all_sum(part.clone())   # rows hold n_r/N-weighted local means
+            rows = part.to("cpu", torch.float64).numpy()
             for i, r in enumerate(rows):
                 s = start + flushed + i + 1
                 if s in empty:
@@ -252,28 +321,66 @@ class FastStylizer:
                 self.history.append({"step": s, **{k: float(v) for k, v in zip(L.TERMS, r)}})
             flushed = upto
 
-        with common.Progress(n, progress, desc="fit", unit="step") as bar:
-            for i, (x, skipped, s) in enumerate(loader):
+        def checkpoint(step):
+            if main:
+                self._save_checkpoint(checkpoint_dir, step, opt, sched, total, settings, tc.keep_checkpoints)
+            ctx.barrier()              # nobody reads a checkpoint before rank 0 finished it
+
+        with _SigtermFlag(checkpoint_dir is not None) as term, \
+                common.Progress(n, progress and main, desc="fit", unit="step") as bar:
+            for i, (x, skipped, s, bad) in enumerate(loader):
+                weight = None
+                if ctx.enabled:
+                    # One small gloo all_reduce per step: the global batch's unreadable slots
+                    # (so every rank counts the same images and skips the same names) and
+                    # whether any rank got SIGTERM.
+                    meta = torch.zeros(B + 1, dtype=torch.int64)
+                    meta[bad] = 1
+                    meta[B] = 1 if term.hit else 0
+                    ctx.all_sum_cpu(meta)
+                    if meta[B] > 0:
+                        term.hit = True
+                        stopped = True
+                        break
+                    gbad = np.flatnonzero(meta[:B].numpy())
+                    idx = sched.batch(s)
+                    skipped = [common.item_name(items[idx[j]], idx[j]) for j in gbad]
+                    n_global = B - len(gbad)
+                    n_local = 0 if x is None else x.shape[0]
+                    if n_global > 0 and x is None:
+                        # This rank has nothing readable but the others do: DDP needs every
+                        # rank in backward, so run a zero image with weight 0.
+                        x = torch.zeros((1, 3, size, size))
+                    weight = n_local / n_global if n_global else 0.0
+                elif term.hit:
+                    stopped = True
+                    break
                 if skipped:
                     self.skipped_count += len(skipped)
                     self.skipped.extend(k for k in skipped if k not in self.skipped)
-                if x is None:
+                if x is None or (weight is not None and n_global == 0):
                     empty.add(s + 1)
                 else:
                     x = x.to(self.device, self.dtype, non_blocking=True)
                     if self.channels_last:
                         x = x.contiguous(memory_format=torch.channels_last)
-                    seen += x.shape[0]
+                    seen += x.shape[0] if weight is None else n_global
                     opt.zero_grad(set_to_none=True)
-                    terms = self._train_loss(x, grams)
+                    terms = self._train_loss(x, grams, net_fn)
+                    obj = terms[0]
+                    if weight is not None and weight * W != 1.0:
+                        # DDP averages gradients over W ranks; weighting each rank's batch
+                        # mean by n_r·W/N makes that the mean over the N images of the global
+                        # batch (exactly what one process computes), even for uneven shards.
+                        obj = obj * (weight * W)
                     if scaler is not None:
-                        scaler.scale(terms[0]).backward()
+                        scaler.scale(obj).backward()
                         scaler.step(opt)
                         scaler.update()
                     else:
-                        terms[0].backward()
+                        obj.backward()
                         opt.step()
-                    hist[i] = terms.detach()
+                    hist[i] = terms.detach() if weight is None else terms.detach() * weight
                 done = s + 1
                 due_ck = checkpoint_dir is not None and done % ck_every == 0
                 if callback is not None or due_ck or done % log_every == 0 or done == total:
@@ -281,25 +388,33 @@ class FastStylizer:
                     flush(i + 1)
                     if self.history and bar.bar is not None:
                         last = self.history[-1]
-                        bar.update(i + 1 - upto_before, {k: last[k] for k in L.TERMS if k in last})
+                        post = {k: last[k] for k in L.TERMS if k in last}
+                        el = time.perf_counter() - t0
+                        if el > 0:
+                            post["img/s"] = seen / el
+                        bar.update(i + 1 - upto_before, post)
                 self.step = done
                 if due_ck:
-                    self._save_checkpoint(checkpoint_dir, done, opt, sched, total, settings, tc.keep_checkpoints)
+                    checkpoint(done)
                     last_ck = done
                 if callback is not None:
                     last = self.history[-1] if self.history else {}
-                    if callback(done, {k: last[k] for k in L.TERMS if k in last}, None):
+                    stop = bool(callback(done, {k: last[k] for k in L.TERMS if k in last}, None))
+                    if ctx.any(stop):    # every rank stops at the same step
                         stopped = True
                         break
-        flush(self.step - start if self.step > start else 0)
-        if checkpoint_dir is not None and self.step > last_ck:
-            self._save_checkpoint(checkpoint_dir, self.step, opt, sched, total, settings, tc.keep_checkpoints)
+            flush(self.step - start if self.step > start else 0)
+            if checkpoint_dir is not None and self.step > last_ck:
+                checkpoint(self.step)
         self.net.eval()
         seconds = time.perf_counter() - t0
+        if term.hit:
+            term.redeliver()           # dies of SIGTERM now, with the checkpoint written
         return {"steps": self.step, "start_step": start, "total_steps": total, "stopped": stopped,
                 "history": self.history, "skipped": list(self.skipped), "skipped_count": self.skipped_count,
                 "images_seen": seen, "seconds": seconds,
                 "images_per_second": seen / seconds if seconds > 0 else float("nan"),
+                "world_size": W, "rank": ctx.rank,
                 "checkpoint": str(common.latest_checkpoint(checkpoint_dir)) if checkpoint_dir else None}
 
     # ------------------------------------------------------------------ inference
@@ -344,7 +459,11 @@ class FastStylizer:
     # ------------------------------------------------------------------ files
     def save(self, path, *, overwrite=False) -> Path:
         """Canonical safetensors file (resty.weights) with the TransformerSpec and the preset
-        JSON in the metadata: loadable by either backend."""
+        JSON in the metadata: loadable by either backend.  Under torchrun only rank 0 writes
+        (the others return the path)."""
+        info = rdist.process_info()
+        if info.distributed and info.source == "torchrun" and not info.is_main:
+            return Path(os.fspath(path))   # under torchrun only rank 0 writes (same weights everywhere)
         ws = W.WeightSet(self.net.state_dict_canonical(), "transformer",
                          source=f"resty_torch FastStylizer ({self.preset.name})", spec=self.preset.transformer,
                          extra={"preset": self.preset.to_dict(), "steps": int(self.step),
