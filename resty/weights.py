@@ -1184,3 +1184,18 @@ def list_cached() -> List[Dict[str, Any]]:
             entry["error"] = str(exc)
         out.append(entry)
     return out
+
+
+def resolve_loss_network(weights, arch: str, preprocessing: Union[None, str, Preprocessing] = None) -> WeightSet:
+    """The one rule both backends use for a loss network's weights argument.
+
+    ``preprocessing`` (usually the preset's) applies to ``random:SEED`` (the random weights get
+    that convention) and to a bare ``imagenet`` (which then picks the source published with that
+    preprocessing: torchvision or Keras/Caffe).  An explicit ``imagenet:SOURCE``, a file or a
+    WeightSet keeps its own preprocessing.
+    """
+    if isinstance(weights, str):
+        low = weights.strip().lower()
+        if low.startswith("random") or low == "imagenet":
+            return resolve_weights(weights, arch, preprocessing=preprocessing)
+    return resolve_weights(weights, arch)

@@ -7,8 +7,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from resty.specs import PREPROCESSING, VGGSpec, vgg_layer_names, vgg_truncate
-from resty.weights import WeightSet, from_keras_kernel, resolve_weights, to_keras_kernel
+from resty.specs import VGGSpec, vgg_layer_names, vgg_truncate
+from resty.weights import WeightSet, from_keras_kernel, resolve_loss_network, resolve_weights, to_keras_kernel
 
 from .device import assert_compute_dtype, dtype_policy, resolve_device
 from .layers import zero_pad
@@ -113,11 +113,4 @@ class VGGFeatures(keras.Model):
 def _resolve_vgg(weights, arch: str, preprocessing) -> WeightSet:
     """Resolve a weights argument; the preset's preprocessing applies to random weights and to
     a bare 'imagenet' (picking the source with that preprocessing), never overriding a file's."""
-    prep = None
-    if isinstance(weights, str):
-        low = weights.strip().lower()
-        if low.startswith("random") or low == "imagenet":
-            prep = preprocessing
-    if isinstance(prep, str):
-        prep = PREPROCESSING[prep]
-    return resolve_weights(weights, arch, preprocessing=prep)
+    return resolve_loss_network(weights, arch, preprocessing)

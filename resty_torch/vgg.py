@@ -9,7 +9,7 @@ from torch import nn
 
 from resty.errors import ImageError
 from resty.specs import POOLINGS, Preprocessing, vgg_layer_names, vgg_truncate
-from resty.weights import WeightSet, resolve_weights
+from resty.weights import WeightSet, resolve_loss_network, resolve_weights
 
 from .device import resolve_device, resolve_dtype
 
@@ -134,10 +134,7 @@ def loss_network_weights(weights, preset) -> WeightSet:
     ``random:SEED`` and a bare ``imagenet`` follow the preset's ImageNet source (so random
     weights get the preprocessing the preset's source used, and ``imagenet`` picks that
     source); an explicit source, a file or a WeightSet keeps its own preprocessing."""
-    arch = preset.vgg.arch
-    if isinstance(weights, str) and (weights.strip().lower().startswith("random") or weights.strip().lower() == "imagenet"):
-        return resolve_weights(weights, arch, preprocessing=preset.preprocessing_name)
-    return resolve_weights(weights, arch)
+    return resolve_loss_network(weights, preset.vgg.arch, preset.preprocessing_name)
 
 
 __all__.append("loss_network_weights")
