@@ -74,6 +74,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tiled-size", type=_pos, default=4096, help="side of the tiled fast stylization (GPU)")
     p.add_argument("--tile", type=_pos, default=1024)
     p.add_argument("--budget-s", type=float, default=None, help="skip remaining groups after this many seconds")
+    p.add_argument("--dry", action="store_true",
+                   help="run the GPU plan on the CPU at tiny sizes (checks a GPU command before spending GPU time)")
 
 
 def config_from_args(a: argparse.Namespace) -> BenchConfig:
@@ -82,7 +84,7 @@ def config_from_args(a: argparse.Namespace) -> BenchConfig:
                        warmup=a.warmup, step_iters=a.step_iters, fast_sizes=a.fast_sizes, batch=a.batch,
                        batch_size_px=a.batch_size_px, train_size=a.train_size, train_batch=a.train_batch,
                        onnx_size=a.onnx_size, memory_size=a.memory_size, tiled_size=a.tiled_size, tile=a.tile,
-                       budget_s=a.budget_s, out=a.out)
+                       budget_s=a.budget_s, out=a.out, dry=a.dry)
 
 
 def run_from_args(a: argparse.Namespace) -> int:

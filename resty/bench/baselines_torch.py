@@ -60,8 +60,8 @@ def tutorial_vgg19(device):
 
 def tutorial_gatys_model(content, style, device, content_layers=TUTORIAL_LAYERS[0],
                          style_layers=TUTORIAL_LAYERS[1], cnn=None):
-    import copy
-    cnn = tutorial_vgg19(device) if cnn is None else copy.deepcopy(cnn)
+    # The tutorial adds the cnn's own modules to a new nn.Sequential (no copy).
+    cnn = tutorial_vgg19(device) if cnn is None else cnn
     mean = torch.tensor([0.485, 0.456, 0.406], device=device).view(-1, 1, 1)
     std = torch.tensor([0.229, 0.224, 0.225], device=device).view(-1, 1, 1)
 

@@ -67,19 +67,20 @@ class BenchConfig:
     tile: int = 1024
     budget_s: Optional[float] = None                 # skip groups once this much time has passed
     out: str = "bench-out"
+    dry: bool = False                                # the GPU plan on the CPU at tiny sizes (checks the script)
 
     def resolved(self, device: str) -> Dict[str, Any]:
         """Sizes and counts for a device (explicit settings win)."""
         gpu = device.startswith("cuda")
         q = self.quick
         d = dict(
-            size=512 if gpu else (128 if q else 256),
-            iterations=(100 if q else 500) if gpu else (20 if q else 50),
+            size=512 if gpu else (96 if q else 256),
+            iterations=(100 if q else 500) if gpu else (10 if q else 50),
             repeats=(3 if q else 5),
-            step_iters=20 if gpu else (3 if q else 5),
+            step_iters=20 if gpu else (2 if q else 5),
             fast_sizes=(256, 512) if q else (256, 512, 1024, 2048),
-            batch=(8 if gpu else 4), batch_size_px=(512 if gpu else 256),
-            train_size=256 if gpu else (128 if q else 256),
+            batch=(8 if gpu else (2 if q else 4)), batch_size_px=(512 if gpu else 256),
+            train_size=256 if gpu else (96 if q else 256),
             train_batch=16 if gpu else (2 if q else 4),
             onnx_size=1024,
         )
@@ -88,6 +89,9 @@ class BenchConfig:
             if v is not None:
                 d[k] = tuple(v) if isinstance(v, list) else v
         d["run_repeats"] = 2 if gpu else max(1, min(d["repeats"], 2 if q else 3))
+        if self.dry:
+            d.update(size=48, iterations=6, repeats=1, step_iters=2, fast_sizes=(64,), batch=2, batch_size_px=64,
+                     train_size=32, train_batch=2, onnx_size=64, run_repeats=1)
         return d
 
 
@@ -255,9 +259,13 @@ class Runner:
             base = dev.reset_peak()
             dev.sync()
             t = time.perf_counter()
-            run()
+            work = run()
             dev.sync()
-            st["times"].append(time.perf_counter() - t)
+            dt = time.perf_counter() - t
+            if isinstance(work, float) and work > 0:   # run() did `work` × the nominal work: normalise
+                dt /= work
+                st.setdefault("work", []).append(work)
+            st["times"].append(dt)
             p = dev.peak()
             if p is not None:
                 st["peak"] = max(st.get("peak") or 0, p if g.sequential else p - base)
@@ -324,6 +332,7 @@ class Runner:
                 "peak_mem_kind": dev.mem_kind + (" (absolute, one implementation at a time)" if g.sequential
                                                  else " (working memory of the call)" if dev.gpu else ""),
                 "t_start": st["t_start"], "t_end": st["t_end"], **g.extra,
+                **({"work_factor": st["work"]} if "work" in st else {}),
             }
             rows.append(row)
         base = next((r for r in rows if r["impl"] == "baseline"), None)
@@ -386,7 +395,8 @@ def _nchw(a: np.ndarray, dev):
     return torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1)[None])).to(dev)
 
 
-def torch_groups(R: Runner, device: str, precision: str, workloads: Sequence[str], s: Dict[str, Any]):
+def torch_groups(R: Runner, device: str, precision: str, workloads: Sequence[str], s: Dict[str, Any],
+                 phase: str = "main"):
     import torch
     from resty import common
     from resty_torch import FastStylizer, GatysStylizer, TransformerNet
@@ -397,12 +407,16 @@ def torch_groups(R: Runner, device: str, precision: str, workloads: Sequence[str
     dev = _torch_mode(device, precision)
     amp = _amp(precision)
     ac = autocast_dtype(amp)
-    gpu = dev.type == "cuda"
+    gpu = dev.type == "cuda" or R.cfg.dry     # dry: the GPU plan on the CPU
     base_note = ("baseline in float32 with TF32 on (the tutorials have no mixed precision)"
                  if amp else "")
     reps, warm = s["repeats"], R.cfg.warmup
     S, N, n = s["size"], s["iterations"], s["step_iters"]
     content, style = _images(S) if any(w.startswith("gatys") for w in workloads) else (None, None)
+    if phase == "compiled":   # after every other group: compiles are slow and come last in the budget
+        workloads = [w for w in workloads if w.endswith("-compiled")]
+    else:
+        workloads = [w for w in workloads if not w.endswith("-compiled")]
     cnn_cache = {}
 
     def cnn():
@@ -438,12 +452,14 @@ def torch_groups(R: Runner, device: str, precision: str, workloads: Sequence[str
 
     if "gatys-step" in workloads:
         variants = [("eager", {})]
-        if not gpu:
+        if not R.cfg.quick:
             variants.append(("channels_last", {"channels_last": True}))
         R.run_group(gatys_step_group(variants), reps, warm)
 
     # ---------------------------------------------------------------- gatys-run (L-BFGS)
-    if "gatys-run" in workloads and precision != "fp16":
+    if "gatys-run" in workloads and gpu and precision == "float32" and not R.cfg.dry and R.cfg.precisions is None:
+        R.note("gatys-run on CUDA runs in tf32 and bf16 only by default (float32 costs ~30 s of device time)")
+    elif "gatys-run" in workloads and precision != "fp16":
         def resty_run():
             g = GatysStylizer("restynet", weights="random:0", device=dev, precision=amp)
 
@@ -452,7 +468,7 @@ def torch_groups(R: Runner, device: str, precision: str, workloads: Sequence[str
                 done = len(g.history)
                 if done != iters:
                     raise RuntimeError(f"resty made {done} evaluations, expected {iters}")
-            return run, (lambda: run(min(N, 10)))
+            return run, (lambda: run(min(N, 3)))
 
         def base_run():
             ct, st = _nchw(content, dev), _nchw(style, dev)
@@ -461,14 +477,16 @@ def torch_groups(R: Runner, device: str, precision: str, workloads: Sequence[str
             def run(iters=N):
                 counter.clear()
                 B.tutorial_gatys(ct, st, iters, "lbfgs", layers=B.GATYS_DEPTH_LAYERS, cnn=cnn(), counter=counter)
-            return run, (lambda: run(min(N, 10)))
+                return counter[0] / iters   # evaluations made / N: the time is normalised to N
+            return run, (lambda: run(min(N, 3)))
 
         g = Group("gatys-run", f"Gatys L-BFGS {N} evals {S}px", "torch", device, precision, "s/run", 1.0,
-                  [Impl("baseline", "tutorial", base_run, "tutorial loop: model + targets + LBFGS; "
-                        "may overshoot N by < one outer step (max_iter 20)"),
+                  [Impl("baseline", "tutorial", base_run, "tutorial loop: model + targets + LBFGS; its while loop "
+                        "overshoots N by up to one outer step, so the time is scaled to N evaluations"),
                    Impl("resty", "eager", resty_run, "GatysStylizer.stylize(optimizer='lbfgs'), public API")],
                   size=S, baseline_note=base_note + ("; " if base_note else "") +
-                  "tutorial's while loop can overshoot N by up to 20 evaluations (favours Resty by <= 20/N)")
+                  "the tutorial's loop overshoots N (whole L-BFGS steps of up to 20 iterations); its time is "
+                  "scaled by N / evaluations made (work_factor in the JSON)")
         R.run_group(g, s["run_repeats"], 0)
 
     # ---------------------------------------------------------------- fast inference
@@ -574,7 +592,7 @@ def torch_groups(R: Runner, device: str, precision: str, workloads: Sequence[str
                    Impl("resty", "onnxruntime (light)", ort_light, "the same net exported with resty convert --to onnx")],
                   size=side, baseline_note="baseline here is the same light net in torch eager (what ONNX replaces)",
                   extra={"spec": LIGHT_SPEC.to_dict() if hasattr(LIGHT_SPEC, "to_dict") else str(LIGHT_SPEC)})
-        R.run_group(g, reps, warm)
+        R.run_group(g, min(reps, 2) if R.cfg.quick else reps, warm)
 
     # ---------------------------------------------------------------- GPU memory targets
     if gpu and "gatys-memory" in workloads and precision in ("tf32", "bf16"):
@@ -694,7 +712,7 @@ def tf_groups(R: Runner, device: str, precision: str, workloads: Sequence[str], 
 
             def run(iters=N):
                 g.stylize(content, style, iterations=iters, optimizer="lbfgs", image_size=S)
-            return run, (lambda: run(min(N, 10)))
+            return run, (lambda: run(min(N, 3)))
 
         def base_run():
             with tf.device(tfdev):
@@ -703,7 +721,7 @@ def tf_groups(R: Runner, device: str, precision: str, workloads: Sequence[str], 
             def run(iters=N):
                 with tf.device(tfdev):
                     tg.run(iters)
-            return run, (lambda: run(min(N, 10)))
+            return run, (lambda: run(min(N, 3)))
 
         R.run_group(Group("gatys-run", f"Gatys L-BFGS {N} evals {S}px", "tf", device, precision, "s/run", 1.0,
                           [Impl("baseline", "tutorial Adam (TF core has no L-BFGS)", base_run,
@@ -863,17 +881,17 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> Dict[str,
     log(f"resty bench: backends {backends}, devices {devices}, out {out}")
     for device in devices:
         s = cfg.resolved(device)
-        gpu = device.startswith("cuda")
+        gpu = device.startswith("cuda") or cfg.dry
         precs = list(cfg.precisions) if cfg.precisions else (["float32"] if not gpu else
-                                                              ["float32", "tf32", "bf16", "fp16"])
+                                                              ["tf32", "bf16", "fp16", "float32"])
         wl = list(cfg.workloads) if cfg.workloads else [w for w in WORKLOADS if gpu or w not in GPU_ONLY]
         for backend in backends:
-            if backend == "torch" and gpu:
+            if backend == "torch" and device.startswith("cuda"):
                 import torch
                 if not torch.cuda.is_available():
                     R.note("skipped torch on cuda: torch sees no CUDA GPU")
                     continue
-            if backend == "tf" and gpu:
+            if backend == "tf" and device.startswith("cuda"):
                 import tensorflow as tf
                 if not tf.config.list_logical_devices("GPU"):
                     R.note("skipped tf on cuda: TensorFlow sees no GPU")
@@ -889,10 +907,22 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> Dict[str,
                     R.note("skipped tf fp16 on cpu")
                     continue
                 try:
-                    (torch_groups if backend == "torch" else tf_groups)(R, device, prec, wl, s)
+                    if backend == "torch":
+                        torch_groups(R, device, prec, wl, s)
+                    else:
+                        tf_groups(R, device, prec, wl, s)
                 except Exception as exc:
                     R.errors.append({"where": f"{backend} {device} {prec}", "error": f"{type(exc).__name__}: {exc}"[:500]})
                     log(f"{backend} {device} {prec}: {exc!r}")
+                    traceback.print_exc()
+        if "torch" in backends and any(w.endswith("-compiled") for w in wl):
+            order = [p for p in ("fp16", "bf16", "tf32", "float32") if p in precs]
+            for prec in order:
+                try:
+                    torch_groups(R, device, prec, wl, s, phase="compiled")
+                except Exception as exc:
+                    R.errors.append({"where": f"torch {device} {prec} compiled",
+                                     "error": f"{type(exc).__name__}: {exc}"[:500]})
                     traceback.print_exc()
     write()
     try:

@@ -1,0 +1,72 @@
+"""resty bench: a tiny run writes the table, JSON and chart; ratios come from baselines measured
+in the same run.  No timed assertions (timings on shared CPUs are noise)."""
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+from resty.bench import BenchConfig, LIGHT_SPEC, run_bench
+
+BACKENDS = tuple(b for b, m in (("torch", "torch"), ("tf", "tensorflow")) if importlib.util.find_spec(m))
+ROW_FIELDS = ("id", "workload", "label", "backend", "device", "precision", "impl", "variant", "unit",
+              "median", "min", "max", "spread_pct", "n", "values", "peak_mem_kind", "t_start", "t_end")
+
+
+def test_import_pulls_no_framework():
+    code = ("import sys, resty.bench, resty.bench.report, resty.bench.workloads; "
+            "print(sorted(m for m in ('torch', 'tensorflow', 'keras', 'matplotlib') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_light_spec_is_half_width():
+    from resty.specs import TransformerSpec
+    assert LIGHT_SPEC.channels == tuple(c // 2 for c in TransformerSpec().channels)
+
+
+@pytest.mark.skipif(not BACKENDS, reason="needs torch or tensorflow")
+def test_tiny_bench_writes_table_json_chart(tmp_path):
+    cfg = BenchConfig(quick=True, backends=BACKENDS, devices=("cpu",), precisions=("float32",),
+                      workloads=("fast-infer",), fast_sizes=(32,), repeats=1, warmup=1, out=str(tmp_path))
+    doc = run_bench(cfg, log=lambda s: None)
+    for name in ("bench.md", "bench.json", "bench.png"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    data = json.loads((tmp_path / "bench.json").read_text())
+    assert data["schema"] == "resty.bench/1"
+    assert data["errors"] == [], data["errors"]
+    for key in ("config", "environment", "rows", "notes", "started", "finished", "definitions"):
+        assert key in data
+    rows = data["rows"]
+    by_id = {r["id"]: r for r in rows}
+    assert len(by_id) == len(rows)
+    assert {r["backend"] for r in rows} == set(BACKENDS)
+    for r in rows:
+        for f in ROW_FIELDS:
+            assert f in r, (f, r["id"])
+        assert r["median"] > 0 and r["min"] > 0 and r["n"] == 1 and all(v > 0 for v in r["values"])
+        assert data["started"] <= r["t_start"] <= r["t_end"] <= data["finished"]
+    resty = [r for r in rows if r["impl"] == "resty"]
+    assert resty and all(b in {r["backend"] for r in resty} for b in BACKENDS)
+    for r in resty:
+        base = by_id[r["baseline_id"]]       # a baseline row of this very run
+        assert base["impl"] == "baseline"
+        for k in ("workload", "label", "backend", "device", "precision", "size", "batch", "unit"):
+            assert base[k] == r[k], k
+        assert math.isclose(r["ratio_vs_baseline"], base["median"] / r["median"], rel_tol=1e-9)
+        assert r["ratio_vs_baseline"] > 0
+        # interleaved: the two were timed in the same window
+        assert base["t_start"] <= r["t_end"] and r["t_start"] <= base["t_end"]
+    md = (tmp_path / "bench.md").read_text()
+    assert "ratio vs baseline" in md and "baseline" in md and "×" in md
+    assert doc["rows"] == rows
+
+
+def test_cli_has_bench_subcommand():
+    from resty import cli
+    a = cli.build_parser().parse_args(["bench", "--quick", "--out", "x", "--backends", "torch",
+                                       "--workloads", "fast-infer,gatys-step", "--size", "64"])
+    assert a.quick and a.out == "x" and a.backends == ("torch",) and a.size == 64
