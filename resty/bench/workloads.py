@@ -861,7 +861,10 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> Dict[str,
     if "torch" in backends:   # import order: torch and torchvision before tensorflow
         import torch  # noqa: F401
         import torch._dynamo  # noqa: F401
-        import torchvision  # noqa: F401
+        try:
+            import torchvision  # noqa: F401
+        except ImportError:
+            R.note("torchvision is not installed: the plain-PyTorch Gatys/training baselines will fail")
     devices = list(cfg.devices) if cfg.devices else None
     if devices is None:
         devices = ["cpu"]
