@@ -9,6 +9,7 @@ Images are decoded and resized by the core (Pillow) inside a ``tf.data`` pipelin
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -18,11 +19,13 @@ import numpy as np
 import tensorflow as tf
 
 from resty import common
+from resty import distributed as rdist
 from resty import weights as W
 from resty.errors import RestyError, TrainingError
 from resty.images import preserve_color as _preserve_color, resize_longest
 from resty.presets import Preset, get as get_preset, resolve
 
+from . import distributed as tdist
 from . import losses as L
 from .device import dtype_policy, resolve_device
 from .optim import TorchAdam
@@ -41,7 +44,9 @@ class FastStylizer:
     training and inference steps with XLA (``tf.function(jit_compile=True)``)."""
 
     def __init__(self, preset="johnson2016", weights="imagenet", device=None, dtype: str = "float32",
-                 transformer_weights=None, precision=None, compile: bool = False):
+                 transformer_weights=None, precision=None, compile: bool = False, strategy=None):
+        # First: a MultiWorkerMirroredStrategy (TF_CONFIG) must exist before any TF operation.
+        self.strategy = tdist.resolve_strategy(strategy)
         self.preset: Preset = resolve(preset)
         self.device = resolve_device(device)
         self.dtype = dtype
@@ -55,7 +60,9 @@ class FastStylizer:
             tw = f"random:{self.preset.training.seed}"
         if isinstance(tw, W.WeightSet) and tw.spec != self.preset.transformer:
             self.preset = self.preset.replace(transformer=tw.spec)
-        self.net = TransformerNet(self.preset.transformer, tw, dtype=dtype, device=self.device, precision=precision)
+        with self._scope():
+            self.net = TransformerNet(self.preset.transformer, tw, dtype=dtype, device=self.device,
+                                      precision=precision)
         self._vgg: Optional[VGGFeatures] = None
         self._infer = None
         self.history: List[Dict] = []
@@ -64,13 +71,18 @@ class FastStylizer:
         self.step = 0
 
     # ------------------------------------------------------------------ helpers
+    def _scope(self):
+        """Where variables are created: the strategy's scope (mirrored variables), if any."""
+        return self.strategy.scope() if self.strategy is not None else contextlib.nullcontext()
+
     @property
     def vgg(self) -> VGGFeatures:
         if self._vgg is None:
             p = self.preset
-            self._vgg = VGGFeatures(p.vgg.arch, self.weights, p.vgg.pooling, layers=p.fast_loss.all_layers,
-                                    dtype=self.dtype, device=self.device, preprocessing=p.preprocessing_name,
-                                    precision=self.precision)
+            with self._scope():
+                self._vgg = VGGFeatures(p.vgg.arch, self.weights, p.vgg.pooling, layers=p.fast_loss.all_layers,
+                                        dtype=self.dtype, device=self.device, preprocessing=p.preprocessing_name,
+                                        precision=self.precision)
         return self._vgg
 
     def _style_grams(self, style, style_weights, style_size) -> Dict[str, tf.Tensor]:
@@ -161,6 +173,104 @@ class FastStylizer:
         opts.threading.private_threadpool_size = max(1, workers) if workers else 0
         return ds.with_options(opts).prefetch(max(2, workers))
 
+    def _dist_dataset(self, items, sched, size, seed, start, total, workers):
+        """The distributed pipeline: ``distribute_datasets_from_function``, each input pipeline
+        yielding, for every step, one element per local replica: ``(crops, bad-slot mask of
+        the global batch (this replica's slots only), readable count, step)``.  Replica ``r``
+        of ``R`` gets the contiguous slots ``shard_bounds(B, r, R)`` of the global batch, so the
+        union over replicas is exactly the single-process batch of that step.  A replica with
+        nothing readable gets one zero image and count 0 (weight 0 in the loss)."""
+        np_dtype = self.tf_dtype.as_numpy_dtype
+        B = sched.batch_size
+
+        def dataset_fn(ictx: tf.distribute.InputContext):
+            R = ictx.num_replicas_in_sync
+            rpp = R // ictx.num_input_pipelines          # replicas fed by this pipeline
+            first = ictx.input_pipeline_id * rpp
+
+            def load(e):
+                step, k = divmod(int(e), rpp)
+                step += start
+                lo, hi = rdist.shard_bounds(B, first + k, R)
+                idx = sched.batch(step)
+                crops, bad = [], np.zeros(B, np.bool_)
+                for slot in range(lo, min(hi, len(idx))):
+                    c = common.load_training_item(items[idx[slot]], size, seed, step, slot)
+                    if c is None:
+                        bad[slot] = True
+                    else:
+                        crops.append(c)
+                n = len(crops)
+                x = np.stack(crops).astype(np_dtype) if crops else np.zeros((1, size, size, 3), np_dtype)
+                return x, bad, np.int32(n), np.int64(step)
+
+            def tf_load(e):
+                x, bad, n, step = tf.numpy_function(load, [e], [self.tf_dtype, tf.bool, tf.int32, tf.int64],
+                                                    stateful=False)
+                x.set_shape([None, size, size, 3])
+                bad.set_shape([B])
+                n.set_shape([])
+                step.set_shape([])
+                return x, bad, n, step
+
+            ds = tf.data.Dataset.range(0, (total - start) * rpp)
+            if workers:
+                ds = ds.map(tf_load, num_parallel_calls=workers, deterministic=True)
+            else:
+                ds = ds.map(tf_load)
+            opts = tf.data.Options()
+            opts.threading.private_threadpool_size = max(1, workers) if workers else 0
+            opts.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+            return ds.with_options(opts).prefetch(max(2, workers) * rpp)
+
+        return self.strategy.distribute_datasets_from_function(dataset_fn)
+
+    def _make_dist_step(self, opt: TorchAdam, variables, grams, element_spec, B: int):
+        """One global step under the strategy: each replica computes the loss of its shard
+        weighted by ``n_r / N`` (N readable images in the global batch), the weighted gradients
+        are summed over replicas (= the gradient of the global batch mean, exactly what one
+        process computes), and the one Adam update is applied to the mirrored variables.
+        Returns ``(global mean loss terms, global bad-slot mask + [N])`` on the host side."""
+        loss = self.preset.fast_loss
+        vgg, net, strategy = self.vgg, self.net, self.strategy
+        SUM = tf.distribute.ReduceOp.SUM
+        if self.precision == "fp16":
+            raise RestyError("precision='fp16' (dynamic loss scaling) is not supported with a distribution "
+                             "strategy yet; use precision='bf16' or None")
+
+        def replica_fn(x, bad, n):
+            ctx = tf.distribute.get_replica_context()
+            meta = ctx.all_reduce(SUM, tf.concat([tf.cast(bad, tf.float64), tf.cast(n, tf.float64)[None]], 0))
+            total_n = meta[B]
+            w = tf.cast(n, tf.float64) / tf.maximum(total_n, 1.0)
+            fx = {l: tf.stop_gradient(v) for l, v in vgg(x).items() if l in loss.content_layers}
+            with tf.GradientTape() as tape:
+                y = net(x, training=True)
+                terms = L.total_loss(vgg(y), y, loss, fx, grams)
+                objective = terms["total"] * tf.cast(w, terms["total"].dtype)
+            g = tape.gradient(objective, variables)
+            g = ctx.all_reduce(SUM, g)
+            tv = ctx.all_reduce(SUM, tf.stack([tf.cast(terms[k], tf.float64) for k in TERMS]) * w)
+            return g, tv, meta
+
+        def first(v):
+            return strategy.experimental_local_results(v)[0]
+
+        @tf.function(autograph=False, input_signature=[element_spec])
+        def step(elem):
+            x, bad, n, _ = elem
+            g, tv, meta = strategy.run(replica_fn, args=(x, bad, n))
+            g = [first(gi) for gi in g]
+            meta = first(meta)
+
+            def apply():
+                opt.apply(g)
+                return tf.constant(True)
+            tf.cond(meta[B] > 0, apply, lambda: tf.constant(False))
+            return first(tv), meta
+
+        return step
+
     # ------------------------------------------------------------------ training
     def _make_train_step(self, opt: TorchAdam, variables, grams, size: int):
         loss = self.preset.fast_loss
@@ -226,17 +336,26 @@ class FastStylizer:
         settings = {"n_items": len(items), "batch_size": sched.batch_size, "image_size": size, "seed": seed,
                     "lr": float(lr if lr is not None else tc.adam.lr)}
 
-        with tf.device(self.device):
+        strategy = self.strategy
+        B = sched.batch_size
+        with strategy.scope() if strategy is not None else tf.device(self.device):
             names, variables = self._variables()
             opt = TorchAdam(tc.adam, variables, lr=lr)
             start = 0
             if not resume:
                 self.history, self.skipped, self.skipped_count = [], [], 0
             elif checkpoint_dir is not None and common.latest_checkpoint(checkpoint_dir) is not None:
+                # Every worker reads the same checkpoint (a shared folder): resuming works with
+                # any number of workers, the shards of each global batch are recomputed.
                 start = self._restore(common.latest_checkpoint(checkpoint_dir), opt, names, settings)
             grams = self._style_grams(style, style_weights, tc.style_size)
-            train_step = self._make_train_step(opt, variables, grams, size)
-            ds = self._dataset(items, sched, size, seed, start, total, workers, sched.batch_size)
+            if strategy is None:
+                train_step = self._make_train_step(opt, variables, grams, size)
+                ds = self._dataset(items, sched, size, seed, start, total, workers, B)
+            else:
+                ds = self._dist_dataset(items, sched, size, seed, start, total, workers)
+                train_step = self._make_dist_step(opt, variables, grams, ds.element_spec, B)
+            main = tdist.should_checkpoint(strategy)
 
             n = max(0, total - start)
             pending: List[tuple] = []          # (step, terms tensor or None) not yet on the host
@@ -246,8 +365,24 @@ class FastStylizer:
             stopped = False
             self.step = start
 
+            def note_skipped(step, slots):
+                idx = sched.batch(step)
+                names_bad = [common.item_name(items[idx[j]], idx[j]) for j in slots if j < len(idx)]
+                self.skipped_count += len(names_bad)
+                self.skipped.extend(k for k in names_bad if k not in self.skipped)
+
             def flush():
+                nonlocal seen
                 for s, t in pending:
+                    if isinstance(t, tuple):          # distributed: (global terms, global mask + [N])
+                        t, meta = t
+                        meta = meta.numpy()
+                        gbad = np.flatnonzero(meta[:B] > 0)
+                        if len(gbad):
+                            note_skipped(s - 1, gbad)
+                        seen += int(round(meta[B]))
+                        if meta[B] == 0:
+                            t = None
                     if t is None:
                         self.history.append({"step": s, "skipped_batch": True})
                         continue
@@ -258,47 +393,59 @@ class FastStylizer:
                     self.history.append({"step": s, **{k: float(v) for k, v in zip(TERMS, r)}})
                 pending.clear()
 
-            with common.Progress(n, progress, desc="fit", unit="step") as bar:
-                for x, bad, s in ds:
-                    s = int(s)
-                    bad = bad.numpy()
-                    if bad.any():
-                        idx = sched.batch(s)
-                        names_bad = [common.item_name(items[idx[j]], idx[j]) for j in np.flatnonzero(bad)
-                                     if j < len(idx)]
-                        self.skipped_count += len(names_bad)
-                        self.skipped.extend(k for k in names_bad if k not in self.skipped)
-                    done = s + 1
-                    if x.shape[0] == 0:
-                        pending.append((done, None))
+            def checkpoint(step):
+                if main:
+                    self._save_checkpoint(checkpoint_dir, step, opt, names, sched, total, settings,
+                                          tc.keep_checkpoints)
+                tdist.barrier(strategy)        # nobody reads it before the chief finished
+
+            with common.Progress(n, progress and main, desc="fit", unit="step") as bar:
+                for elem in ds:
+                    if strategy is None:
+                        x, bad, s = elem
+                        s = int(s)
+                        bad = bad.numpy()
+                        if bad.any():
+                            note_skipped(s, np.flatnonzero(bad))
+                        done = s + 1
+                        if x.shape[0] == 0:
+                            pending.append((done, None))
+                        else:
+                            seen += int(x.shape[0])
+                            pending.append((done, train_step(x)))
                     else:
-                        seen += int(x.shape[0])
-                        pending.append((done, train_step(x)))
+                        s = int(strategy.experimental_local_results(elem[3])[0])
+                        done = s + 1
+                        pending.append((done, train_step(elem)))
                     due_ck = checkpoint_dir is not None and done % ck_every == 0
                     if callback is not None or due_ck or done % tc.log_every == 0 or done == total:
                         k = len(pending)
                         flush()
                         last = self.history[-1] if self.history else {}
-                        bar.update(k, {t: last[t] for t in TERMS if t in last})
+                        post = {t: last[t] for t in TERMS if t in last}
+                        el = time.perf_counter() - t0
+                        if el > 0:
+                            post["img/s"] = seen / el
+                        bar.update(k, post)
                     self.step = done
                     if due_ck:
-                        self._save_checkpoint(checkpoint_dir, done, opt, names, sched, total, settings,
-                                              tc.keep_checkpoints)
+                        checkpoint(done)
                         last_ck = done
                     if callback is not None:
                         last = self.history[-1] if self.history else {}
-                        if callback(done, {t: last[t] for t in TERMS if t in last}, None):
+                        stop = bool(callback(done, {t: last[t] for t in TERMS if t in last}, None))
+                        if tdist.any_replica(strategy, stop):     # every worker stops at the same step
                             stopped = True
                             break
             flush()
             if checkpoint_dir is not None and self.step > last_ck:
-                self._save_checkpoint(checkpoint_dir, self.step, opt, names, sched, total, settings,
-                                      tc.keep_checkpoints)
+                checkpoint(self.step)
         seconds = time.perf_counter() - t0
         return {"steps": self.step, "start_step": start, "total_steps": total, "stopped": stopped,
                 "history": self.history, "skipped": list(self.skipped), "skipped_count": self.skipped_count,
                 "images_seen": seen, "seconds": seconds,
                 "images_per_second": seen / seconds if seconds > 0 else float("nan"),
+                "world_size": tdist.world_size(strategy), "rank": rdist.process_info().rank,
                 "checkpoint": str(common.latest_checkpoint(checkpoint_dir)) if checkpoint_dir else None}
 
     # ------------------------------------------------------------------ inference
@@ -347,6 +494,8 @@ class FastStylizer:
     def save(self, path, *, overwrite=False) -> Path:
         """Canonical safetensors file (resty.weights) with the TransformerSpec and the preset
         JSON in the metadata: loadable by either backend."""
+        if not tdist.should_checkpoint(self.strategy):
+            return Path(path)   # multi-worker: only the chief writes (same weights everywhere)
         tensors = {k: np.asarray(v, np.float32) if self.dtype != "float64" else v
                    for k, v in self.net.state_dict_canonical().items()}
         ws = W.WeightSet(tensors, "transformer",
