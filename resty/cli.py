@@ -185,6 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preserve-color", action="store_true", help="keep the content's colours")
     p.add_argument("--seed", type=_nonneg_int, default=0, help="random seed (default 0)")
     p.add_argument("--ext", default=".png", help="output extension for a folder of contents (default .png)")
+    p.add_argument("--nproc", type=_positive_int, default=None, metavar="N",
+                   help="split a folder of contents over N local processes (one per GPU); outputs that "
+                        "already exist are skipped, so a re-run finishes an interrupted job")
     _add_common(p)
     p.set_defaults(func=cmd_stylize)
 
@@ -216,6 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_nonneg_int, default=0, help="random seed (default 0)")
     p.add_argument("--transformer-weights", default=None, metavar="W",
                    help="initial transformer weights: 'random:SEED' (default random:SEED of --seed) or a model file")
+    p.add_argument("--nproc", type=_positive_int, default=None, metavar="N",
+                   help="train with N local processes (torch: torchrun + DDP; tf: MultiWorkerMirroredStrategy "
+                        "workers); --batch-size stays the global batch")
     _add_common(p)
     p.set_defaults(func=cmd_train)
 
@@ -373,6 +379,13 @@ def cmd_stylize(args) -> int:
             out = out / (content.stem + "_stylized" + ext)
         _check_image_suffix(out)
         targets = [out]
+    from . import distributed as _dist
+    if folder_mode and (args.nproc or 1) > 1 and not _dist.is_launched_child():
+        return _dist.relaunch_cli(args.backend, args.nproc, args.argv, collective=False)
+    if folder_mode and (args.nproc or _dist.is_launched_child()):
+        # This process's share of the folder, minus outputs an earlier run finished.
+        mine = _dist.pending_targets(list(zip(contents, targets)), skip_existing=not args.overwrite)
+        contents, targets = [c for c, _ in mine], [t for _, t in mine]
     for t in targets:
         _check_output(t, args.overwrite)
 
@@ -450,6 +463,9 @@ def cmd_train(args) -> int:
         raise UsageError("--resume needs --checkpoint-dir (where the checkpoints are)")
     if args.checkpoint_every and not args.checkpoint_dir:
         raise UsageError("--checkpoint-every needs --checkpoint-dir")
+    from . import distributed as _dist
+    if (args.nproc or 1) > 1 and not _dist.is_launched_child():
+        return _dist.relaunch_cli(args.backend, args.nproc, args.argv)
     sample_img = None
     sample_dir = None
     if args.sample_every:
@@ -636,6 +652,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             args = argparse.Namespace(command="parity", args=argv[1:], func=cmd_parity)
         else:
             args = parser.parse_args(argv)
+            args.argv = argv    # --nproc relaunches the same command
     except SystemExit as exc:   # --help, --version, or a usage error (already printed)
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else EXIT_USAGE)
     try:

@@ -29,7 +29,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, TypeVar
 
 __all__ = ["ProcessInfo", "process_info", "is_launched_child", "shard_bounds", "split_items",
            "pending_targets", "free_ports", "tf_config", "launch_torch", "launch_tf", "launch",
-           "relaunch_cli", "CHILD_ENV"]
+           "relaunch_cli", "strip_option", "CHILD_ENV"]
 
 T = TypeVar("T")
 
@@ -267,5 +267,20 @@ def launch(backend: str, nproc: int, cmd: Sequence[str], *, collective: bool = T
 def relaunch_cli(backend: str, nproc: int, argv: Sequence[str], *, collective: bool = True) -> int:
     """What ``resty CMD ... --nproc N`` does in the parent: start N workers running
     ``python -m resty CMD ...`` (the same arguments) through the backend's launcher and return
-    their exit status.  The workers see :data:`CHILD_ENV` and do the work themselves."""
-    return launch(backend, nproc, ["-m", "resty", *argv], collective=collective)
+    their exit status.  The workers see :data:`CHILD_ENV` and do the work themselves.
+    ``--nproc`` is left out of their arguments (torchrun's own parser would take ``--nproc``
+    for an abbreviation of its ``--nproc-per-node`` and refuse it as ambiguous)."""
+    return launch(backend, nproc, ["-m", "resty", *strip_option(argv, "--nproc")], collective=collective)
+
+
+def strip_option(argv: Sequence[str], name: str) -> List[str]:
+    """``argv`` without ``name VALUE`` / ``name=VALUE``."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == name:
+            skip = True
+        elif not a.startswith(name + "="):
+            out.append(a)
+    return out
