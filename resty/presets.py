@@ -134,6 +134,15 @@ _add(Preset(
            "step, so results need many iterations (as the report's 39 s per image suggests)."),
 ))
 
+_add(PRESETS["restynet"].replace(
+    name="restynet-light",
+    description="restynet with a half-width transformer (16/32/64 channels) for fast CPU/mobile inference",
+    transformer=PRESETS["restynet"].transformer.replace(channels=(16, 32, 64)),
+    notes=PRESETS["restynet"].notes + (
+        "(choice) Half the channels of Johnson's network: about 89 instead of 323 GFLOP at 1024 px; "
+        "the speed path measured by `resty bench` (ONNX Runtime on CPU).",),
+))
+
 _add(Preset(
     name="gatys2015",
     description="Gatys, Ecker, Bethge 2015, 'A Neural Algorithm of Artistic Style'",

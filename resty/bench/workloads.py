@@ -29,13 +29,15 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from resty import presets as _presets
 from resty.specs import TransformerSpec
 
 __all__ = ["BenchConfig", "LIGHT_SPEC", "WORKLOADS", "run_bench", "Impl"]
 
 # Half-width Johnson/Ulyanov transformer (channels 16/32/64, five residual blocks): about a
-# quarter of the FLOPs of the standard net (89 vs 323 GFLOP at 1024 px).  Proposed preset.
-LIGHT_SPEC = TransformerSpec(channels=(16, 32, 64))
+# quarter of the FLOPs of the standard net (89 vs 323 GFLOP at 1024 px).
+# The half-width network of the `restynet-light` preset (defined once, in resty.presets).
+LIGHT_SPEC = _presets.get("restynet-light").transformer
 
 WORKLOADS = ("gatys-step", "gatys-run", "fast-infer", "fast-batch", "fast-train", "onnx-light",
              "gatys-memory", "fast-tiled", "fast-infer-compiled", "gatys-step-compiled")
