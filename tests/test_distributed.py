@@ -250,3 +250,25 @@ def test_tf_multiworker_equals_single_process_and_resumes(data, tf_reference, tm
               checkpoint_dir=str(ck), resume=True)
     assert s["start_step"] == 2
     _assert_close(f.net.state_dict_canonical(), ref, "2 TF workers to step 2, then 1 process")
+
+
+# ---------------------------------------------------------------- batch stylization
+def test_stylize_folder_two_processes_each_output_once(data, tmp_path):
+    import resty_torch as rt
+    model = tmp_path / "m.safetensors"
+    rt.FastStylizer(tiny_preset(), weights="random:0", device="cpu").save(model)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "resty", "stylize", str(data), "-o", str(out), "--method", "fast",
+           "--model", str(model), "--weights", "random:0", "--nproc", "2", "-q"]
+
+    def run():
+        r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=240)
+        assert r.returncode == 0, r.stderr[-2000:]
+        return [line.split(" -> ")[1].split(" (")[0] for line in r.stdout.splitlines() if " -> " in line]
+
+    written = run()
+    expected = sorted(str(out / (p.stem + ".png")) for p in data.iterdir())
+    assert sorted(written) == expected                   # every output exactly once, 2 processes
+    assert sorted(str(p) for p in out.iterdir()) == expected     # no temporary files left
+    (out / "p3.png").unlink()
+    assert run() == [str(out / "p3.png")]                # a re-run only finishes what is missing
