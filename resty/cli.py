@@ -488,8 +488,11 @@ def cmd_train(args) -> int:
             sample_img = resize_longest(sample_img, 2 * size)
     written = []
 
+    from resty.distributed import process_info
+    is_main = process_info().is_main     # under --nproc only rank 0 writes samples and reports
+
     def callback(step, *rest):
-        if sample_img is not None and step > 0 and step % args.sample_every == 0:
+        if is_main and sample_img is not None and step > 0 and step % args.sample_every == 0:
             y = stylizer.stylize(sample_img)
             target = sample_dir / f"step-{step:06d}.png"
             save_image(y, target, overwrite=True)
@@ -511,6 +514,8 @@ def cmd_train(args) -> int:
     rate = f", {ips:.1f} images/s" if isinstance(ips, float) and math.isfinite(ips) else ""
     start = summary.get("start_step") or 0
     resumed = f" (resumed at step {start})" if start else ""
+    if not is_main:
+        return 0
     _say(f"trained to step {steps}{resumed} in {_fmt_seconds(seconds)}{rate}; model written to {out}")
     if written:
         _say(f"{len(written)} sample image(s) in {sample_dir}")

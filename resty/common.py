@@ -43,7 +43,7 @@ __all__ = [
     "list_training_images", "item_name", "BatchSchedule", "crop_rng", "load_training_item",
     "CHECKPOINT_FORMAT", "checkpoint_stem", "save_checkpoint", "load_checkpoint",
     "latest_checkpoint", "list_checkpoints", "adam_state_to_tensors", "adam_state_from_tensors",
-    "tile_plan", "tile_window", "tiled_apply",
+    "tile_plan", "tile_window", "tiled_apply", "stylize_images",
 ]
 
 ImageLike = Any  # a path, a PIL image, or an array (see resty.images.load_image)
@@ -510,3 +510,42 @@ def tiled_apply(image: np.ndarray, fn: Callable[[np.ndarray], np.ndarray], tile:
         acc[y0:y1, x0:x1] += out * win
         wsum[y0:y1, x0:x1] += win
     return (acc / wsum).astype(np.float32)
+
+
+# =========================================================================== fast stylization
+def stylize_images(images: Any, run_batch: Callable[[np.ndarray], np.ndarray], *, preserve_color: bool = False,
+                   tile: Optional[int] = None, overlap: int = 32, batch_size: Optional[int] = None):
+    """The one definition of ``FastStylizer.stylize`` around a backend's forward pass.
+
+    ``run_batch`` maps a B×H×W×3 float32 batch to B×H×W×3 in [0, 1].  One image in gives one
+    H×W×3 float32 array out; a list gives a list; a B×H×W×3 array gives an array.  Consecutive
+    same-size images are grouped into batches of up to ``batch_size``; ``tile`` (px) runs each
+    image in overlapping tiles blended with linear ramps (instance norm then sees per-tile
+    statistics; a larger ``overlap`` hides the seams better); ``preserve_color`` keeps each
+    input's colours (luminance transfer)."""
+    from .images import preserve_color as _preserve
+
+    arrays, single = as_image_list(images)
+    bs = max(1, int(batch_size or 1))
+    outs: List[Optional[np.ndarray]] = [None] * len(arrays)
+    if tile:
+        for k, a in enumerate(arrays):
+            outs[k] = tiled_apply(a, lambda t: run_batch(t[None])[0], int(tile), int(overlap))
+    else:
+        k = 0
+        while k < len(arrays):
+            j = k + 1   # group consecutive same-size images into one batch
+            while j < len(arrays) and j - k < bs and arrays[j].shape == arrays[k].shape:
+                j += 1
+            res = run_batch(np.stack(arrays[k:j]))
+            for m in range(k, j):
+                outs[m] = res[m - k]
+            k = j
+    if preserve_color:
+        outs = [_preserve(o, a) for o, a in zip(outs, arrays)]
+    outs = [np.ascontiguousarray(o, dtype=np.float32) for o in outs]
+    if single:
+        return outs[0]
+    if isinstance(images, np.ndarray):
+        return np.stack(outs)
+    return outs

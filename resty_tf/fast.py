@@ -22,7 +22,7 @@ from resty import common
 from resty import distributed as rdist
 from resty import weights as W
 from resty.errors import RestyError, TrainingError
-from resty.images import preserve_color as _preserve_color, resize_longest
+from resty.images import resize_longest
 from resty.presets import Preset, get as get_preset, resolve
 
 from . import distributed as tdist
@@ -465,30 +465,8 @@ class FastStylizer:
         """Stylise one image (-> H×W×3 float32) or several (a list or a B×H×W×3 array -> a
         list, or an array for an array).  Each output has its input's size.  ``tile`` (px)
         runs large images in overlapping tiles blended with linear ramps."""
-        arrays, single = common.as_image_list(images)
-        bs = int(batch_size or 1)
-        outs: List[Optional[np.ndarray]] = [None] * len(arrays)
-        if tile:
-            for k, a in enumerate(arrays):
-                outs[k] = common.tiled_apply(a, lambda t: self._run(t[None])[0], int(tile), int(overlap))
-        else:
-            k = 0
-            while k < len(arrays):
-                j = k + 1   # group consecutive same-size images into one batch
-                while j < len(arrays) and j - k < bs and arrays[j].shape == arrays[k].shape:
-                    j += 1
-                res = self._run(np.stack(arrays[k:j]))
-                for m in range(k, j):
-                    outs[m] = res[m - k]
-                k = j
-        if preserve_color:
-            outs = [_preserve_color(o, a) for o, a in zip(outs, arrays)]
-        outs = [np.ascontiguousarray(o, dtype=np.float32) for o in outs]
-        if single:
-            return outs[0]
-        if isinstance(images, np.ndarray):
-            return np.stack(outs)
-        return outs
+        return common.stylize_images(images, self._run, preserve_color=preserve_color, tile=tile,
+                                     overlap=overlap, batch_size=batch_size)
 
     # ------------------------------------------------------------------ files
     def save(self, path, *, overwrite=False) -> Path:
