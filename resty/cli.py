@@ -665,6 +665,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr, flush=True)
         return 130
+    except BrokenPipeError:   # output piped into e.g. `head`: not an error of ours
+        try:
+            sys.stdout = open(os.devnull, "w")   # keep the interpreter's final flush quiet
+        except OSError:
+            pass
+        return 0
     except (RestyError, ValueError, FileNotFoundError, PermissionError, IsADirectoryError,
             NotADirectoryError, FileExistsError) as exc:
         if os.environ.get("RESTY_DEBUG"):
