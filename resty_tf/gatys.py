@@ -50,6 +50,9 @@ class GatysStylizer:
         self.tf_dtype = tf.float64 if dtype == "float64" else tf.float32
         self.history: List[Dict[str, float]] = []
         self._fns: Dict[Any, Callable] = {}
+        # (image shape, AdamSpec) -> (image variable, optimizer, traced step): repeated stylize()
+        # calls at one size reuse the traced Adam step instead of tracing it again.
+        self._adam_cache: Dict[Any, Any] = {}
 
     # ------------------------------------------------------------------ pieces
     def _tensor(self, img_hwc: np.ndarray) -> tf.Tensor:
@@ -98,19 +101,22 @@ class GatysStylizer:
                     tape.watch(x)
                     terms = self._terms(x, content_t, grams)
                 return terms, tape.gradient(terms["total"], x)
-        elif kind == "adam":
-            @tf.function(jit_compile=jit, autograph=False)
-            def fn(xvar, content_t, grams, clamp):
-                with tf.GradientTape() as tape:
-                    terms = self._terms(xvar, content_t, grams)
-                g = tape.gradient(terms["total"], xvar)
-                self._opt.apply([g])
-                if clamp:
-                    xvar.assign(tf.clip_by_value(xvar, 0.0, 1.0))
-                return terms
         else:
             raise KeyError(kind)
         self._fns[kind] = fn
+        return fn
+
+    def _adam_step_fn(self, opt):
+        """A traced Adam step bound to ``opt`` (and so to one image variable)."""
+        @tf.function(jit_compile=self.jit_compile, autograph=False)
+        def fn(xvar, content_t, grams, clamp):
+            with tf.GradientTape() as tape:
+                terms = self._terms(xvar, content_t, grams)
+            g = tape.gradient(terms["total"], xvar)
+            opt.apply([g])
+            if clamp:
+                xvar.assign(tf.clip_by_value(xvar, 0.0, 1.0))
+            return terms
         return fn
 
     # ------------------------------------------------------------------ public
@@ -185,9 +191,20 @@ class GatysStylizer:
 
     def _run_adam(self, x_np, content_t, grams, n_evals, step0, callback, bar):
         cfg = self.preset.gatys
-        xvar = tf.Variable(self._tensor(x_np), trainable=True, name="image")
-        self._opt = TorchAdam(cfg.adam, [xvar])
-        fn = self._function("adam")
+        x0 = self._tensor(x_np)
+        key = (tuple(x0.shape), cfg.adam)
+        entry = self._adam_cache.get(key)
+        if entry is None:
+            xvar = tf.Variable(x0, trainable=True, name="image")
+            opt = TorchAdam(cfg.adam, [xvar])
+            entry = (xvar, opt, self._adam_step_fn(opt))
+            if len(self._adam_cache) >= 4:            # a few sizes (coarse-to-fine scales) at most
+                self._adam_cache.pop(next(iter(self._adam_cache)))
+            self._adam_cache[key] = entry
+        else:
+            entry[0].assign(x0)
+            entry[1].reset()                          # a fresh Adam state for every run
+        xvar, self._opt, fn = entry
         pending = []
         stopped = False
         for i in range(n_evals):
@@ -202,9 +219,6 @@ class GatysStylizer:
                 if callback is not None and callback(step, dict(self.history[-1]), xvar.numpy()[0].astype(np.float32)):
                     stopped = True
                     break
-        # The Adam step function is bound to this scale's optimizer variables; drop it so the
-        # next scale (new variables) traces its own.
-        self._fns.pop("adam", None)
         return xvar.numpy()[0], step, stopped
 
     def _run_lbfgs(self, x_np, content_t, grams, n_evals, step0, callback, bar):
