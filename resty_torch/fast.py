@@ -22,6 +22,7 @@ from resty.presets import Preset, get as get_preset, resolve
 from . import distributed as tdist
 from . import losses as L
 from ._util import to_hwc, to_nchw
+from .cudagraph import GraphedFunction, init_adam_state, optimizer_tensors
 from .device import autocast, autocast_dtype, resolve_device, resolve_dtype
 from .optim import make_adam
 from .transformer import TransformerNet
@@ -122,15 +123,42 @@ class FastStylizer:
     """Feed-forward style transfer (Johnson et al. 2016 with instance norm).
 
     The VGG loss network is only built when :meth:`fit` needs it, so a trained model loads and
-    stylises without ImageNet weights."""
+    stylises without ImageNet weights.
+
+    Speed options (none changes the float32/float64 default path):
+
+    * ``precision="bf16"|"fp16"``: autocast; instance norm then takes the fused
+      float32-statistics path (TransformerNet.configure, ``norm_impl="auto"``).
+    * ``channels_last=True``: NHWC activations (tensor-core convolutions without transposes).
+    * ``cuda_graph=True``: on CUDA, :meth:`stylize` / :meth:`stylize_tensor` capture the
+      network once per input shape (resty_torch.cudagraph) and replay it: no per-kernel CPU
+      launch cost.  :meth:`fit` runs its training step (forward, backward, capturable Adam)
+      as one captured graph too (single process, bf16 or float32; fp16 needs a GradScaler,
+      which syncs, and DDP needs its hooks: both fall back to the eager step).  On the CPU
+      the same code runs eagerly.
+    * ``compile=True`` or a torch.compile mode (``"default"``, ``"max-autotune-no-cudagraphs"``;
+      with ``cuda_graph`` the CUDA-graph modes of torch.compile are refused, resty captures).
+    * ``pad_channels=8``: the 3-channel input/output convolutions padded to 8 channels with
+      zero weights (exact); ``norm_impl``: see TransformerNet.configure.
+    * ``fast=True``: on CUDA, bf16 (unless ``precision`` is given) + channels_last +
+      cuda_graph; elsewhere nothing changes.
+    """
 
     def __init__(self, preset="johnson2016", weights="imagenet", device=None, dtype="float32",
-                 transformer_weights=None, precision=None, channels_last=False, compile=False):
+                 transformer_weights=None, precision=None, channels_last=False, compile=False,
+                 cuda_graph=False, fast=False, pad_channels=None, norm_impl=None):
         self.preset: Preset = resolve(preset)
         self.device = resolve_device(device if device is not None else tdist.default_device())
         self.dtype = resolve_dtype(dtype)
+        if fast and self.device.type == "cuda":
+            precision = "bf16" if precision is None and self.dtype == torch.float32 else precision
+            channels_last, cuda_graph = True, True
         self.precision = autocast_dtype(precision)
         self.channels_last = bool(channels_last)
+        self.cuda_graph = bool(cuda_graph)
+        if isinstance(compile, str) and self.cuda_graph and compile in ("reduce-overhead", "max-autotune"):
+            raise RestyError(f"compile={compile!r} uses torch.compile's own CUDA graphs; with cuda_graph=True use "
+                             "compile=True or 'max-autotune-no-cudagraphs' (resty captures the graph)")
         self.weights = weights
         tw = transformer_weights
         if tw is None:
@@ -138,9 +166,20 @@ class FastStylizer:
         if isinstance(tw, W.WeightSet) and tw.spec != self.preset.transformer:
             self.preset = self.preset.replace(transformer=tw.spec)
         self.net = TransformerNet(self.preset.transformer, tw, dtype=self.dtype, device=self.device)
+        if norm_impl is not None or pad_channels is not None:
+            self.net.configure(norm_impl=norm_impl, pad_channels=pad_channels)
         if self.channels_last:
             self.net.to(memory_format=torch.channels_last)
-        self._net_fn = torch.compile(self.net) if compile else self.net
+        self.compile_mode = (compile if isinstance(compile, str) else "default") if compile else None
+        if compile:
+            kw = {} if self.compile_mode == "default" else {"mode": self.compile_mode}
+            if self.cuda_graph:
+                kw["dynamic"] = False   # one graph per shape anyway
+            self._net_fn = torch.compile(self.net, **kw)
+        else:
+            self._net_fn = self.net
+        # Inference: one captured graph per (shape, dtype, train/eval mode); eager on the CPU.
+        self._infer = GraphedFunction(self._infer_impl, enabled=self.cuda_graph, warmup=3 if compile else 2)
         self._vgg: Optional[VGGFeatures] = None
         self.history: List[Dict] = []
         self.skipped: List[str] = []
@@ -158,6 +197,15 @@ class FastStylizer:
             if self.channels_last:
                 self._vgg.to(memory_format=torch.channels_last)
         return self._vgg
+
+    def _autocast(self):
+        """Autocast for code that may be captured in a CUDA graph: on CUDA the weight-cast
+        cache is off (a cached cast must not outlive the capture that allocated it; each
+        weight is cast once per forward here anyway, so the cache saves nothing)."""
+        if self.precision is None:
+            return autocast(self.device, None)
+        return torch.autocast(device_type=self.device.type, dtype=self.precision,
+                              cache_enabled=self.device.type != "cuda")
 
     def _tensor(self, a: np.ndarray) -> torch.Tensor:
         return to_nchw(a, self.device, self.dtype, self.channels_last)
@@ -179,12 +227,50 @@ class FastStylizer:
 
     def _train_loss(self, x: torch.Tensor, grams, net_fn=None) -> torch.Tensor:
         loss = self.preset.fast_loss
-        with autocast(self.device, self.precision):
+        with self._autocast():
             y = (net_fn or self._net_fn)(x)
             fy = self.vgg(y)
             with torch.no_grad():
                 fx = self.vgg(x, layers=loss.content_layers) if loss.content_layers else {}
         return L.total_loss(fy, y, loss, fx, grams)
+
+    def make_train_step(self, grams, opt: torch.optim.Optimizer, net_fn=None, cuda_graph: Optional[bool] = None,
+                        warmup: int = 3) -> Callable[[torch.Tensor], torch.Tensor]:
+        """``step(x) -> terms``: one training step on the batch ``x`` (NCHW RGB [0, 1] on
+        :attr:`device`): zero the gradients, the loss (:meth:`_train_loss`), backward, and
+        ``opt.step()``; returns the detached ``[total, content, style, tv]``.
+
+        With ``cuda_graph`` (default: ``self.cuda_graph``) on CUDA the whole step is one
+        captured graph per batch shape (resty_torch.cudagraph): ``opt`` must then be a
+        torch.optim.Adam (it is switched to ``capturable``), its state is created before the
+        capture, and the warm-up steps are undone (parameters, buffers and optimizer state
+        restored), so the first call is the first real step.  The returned ``terms`` is then
+        the graph's static output: copy it before the next call.  No loss scaling: use bf16 or
+        float32 here (fp16 needs a GradScaler, whose inf check syncs with the host)."""
+        cuda_graph = self.cuda_graph if cuda_graph is None else bool(cuda_graph)
+        fn = net_fn or self._net_fn
+
+        def step(x: torch.Tensor) -> torch.Tensor:
+            opt.zero_grad(set_to_none=True)
+            terms = self._train_loss(x, grams, fn)
+            terms[0].backward()
+            opt.step()
+            return terms.detach()
+
+        if not cuda_graph or self.device.type != "cuda":
+            return step
+        if not isinstance(opt, torch.optim.Adam):
+            raise RestyError(f"cuda_graph training needs torch.optim.Adam (capturable); got {type(opt).__name__} "
+                             "(this preset's Adam spec uses epsilon_hat): use cuda_graph=False")
+        for g in opt.param_groups:
+            g["capturable"] = True
+        net = self.net
+
+        def mutated():
+            return [*net.parameters(), *net.buffers(), *optimizer_tensors(opt)]
+
+        return GraphedFunction(step, enabled=True, warmup=warmup, restore=mutated,
+                               before_capture=lambda: init_adam_state(opt))
 
     # ------------------------------------------------------------------ checkpoints
     def _checkpoint_tensors(self, opt: torch.optim.Optimizer) -> Dict[str, np.ndarray]:
@@ -237,7 +323,7 @@ class FastStylizer:
     # ------------------------------------------------------------------ training
     def fit(self, images, style, *, steps=None, epochs=None, batch_size=None, image_size=None,
             checkpoint_dir=None, checkpoint_every=None, resume=False, seed=None, num_workers=None,
-            progress=False, callback=None, lr=None, style_weights=None) -> Dict[str, Any]:
+            progress=False, callback=None, lr=None, style_weights=None, cuda_graph=None) -> Dict[str, Any]:
         """Train the transformer on ``images`` (a folder, a list of paths, or an iterable of
         arrays) to reproduce ``style``.  Returns a summary dict (steps, history, skipped, ...).
 
@@ -245,7 +331,10 @@ class FastStylizer:
         crop_rng), so ``resume=True`` continues from the newest checkpoint in
         ``checkpoint_dir`` to the same weights an uninterrupted run reaches.  Unreadable
         images are skipped and listed in ``skipped``.  ``callback(step, losses, None)``
-        returning True stops (after writing a checkpoint when a directory is given)."""
+        returning True stops (after writing a checkpoint when a directory is given).
+        ``cuda_graph`` (default: the constructor's) runs each step as a captured CUDA graph
+        (:meth:`make_train_step`) where it can: one process, no fp16 GradScaler, a
+        torch.optim.Adam; otherwise the eager step runs."""
         tc = self.preset.training
         if steps is None and epochs is None:
             steps, epochs = tc.steps, tc.epochs
@@ -283,6 +372,9 @@ class FastStylizer:
             # DDP broadcasts rank 0's parameters now and averages gradients in backward.
             net_fn = DDP(self._net_fn, device_ids=ids)
         grams = self._style_grams(style, style_weights, tc.style_size)
+        use_graph = (self.cuda_graph if cuda_graph is None else bool(cuda_graph)) and not ctx.enabled \
+            and scaler is None and isinstance(opt, torch.optim.Adam)
+        graph_step = self.make_train_step(grams, opt, net_fn, cuda_graph=True) if use_graph else None
 
         B, W = sched.batch_size, ctx.world_size
         data_cls = _ShardData if ctx.enabled else _TrainData
@@ -365,22 +457,25 @@ class FastStylizer:
                     if self.channels_last:
                         x = x.contiguous(memory_format=torch.channels_last)
                     seen += x.shape[0] if weight is None else n_global
-                    opt.zero_grad(set_to_none=True)
-                    terms = self._train_loss(x, grams, net_fn)
-                    obj = terms[0]
-                    if weight is not None and weight * W != 1.0:
-                        # DDP averages gradients over W ranks; weighting each rank's batch
-                        # mean by n_r·W/N makes that the mean over the N images of the global
-                        # batch (exactly what one process computes), even for uneven shards.
-                        obj = obj * (weight * W)
-                    if scaler is not None:
-                        scaler.scale(obj).backward()
-                        scaler.step(opt)
-                        scaler.update()
+                    if graph_step is not None:
+                        hist[i] = graph_step(x)      # copies the static output
                     else:
-                        obj.backward()
-                        opt.step()
-                    hist[i] = terms.detach() if weight is None else terms.detach() * weight
+                        opt.zero_grad(set_to_none=True)
+                        terms = self._train_loss(x, grams, net_fn)
+                        obj = terms[0]
+                        if weight is not None and weight * W != 1.0:
+                            # DDP averages gradients over W ranks; weighting each rank's batch
+                            # mean by n_r·W/N makes that the mean over the N images of the global
+                            # batch (exactly what one process computes), even for uneven shards.
+                            obj = obj * (weight * W)
+                        if scaler is not None:
+                            scaler.scale(obj).backward()
+                            scaler.step(opt)
+                            scaler.update()
+                        else:
+                            obj.backward()
+                            opt.step()
+                        hist[i] = terms.detach() if weight is None else terms.detach() * weight
                 done = s + 1
                 due_ck = checkpoint_dir is not None and done % ck_every == 0
                 if callback is not None or due_ck or done % log_every == 0 or done == total:
@@ -418,12 +513,36 @@ class FastStylizer:
                 "checkpoint": str(common.latest_checkpoint(checkpoint_dir)) if checkpoint_dir else None}
 
     # ------------------------------------------------------------------ inference
+    def _infer_impl(self, x: torch.Tensor, training: bool = False) -> torch.Tensor:
+        with self._autocast():
+            y = self._net_fn(x)
+        if y.dtype in (torch.float16, torch.bfloat16):
+            y = y.float()
+        return y.clamp(0.0, 1.0)
+
+    @torch.inference_mode()
+    def stylize_tensor(self, x: torch.Tensor, *, copy: bool = True) -> torch.Tensor:
+        """The network on an NCHW RGB [0, 1] tensor (already on :attr:`device`), output
+        clamped to [0, 1] in ``self.dtype``.  With ``cuda_graph`` this replays the graph of
+        ``x``'s shape (captured on first use); with ``copy=False`` the result is the graph's
+        static output, overwritten by the next call of the same shape."""
+        if x.dtype != self.dtype:
+            x = x.to(self.dtype)
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        y = self._infer(x, bool(self.net.training))
+        return y.clone() if copy and self._infer.graphs else y
+
+    def reset_graphs(self) -> None:
+        """Forget the captured inference graphs (needed after replacing parameter tensors,
+        e.g. ``net.to(...)``; in-place weight updates such as training or ``load_canonical``
+        are seen by the graphs)."""
+        self._infer.reset()
+
     @torch.inference_mode()
     def _run(self, batch: np.ndarray) -> np.ndarray:
-        x = self._tensor(batch)
-        with autocast(self.device, self.precision):
-            y = self._net_fn(x)
-        return np.clip(to_hwc(y.float() if y.dtype in (torch.float16, torch.bfloat16) else y), 0.0, 1.0)
+        y = self.stylize_tensor(self._tensor(batch), copy=False)
+        return np.clip(to_hwc(y), 0.0, 1.0)
 
     def stylize(self, images, *, preserve_color=False, tile=None, overlap=32, batch_size=None):
         """Stylise one image (-> H×W×3 float32) or several (a list or a B×H×W×3 array -> a

@@ -48,6 +48,25 @@ class ConvLayer(nn.Module):
                 self.norm = nn.BatchNorm2d(d.out_channels, eps=spec.norm_eps, affine=True)
         else:
             self.norm = None
+        # Speed options (TransformerNet.configure); the defaults are the exact reference path.
+        self.norm_impl = "auto"
+        self.pad_channels = 0
+
+    def _conv(self, x: torch.Tensor) -> torch.Tensor:
+        d = self.d
+        w, b = self.weight, self.bias
+        pc = self.pad_channels
+        if pc and d.in_channels < pc:
+            # Zero input channels with zero kernel slices: the same sums, but a channel count
+            # tensor-core kernels take (3 -> 8), instead of a slow path for C_in = 3.
+            x = F.pad(x, (0, 0, 0, 0, 0, pc - d.in_channels))
+            w = F.pad(w, (0, 0, 0, 0, 0, pc - d.in_channels))
+        out_pad = pc - d.out_channels if pc and d.out_channels < pc else 0
+        if out_pad:
+            w = F.pad(w, (0, 0, 0, 0, 0, 0, 0, out_pad))
+            b = F.pad(b, (0, out_pad)) if b is not None else None
+        y = F.conv2d(x, w, b, stride=d.stride)
+        return y[:, :d.out_channels] if out_pad else y
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         d = self.d
@@ -61,12 +80,42 @@ class ConvLayer(nn.Module):
                 a, z = self.crop
                 x = x[:, :, a:x.shape[2] - z, a:x.shape[3] - z]
         else:
-            x = F.conv2d(self.pad(x), self.weight, self.bias, stride=d.stride)
+            x = self._conv(self.pad(x))
+        if self.norm is not None and self._fused_norm(x):
+            return _instance_norm_fused(x, self.norm.weight, self.norm.bias, self.norm.eps, d.relu)
         if self.norm is not None:
             x = self.norm(x)
         if d.relu:
             x = F.relu(x)
         return x
+
+    def _fused_norm(self, x: torch.Tensor) -> bool:
+        if not isinstance(self.norm, nn.InstanceNorm2d):
+            return False
+        if self.norm_impl == "fused":
+            return True
+        return self.norm_impl == "auto" and x.dtype in (torch.float16, torch.bfloat16)
+
+
+def _instance_norm_fused(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float,
+                         relu: bool) -> torch.Tensor:
+    """Instance norm (biased variance) + optional ReLU as one statistics pass and one
+    multiply-add: ``y = x·s + t`` with ``s = γ/sqrt(var+eps)``, ``t = β − mean·s`` per (image,
+    channel).  Statistics are accumulated in float32 (float64 for float64) and ``s``, ``t``
+    are formed in that precision, then cast to ``x``'s dtype for the multiply-add.
+
+    Why: ``nn.InstanceNorm2d`` runs as batch norm over a (1, B·C, H, W) view; on CUDA that is
+    cuDNN for float32/float16 but torch's own kernel for bfloat16, and the view forces a
+    contiguous (NCHW) copy of a channels_last tensor.  This path has neither, keeps the
+    memory format, and is one pointwise kernel for torch.compile to fuse with the ReLU.
+    Not the default in float32/float64 (different summation order from the reference path)."""
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    var, mean = torch.var_mean(x, dim=(2, 3), keepdim=True, correction=0)
+    var, mean = var.to(acc), mean.to(acc)
+    s = weight.to(acc).view(1, -1, 1, 1) * torch.rsqrt(var + eps)
+    t = bias.to(acc).view(1, -1, 1, 1) - mean * s
+    y = torch.addcmul(t.to(x.dtype), x, s.to(x.dtype))
+    return torch.relu_(y) if relu else y
 
 
 class ResidualBlock(nn.Module):
@@ -124,6 +173,41 @@ class TransformerNet(nn.Module):
                 if tuple(a.shape) != tuple(v.shape):
                     raise WeightsError(f"transformer weights: {k} has shape {a.shape}, expected {tuple(v.shape)}")
                 v.copy_(torch.from_numpy(np.ascontiguousarray(a)).to(v.dtype))
+
+    # ------------------------------------------------------------------ speed options
+    NORM_IMPLS = ("auto", "torch", "fused")
+
+    def configure(self, *, norm_impl: Optional[str] = None, pad_channels: Optional[int] = None) -> "TransformerNet":
+        """Speed options (same weights, same function up to rounding):
+
+        ``norm_impl``: ``"auto"`` (default: nn.InstanceNorm2d in float32/float64, the fused
+        float32-statistics path for float16/bfloat16 activations, i.e. under autocast),
+        ``"torch"`` (always nn.InstanceNorm2d), ``"fused"`` (always the fused path).
+        ``pad_channels``: 0 (off) or N (e.g. 8): conv_in's 3 input channels and conv_out's 3
+        output channels are zero-padded to N (weights too) so tensor-core kernels apply;
+        exact up to summation order.  Returns self."""
+        if norm_impl is not None:
+            if norm_impl not in self.NORM_IMPLS:
+                raise ValueError(f"norm_impl: got {norm_impl!r}; allowed: {', '.join(self.NORM_IMPLS)}")
+            for m in self.modules():
+                if isinstance(m, ConvLayer):
+                    m.norm_impl = norm_impl
+        if pad_channels is not None:
+            pc = int(pad_channels)
+            if pc < 0:
+                raise ValueError(f"pad_channels: got {pad_channels!r}; use 0 (off) or a channel count such as 8")
+            for m in self.modules():
+                if isinstance(m, ConvLayer):
+                    m.pad_channels = pc
+        return self
+
+    @property
+    def norm_impl(self) -> str:
+        return self.conv_in.norm_impl
+
+    @property
+    def pad_channels(self) -> int:
+        return self.conv_in.pad_channels
 
     # ------------------------------------------------------------------ forward
     def forward(self, images01: torch.Tensor) -> torch.Tensor:
