@@ -43,11 +43,14 @@ def autocast_dtype(precision: Optional[str]) -> Optional[torch.dtype]:
     return _PRECISIONS[precision]
 
 
-def autocast(device: torch.device, precision: Optional[torch.dtype]):
-    """An autocast context for ``precision`` (a torch half dtype), or a no-op for None."""
+def autocast(device: torch.device, precision: Optional[torch.dtype], cache: bool = True):
+    """An autocast context for ``precision`` (a torch half dtype), or a no-op for None.
+
+    ``cache=False`` for code captured in a CUDA graph: autocast's weight-cast cache lives
+    outside the graph and is cleared on exit, so a replay would read freed memory."""
     if precision is None:
         return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=precision)
+    return torch.autocast(device_type=device.type, dtype=precision, cache_enabled=cache)
 
 
 def _new_api() -> bool:

@@ -30,11 +30,52 @@ def _no_autocast(t: torch.Tensor):
     return torch.autocast(device_type=t.device.type, enabled=False)
 
 
+# Half-precision features are cast up to float32 this many elements at a time, so a Gram of
+# a big bf16/fp16 layer never holds a float32 copy of the whole layer (at 2048 px relu1_1 is
+# 1 GiB in float32).
+_GRAM_CHUNK = 1 << 24
+
+
+def _column_chunks(m: torch.Tensor):
+    """Slices of the last axis of (B, C, N) holding about _GRAM_CHUNK elements each."""
+    b, c, n = m.shape
+    step = max(1, _GRAM_CHUNK // max(1, b * c))
+    return [slice(i, min(n, i + step)) for i in range(0, n, step)]
+
+
+class _HalfGram(torch.autograd.Function):
+    """``(a·M)(a·M)ᵀ`` in float32 for a half-precision (B, C, N) ``M``, saving only ``M`` itself
+    (the layer's own activation, which autograd keeps anyway) instead of a float32 copy."""
+
+    @staticmethod
+    def forward(ctx, m: torch.Tensor, a: float) -> torch.Tensor:
+        ctx.save_for_backward(m)
+        ctx.a = a
+        b, c, _ = m.shape
+        g = torch.zeros((b, c, c), dtype=torch.float32, device=m.device)
+        for sl in _column_chunks(m):
+            part = m[:, :, sl].float() * a
+            g.baddbmm_(part, part.transpose(1, 2))
+        return g
+
+    @staticmethod
+    def backward(ctx, dg: torch.Tensor):
+        (m,) = ctx.saved_tensors
+        a = ctx.a
+        sym = (dg + dg.transpose(1, 2)) * (a * a)          # d(M Mᵀ)/dM = (dG + dGᵀ) M
+        dm = torch.empty_like(m)
+        for sl in _column_chunks(m):
+            dm[:, :, sl] = torch.bmm(sym, m[:, :, sl].float()).to(m.dtype)
+        return dm, None
+
+
 def gram(f: torch.Tensor, convention: str) -> torch.Tensor:
     """(B, C, H, W) -> (B, C, C): ``F Fᵀ / gram_divisor`` in float32 (float64 for float64 input)."""
     b, c, h, w = f.shape
     div = _conv.gram_divisor(convention, c, h, w)
     with _no_autocast(f):
+        if f.dtype in (torch.float16, torch.bfloat16):
+            return _HalfGram.apply(f.reshape(b, c, h * w), 1.0 / math.sqrt(div))
         m = f.to(loss_dtype(f)).reshape(b, c, h * w)
         if div != 1.0:
             m = m * (1.0 / math.sqrt(div))

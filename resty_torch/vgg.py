@@ -5,6 +5,7 @@ from typing import Dict, Iterable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 from resty.errors import ImageError
@@ -66,6 +67,9 @@ class VGGFeatures(nn.Module):
         self.register_buffer("_mean", torch.tensor(p.mean, dtype=torch.float64).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("_std", torch.tensor(p.std, dtype=torch.float64).view(1, 3, 1, 1), persistent=False)
         self._scale = float(p.scale)
+        # Activation checkpointing per VGG block when a gradient flows to the input (Gatys):
+        # trades ~1 extra forward for a peak memory of about one block (see GatysStylizer).
+        self.checkpoint = False
         self.requires_grad_(False)
         self.eval()
         self.to(device=resolve_device(device), dtype=resolve_dtype(dtype))
@@ -109,23 +113,62 @@ class VGGFeatures(nn.Module):
                              f"{self._table[-1].name}; each side needs >= {self.min_side} px")
         h = self.preprocess(images01) if preprocess else images01
         out: Dict[str, torch.Tensor] = {}
+        if self.checkpoint and torch.is_grad_enabled() and h.requires_grad:
+            # Activation checkpointing per block (conv/ReLU runs between pools): only the block
+            # inputs and the requested features are kept; the rest is recomputed in backward.
+            for seg in self._segments():
+                keep = [name for _, name in seg if name in remaining]
+                if not keep and not remaining:
+                    break
+                res = torch.utils.checkpoint.checkpoint(self._run_plan, h, seg, tuple(keep),
+                                                        use_reentrant=False)
+                h = res[0]
+                for name, t in zip(keep, res[1:]):
+                    out[name] = t
+                    remaining.discard(name)
+                if not remaining:
+                    break
+            return out
         for kind, name in self._plan:
-            if kind == "conv":
-                h = self.convs[name](h)
-            elif kind == "relu_":
-                h = F.relu(h, inplace=True)
-            elif kind == "relu":
-                h = F.relu(h)
-            elif kind == "maxpool":
-                h = F.max_pool2d(h, 2, 2)
-            else:
-                h = F.avg_pool2d(h, 2, 2, count_include_pad=False)
+            h = self._layer(kind, name, h)
             if name in remaining:
                 out[name] = h
                 remaining.discard(name)
                 if not remaining:
                     break
         return out
+
+    def _layer(self, kind: str, name: str, h: torch.Tensor) -> torch.Tensor:
+        if kind == "conv":
+            return self.convs[name](h)
+        if kind == "relu_":
+            return F.relu(h, inplace=True)
+        if kind == "relu":
+            return F.relu(h)
+        if kind == "maxpool":
+            return F.max_pool2d(h, 2, 2)
+        return F.avg_pool2d(h, 2, 2, count_include_pad=False)
+
+    def _segments(self):
+        """The plan cut after each pool: [[(kind, name), ...], ...]."""
+        segs, cur = [], []
+        for step in self._plan:
+            cur.append(step)
+            if step[0].endswith("pool"):
+                segs.append(cur)
+                cur = []
+        if cur:
+            segs.append(cur)
+        return segs
+
+    def _run_plan(self, h: torch.Tensor, seg, keep):
+        got = {}
+        for kind, name in seg:
+            h = self._layer(kind, name, h)
+            if name in keep:
+                # A requested ReLU output must not be modified by a later in-place op.
+                got[name] = h
+        return (h,) + tuple(got[k] for k in keep)
 
 
 def loss_network_weights(weights, preset) -> WeightSet:
