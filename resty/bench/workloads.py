@@ -504,6 +504,10 @@ def torch_groups(R: Runner, device: str, precision: str, workloads: Sequence[str
                 if comp_mode:
                     fn = torch.compile(net, mode=comp_mode, dynamic=False)
                 xi = x.contiguous(memory_format=torch.channels_last) if kw.get("channels_last") else x
+                if kw.get("cuda_graph"):
+                    # FastStylizer.stylize_tensor: one graph replay per call (captured in the
+                    # warm-up call), including the input copy, fp32 cast and clamp.
+                    return lambda: f.stylize_tensor(xi, copy=False)
 
                 def run():
                     with torch.inference_mode(), autocast(dev, ac):
@@ -527,6 +531,9 @@ def torch_groups(R: Runner, device: str, precision: str, workloads: Sequence[str
                      baseline_note=base_note)
 
     fast_variants = [("eager", {}), ("channels_last", {"channels_last": True})]
+    if gpu:   # resty_torch.cudagraph: the whole network as one CUDA graph per input shape
+        fast_variants += [("cuda graph+cl", {"cuda_graph": True, "channels_last": True}),
+                          ("cuda graph+cl+pad8", {"cuda_graph": True, "channels_last": True, "pad_channels": 8})]
     if "fast-infer" in workloads:
         for side in s["fast_sizes"]:
             R.run_group(fast_group("fast-infer", side, 1, fast_variants), reps, max(warm, 2 if gpu else 1))
@@ -552,6 +559,22 @@ def torch_groups(R: Runner, device: str, precision: str, workloads: Sequence[str
                 opt.step()
             return step
 
+        def resty_train_graph(channels_last):
+            def setup():
+                # FastStylizer.make_train_step(cuda_graph=True): forward, backward and the
+                # (capturable) Adam update as one CUDA graph, captured in the warm-up call.
+                f = FastStylizer("johnson2016", weights="random:0", device=dev, precision=amp,
+                                 channels_last=channels_last)
+                grams = f._style_grams(tstyle, None, None)
+                opt = make_adam(f.net.parameters(), f.preset.training.adam, foreach=None)
+                xb = torch.rand(bs, 3, T, T, device=dev)
+                if channels_last:
+                    xb = xb.contiguous(memory_format=torch.channels_last)
+                f.net.train()
+                step = f.make_train_step(grams, opt, cuda_graph=True)
+                return lambda: step(xb)
+            return setup
+
         def base_train():
             return B.examples_train_step_factory(dev, bs, T)
 
@@ -559,6 +582,11 @@ def torch_groups(R: Runner, device: str, precision: str, workloads: Sequence[str
                   [Impl("baseline", "examples (VGG16)", base_train, "pytorch/examples training step, random data"),
                    Impl("resty", "johnson2016 (VGG16)", resty_train, "FastStylizer('johnson2016') step, random data")],
                   size=T, batch=bs, higher_is_better=True, baseline_note=base_note)
+        if gpu:   # (dry: the same code eagerly on the CPU)
+            g.impls += [Impl("resty", "cuda graph", resty_train_graph(False),
+                             "FastStylizer.make_train_step(cuda_graph=True), random data"),
+                        Impl("resty", "cuda graph+cl", resty_train_graph(True),
+                             "the same step captured, channels_last transformer and VGG")]
         R.run_group(g, reps, max(warm, 2))
 
     # ---------------------------------------------------------------- ONNX Runtime, light net (CPU)
@@ -646,7 +674,9 @@ def torch_groups(R: Runner, device: str, precision: str, workloads: Sequence[str
         side = 1024 if 1024 in s["fast_sizes"] or not R.cfg.quick else s["fast_sizes"][-1]
         variants = [("compile+channels_last", {"compile": True, "channels_last": True}),
                     ("compile reduce-overhead (CUDA graphs)+cl", {"compile_mode": "reduce-overhead",
-                                                                  "channels_last": True})]
+                                                                  "channels_last": True}),
+                    ("compile+resty cuda graph+cl+pad8", {"compile": True, "cuda_graph": True, "channels_last": True,
+                                                          "pad_channels": 8})]
         R.run_group(fast_group("fast-infer-compiled", side, 1, variants,
                                label=f"fast inference {side}px compiled"), reps, 3, need_s=60)
     if gpu and "gatys-step-compiled" in workloads and precision in ("tf32", "bf16"):
