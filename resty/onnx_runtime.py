@@ -271,3 +271,239 @@ def build_onnx_model(ws, *, subpixel: bool = True, s2d_out: bool = True, opset: 
     model.ir_version = min(model.ir_version, 8)
     g.onnx.checker.check_model(model)
     return model
+
+
+def supports(spec) -> bool:
+    """Whether :func:`build_onnx_model` can write this transformer spec."""
+    return spec.upsampling == "nearest_conv" and spec.norm == "instance"
+
+
+# ----------------------------------------------------------------------------- checking
+def torch_reference(ws, inputs: Sequence[np.ndarray]) -> List[np.ndarray]:
+    """resty_torch's TransformerNet (float32, CPU) on NCHW float32 inputs (imports torch)."""
+    from .backends import get_backend
+    import torch
+    net = get_backend("torch").TransformerNet(ws.spec, weights=ws, device="cpu").eval()
+    with torch.no_grad():
+        return [net(torch.from_numpy(np.ascontiguousarray(x, np.float32))).numpy() for x in inputs]
+
+
+def tolerance(ref: np.ndarray) -> float:
+    """The agreement an exact float32 rewrite must reach: 1e-3 of the output's range (float32
+    rounding through ~16 convs and norms is ~1e-6 of it; a wrong tap or border is >1e-2)."""
+    return 1e-3 * max(1.0, float(np.max(np.abs(ref))))
+
+
+def check_against_torch(model, ws, inputs: Optional[Sequence[np.ndarray]] = None, *, what: str = "ONNX model",
+                        session=None) -> float:
+    """Run ``model`` (path, bytes or ModelProto) with ONNX Runtime on ``inputs`` (default: two
+    small probes, one with sides that are not multiples of 4) and compare with resty_torch.
+    Raises :class:`RestyError` beyond :func:`tolerance`; returns the largest difference."""
+    if inputs is None:
+        rng = np.random.default_rng(0)
+        inputs = [rng.random((1, 3, 29, 19), dtype=np.float32), rng.random((2, 3, 36, 44), dtype=np.float32)]
+    sess = session or make_session(model, threads=1)
+    worst = 0.0
+    for x, r in zip(inputs, torch_reference(ws, inputs)):
+        y = sess.run(None, {sess.get_inputs()[0].name: np.ascontiguousarray(x, np.float32)})[0]
+        if y.shape != r.shape:
+            raise RestyError(f"{what}: gives shape {y.shape}, expected {r.shape}")
+        err = float(np.max(np.abs(y.astype(np.float64) - r)))
+        if not err <= tolerance(r):
+            raise RestyError(f"{what}: differs from resty_torch by {err:.3g} (> {tolerance(r):g})")
+        worst = max(worst, err)
+    return worst
+
+
+def export_onnx(ws, out: PathLike, *, overwrite: bool = False, opset: int = 17, check: bool = True, **build):
+    """Write :func:`build_onnx_model` of ``ws`` to ``out`` atomically; with ``check`` (default),
+    verify it against resty_torch first (needs torch).  Returns the path."""
+    from .errors import OutputExistsError
+    from .images import atomic_path
+    out = Path(out)
+    if os.path.lexists(out) and not overwrite:
+        raise OutputExistsError(f"{out}: already exists (pass --overwrite to replace it)")
+    model = build_onnx_model(ws, opset=opset, **build)
+    data = model.SerializeToString()
+    if check:
+        check_against_torch(data, ws, what=str(out))
+    with atomic_path(out, overwrite=overwrite) as tmp:
+        Path(tmp).write_bytes(data)
+    return out
+
+
+# ----------------------------------------------------------------------------- sessions
+def _cpu_key() -> str:
+    """A short key of this machine's CPU features and ORT version (the optimised graph holds
+    NCHWc kernels chosen for this CPU, so a cached copy is only reused on the same kind)."""
+    import hashlib
+    import platform
+    ort = _need_ort()
+    flags = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "model name")):
+                    flags += line
+                if line.startswith("flags"):
+                    break
+    except OSError:
+        flags = platform.processor()
+    return hashlib.sha1(f"{ort.__version__}|{platform.machine()}|{flags}".encode()).hexdigest()[:10]
+
+
+def make_session(model, *, threads: Optional[int] = None, spinning: Optional[bool] = None,
+                 optimized_cache: Union[None, bool, PathLike] = None, level: str = "all", profile: bool = False):
+    """An ONNX Runtime CPU session for ``model`` (a path, bytes or ``onnx.ModelProto``).
+
+    ``threads``: intra-op threads (default: the CPU count); ``spinning``: let idle worker threads
+    spin between ops (ORT's default is on; None keeps it).  ``level``: graph optimisation level
+    (``all`` includes the NCHWc layout transform, ``extended``, ``basic``, ``none``).
+    ``optimized_cache``: a path (or True: next to the model, keyed by ORT version and CPU) where
+    the optimised graph is saved on the first session and loaded, already optimised, on later
+    ones.  A missing or unreadable model raises a one-line :class:`RestyError`."""
+    ort = _need_ort()
+    src = model
+    if hasattr(model, "SerializeToString"):
+        src = model.SerializeToString()
+    elif not isinstance(model, (bytes, bytearray)):
+        p = Path(model)
+        if not p.is_file():
+            raise RestyError(f"{p}: no such ONNX model file")
+        src = str(p)
+    so = ort.SessionOptions()
+    levels = {"all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+              "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+              "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+              "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL}
+    if level not in levels:
+        raise RestyError(f"unknown graph optimisation level {level!r}; allowed: {', '.join(levels)}")
+    so.graph_optimization_level = levels[level]
+    so.intra_op_num_threads = int(threads or os.cpu_count() or 1)
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    if spinning is not None:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    so.log_severity_level = 3
+    if profile:
+        so.enable_profiling = True
+    cache = None
+    if optimized_cache:
+        if optimized_cache is True:
+            if not isinstance(src, str):
+                raise RestyError("optimized_cache=True needs a model path; pass a cache path instead")
+            cache = Path(src).with_name(f"{Path(src).stem}.opt-{_cpu_key()}.onnx")
+        else:
+            cache = Path(optimized_cache)
+        if cache.is_file() and (not isinstance(src, str) or cache.stat().st_mtime >= Path(src).stat().st_mtime):
+            src = str(cache)      # already optimised: a cheap load
+        else:
+            so.optimized_model_filepath = str(cache)
+    try:
+        return ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
+    except Exception as e:   # onnxruntime raises its own exception types with multi-line text
+        what = src if isinstance(src, str) else "ONNX model"
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise RestyError(f"{what}: not a usable ONNX model ({msg[:200]})") from None
+
+
+class OnnxStylizer:
+    """Stylize images with an exported transformer (``resty convert --to onnx`` or
+    :func:`export_onnx`) on ONNX Runtime; no torch needed.
+
+    >>> s = OnnxStylizer("starry.onnx")          # doctest: +SKIP
+    >>> out = s.stylize(photo)                    # HxWx3 float in [0, 1] (or uint8) -> HxWx3 float32 [0, 1]
+    """
+
+    def __init__(self, model, *, threads: Optional[int] = None, spinning: Optional[bool] = None,
+                 optimized_cache: Union[None, bool, PathLike] = None, level: str = "all"):
+        self.session = make_session(model, threads=threads, spinning=spinning,
+                                    optimized_cache=optimized_cache, level=level)
+        ins = self.session.get_inputs()
+        if len(ins) != 1 or (len(ins[0].shape) == 4 and ins[0].shape[1] not in (3, "3")):
+            raise RestyError(f"{model}: not a Resty transformer (expects one N x 3 x H x W input)")
+        self.input_name = ins[0].name
+
+    def run(self, nchw: np.ndarray) -> np.ndarray:
+        """The raw network: (N, 3, H, W) float32 RGB in [0, 1] -> (N, 3, H, W), not clamped."""
+        x = np.ascontiguousarray(nchw, dtype=np.float32)
+        return self.session.run(None, {self.input_name: x})[0]
+
+    def stylize(self, image: np.ndarray, *, clamp: bool = True) -> np.ndarray:
+        """An HxWx3 image (float in [0, 1], or uint8) or an NxHxWx3 batch -> the same shape,
+        float32, clamped to [0, 1] (``clamp=False``: raw).  The net pads to a multiple of 4 itself."""
+        a = np.asarray(image)
+        if a.dtype == np.uint8:
+            a = a.astype(np.float32) / 255.0
+        single = a.ndim == 3
+        if single:
+            a = a[None]
+        if a.ndim != 4 or a.shape[-1] != 3:
+            raise RestyError(f"stylize: expected an HxWx3 image or NxHxWx3 batch, got shape {np.shape(image)}")
+        y = self.run(a.transpose(0, 3, 1, 2)).transpose(0, 2, 3, 1)
+        if clamp:
+            y = np.clip(y, 0.0, 1.0)
+        y = np.ascontiguousarray(y, dtype=np.float32)
+        return y[0] if single else y
+
+    __call__ = stylize
+
+
+# ----------------------------------------------------------------------------- int8 (approximate)
+def psnr(a: np.ndarray, b: np.ndarray, peak: float = 1.0) -> float:
+    """PSNR in dB of ``a`` against ``b`` (both clamped to [0, peak])."""
+    a = np.clip(np.asarray(a, np.float64), 0, peak)
+    b = np.clip(np.asarray(b, np.float64), 0, peak)
+    mse = float(np.mean((a - b) ** 2))
+    return float("inf") if mse == 0 else 10.0 * np.log10(peak * peak / mse)
+
+
+def calibration_images(size: int = 256) -> List[np.ndarray]:
+    """Real photos and textures from skimage.data (offline), longest side ``size``, NCHW float32."""
+    from .images import resize_longest, sample_images
+    return [resize_longest(im, size).transpose(2, 0, 1)[None].astype(np.float32)
+            for im in sample_images().values()]
+
+
+def quantize_int8(model: PathLike, out: PathLike, *, images: Optional[Iterable[np.ndarray]] = None,
+                  exclude_ends: bool = True, per_channel: bool = True, reduce_range: bool = False,
+                  overwrite: bool = False) -> Path:
+    """A separate, *approximate* variant: static int8 QDQ quantization of the convs of an
+    exported float model (uint8 activations, int8 per-channel weights, MinMax calibration on
+    ``images``, default :func:`calibration_images`).  Instance norms, pads and the rest stay
+    float.  ``exclude_ends`` keeps the 3-channel input and output convs in float (int8 is slower
+    there and costs the most accuracy).  Measure its error with :func:`psnr` against the float model."""
+    _need_onnx()
+    _need_ort()
+    import onnx
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat,
+                                          QuantType, quantize_static)
+    from .errors import OutputExistsError
+    model, out = Path(model), Path(out)
+    if not model.is_file():
+        raise RestyError(f"{model}: no such ONNX model file")
+    if out.exists() and not overwrite:
+        raise OutputExistsError(f"{out}: already exists (pass --overwrite to replace it)")
+    data = list(images) if images is not None else calibration_images()
+    m = onnx.load(str(model))
+    convs = [n.name for n in m.graph.node if n.op_type == "Conv"]
+    exclude = [convs[0], convs[-1]] if (exclude_ends and len(convs) > 2) else []
+
+    class _Reader(CalibrationDataReader):
+        def __init__(self):
+            self._it = iter([{m.graph.input[0].name: np.ascontiguousarray(x, np.float32)} for x in data])
+
+        def get_next(self):
+            return next(self._it, None)
+
+    import logging
+    level = logging.getLogger().level
+    logging.getLogger().setLevel(logging.ERROR)    # quantize_static logs advice at WARNING
+    try:
+        quantize_static(str(model), str(out), _Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
+                        reduce_range=reduce_range, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        op_types_to_quantize=["Conv"], nodes_to_exclude=exclude,
+                        calibrate_method=CalibrationMethod.MinMax)
+    finally:
+        logging.getLogger().setLevel(level)
+    return out
