@@ -120,8 +120,9 @@ class VGGFeatures(nn.Module):
                 keep = [name for _, name in seg if name in remaining]
                 if not keep and not remaining:
                     break
+                # No RNG in VGG: not saving RNG state also keeps this capturable in a CUDA graph.
                 res = torch.utils.checkpoint.checkpoint(self._run_plan, h, seg, tuple(keep),
-                                                        use_reentrant=False)
+                                                        use_reentrant=False, preserve_rng_state=False)
                 h = res[0]
                 for name, t in zip(keep, res[1:]):
                     out[name] = t

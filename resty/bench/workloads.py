@@ -437,7 +437,10 @@ def torch_groups(R: Runner, device: str, precision: str, workloads: Sequence[str
 
                 def run():
                     g.history = []
-                    g._run_adam(x0, ct, sg, n, {"step": 0, "stop": False}, None, bar)
+                    if g.cuda_graph:
+                        g._run_device("adam", x0, ct, sg, n, {"step": 0, "stop": False}, None, bar)
+                    else:
+                        g._run_adam(x0, ct, sg, n, {"step": 0, "stop": False}, None, bar)
                 return run
             return setup
 
@@ -448,7 +451,9 @@ def torch_groups(R: Runner, device: str, precision: str, workloads: Sequence[str
 
         impls = [Impl("baseline", "tutorial (nn.Sequential loss modules)", base_setup,
                       "PyTorch tutorial structure, Gatys-depth layers, torch.optim.Adam")]
-        impls += [Impl("resty", v, resty_setup(kw), "GatysStylizer('restynet') Adam loop") for v, kw in variants]
+        impls += [Impl("resty", v, resty_setup(kw), "GatysStylizer('restynet') Adam loop"
+                       + (" (DeviceAdam, one CUDA-graph replay per step)" if kw.get("cuda_graph") else ""))
+                  for v, kw in variants]
         return Group(workload, f"Gatys Adam step {S}px", "torch", device, precision, "ms/iter", n / 1e3, impls,
                      size=S, baseline_note=base_note)
 
@@ -456,14 +461,16 @@ def torch_groups(R: Runner, device: str, precision: str, workloads: Sequence[str
         variants = [("eager", {})]
         if not R.cfg.quick:
             variants.append(("channels_last", {"channels_last": True}))
+        if gpu:
+            variants.append(("cuda graph", {"cuda_graph": True}))
         R.run_group(gatys_step_group(variants), reps, warm)
 
     # ---------------------------------------------------------------- gatys-run (L-BFGS)
     if "gatys-run" in workloads and gpu and precision == "float32" and not R.cfg.dry and R.cfg.precisions is None:
         R.note("gatys-run on CUDA runs in tf32 and bf16 only by default (float32 costs ~30 s of device time)")
     elif "gatys-run" in workloads and precision != "fp16":
-        def resty_run():
-            g = GatysStylizer("restynet", weights="random:0", device=dev, precision=amp)
+        def resty_run(**kw):
+            g = GatysStylizer("restynet", weights="random:0", device=dev, precision=amp, **kw)
 
             def run(iters=N):
                 g.stylize(content, style, iterations=iters, optimizer="lbfgs", image_size=S)
@@ -485,7 +492,12 @@ def torch_groups(R: Runner, device: str, precision: str, workloads: Sequence[str
         g = Group("gatys-run", f"Gatys L-BFGS {N} evals {S}px", "torch", device, precision, "s/run", 1.0,
                   [Impl("baseline", "tutorial", base_run, "tutorial loop: model + targets + LBFGS; its while loop "
                         "overshoots N by up to one outer step, so the time is scaled to N evaluations"),
-                   Impl("resty", "eager", resty_run, "GatysStylizer.stylize(optimizer='lbfgs'), public API")],
+                   Impl("resty", "eager", resty_run, "GatysStylizer.stylize(optimizer='lbfgs'), public API")]
+                  + ([Impl("resty", "cuda graph", lambda: resty_run(cuda_graph=True),
+                           "GatysStylizer(cuda_graph=True): DeviceLBFGS (history 100), one CUDA-graph "
+                           "replay per evaluation"),
+                      Impl("resty", "cuda graph, history 10", lambda: resty_run(cuda_graph=True, history_size=10),
+                           "as above with a 10-pair L-BFGS history")] if gpu else []),
                   size=S, baseline_note=base_note + ("; " if base_note else "") +
                   "the tutorial's loop overshoots N (whole L-BFGS steps of up to 20 iterations); its time is "
                   "scaled by N / evaluations made (work_factor in the JSON)")
@@ -629,8 +641,8 @@ def torch_groups(R: Runner, device: str, precision: str, workloads: Sequence[str
         M = R.cfg.memory_size
         cm, sm = _images(M)
 
-        def resty_mem():
-            g = GatysStylizer("restynet", weights="random:0", device=dev, precision=amp)
+        def resty_mem(**kw):
+            g = GatysStylizer("restynet", weights="random:0", device=dev, precision=amp, **kw)
             return lambda: g.stylize(cm, sm, iterations=3, image_size=M)
 
         def base_mem():
@@ -639,7 +651,9 @@ def torch_groups(R: Runner, device: str, precision: str, workloads: Sequence[str
 
         g = Group("gatys-memory", f"Gatys {M}px peak memory (3 Adam steps)", "torch", device, precision, "s/run",
                   1.0, [Impl("baseline", "tutorial", base_mem, "tutorial model + targets + 3 Adam steps"),
-                        Impl("resty", "eager", resty_mem, "GatysStylizer.stylize(iterations=3)")],
+                        Impl("resty", "eager", resty_mem, "GatysStylizer.stylize(iterations=3)"),
+                        Impl("resty", "checkpoint", lambda: resty_mem(checkpoint=True),
+                             "GatysStylizer(checkpoint=True): VGG activation checkpointing per block")],
                   size=M, sequential=True, baseline_note=base_note)
         R.run_group(g, 1, 1)
 
