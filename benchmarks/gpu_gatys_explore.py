@@ -80,6 +80,7 @@ def main(argv=None):
         ("cuda_graph", None, True, {"cuda_graph": True}, "lbfgs"),
         ("cuda_graph", "bf16", False, {"cuda_graph": True}, "lbfgs"),
         ("cuda_graph hist10", "bf16", False, {"cuda_graph": True, "history_size": 10}, "lbfgs"),
+        ("cuda_graph+channels_last", "bf16", False, {"cuda_graph": True, "channels_last": True}, "lbfgs"),
         ("host eager", None, True, {}, "adam"),
         ("cuda_graph", None, True, {"cuda_graph": True}, "adam"),
         ("cuda_graph", "bf16", False, {"cuda_graph": True}, "adam"),

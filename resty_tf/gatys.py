@@ -20,7 +20,7 @@ from resty.presets import resolve as resolve_preset
 
 from . import losses as L
 from .device import dtype_policy, resolve_device
-from .optim import TorchAdam, lbfgs_minimize
+from .optim import TorchAdam, lbfgs_minimize, lbfgs_workspace
 from .vgg import VGGFeatures
 
 __all__ = ["GatysStylizer"]
@@ -53,6 +53,8 @@ class GatysStylizer:
         # (image shape, AdamSpec) -> (image variable, optimizer, traced step): repeated stylize()
         # calls at one size reuse the traced Adam step instead of tracing it again.
         self._adam_cache: Dict[Any, Any] = {}
+        # (pixels, dtype, history capacity) -> L-BFGS workspace (device buffers + traced iteration).
+        self._lbfgs_cache: Dict[Any, Any] = {}
 
     # ------------------------------------------------------------------ pieces
     def _tensor(self, img_hwc: np.ndarray) -> tf.Tensor:
@@ -241,5 +243,18 @@ class GatysStylizer:
             return stop_flag[0]
 
         project = (lambda x: tf.clip_by_value(x, 0.0, 1.0)) if cfg.clamp else None
-        x, _ = lbfgs_minimize(fun, self._tensor(x_np), cfg.lbfgs, n_evals, callback=cb, project=project)
+        x0 = self._tensor(x_np)
+        spec = cfg.lbfgs
+        n = int(np.prod(x0.shape))
+        key = (n, x0.dtype)
+        ws = self._lbfgs_cache.get(key)
+        if ws is None or not ws.fits(n, x0.dtype, spec, n_evals):
+            # Rows for at least one full outer step, so that a short run (a warm-up) and a
+            # longer one at the same size share the workspace and its traces.
+            ws = lbfgs_workspace(n, x0.dtype, spec, max(n_evals, spec.max_iter))
+            self._lbfgs_cache.pop(key, None)
+            if len(self._lbfgs_cache) >= 2:              # its history buffers are large: keep few
+                self._lbfgs_cache.pop(next(iter(self._lbfgs_cache)))
+            self._lbfgs_cache[key] = ws
+        x, _ = lbfgs_minimize(fun, x0, spec, n_evals, callback=cb, project=project, workspace=ws)
         return x.numpy()[0], counter[0], stop_flag[0]

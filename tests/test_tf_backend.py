@@ -400,3 +400,22 @@ def test_repeated_adam_stylize_reuses_trace_and_restarts_state():
     np.testing.assert_array_equal(a, b)
     other = g.stylize(c, s, iterations=4, seed=2)
     assert not np.array_equal(a, other)
+
+
+def test_lbfgs_workspace_reuse_matches_reference():
+    # A workspace kept between runs (as GatysStylizer does) must give the reference's
+    # trajectory on every run, including a shorter run in a larger workspace.
+    fun, x0 = _gatys_loss_fn()
+    spec = LBFGSSpec(max_iter=5, history_size=4)
+
+    def fun_np(x):
+        f, g = fun(x)
+        return float(f), g.numpy()
+    ws = O.lbfgs_workspace(x0.size, tf.float64, spec, 20)
+    for evals in (13, 7):
+        xt, lt = O.lbfgs_minimize(fun, tf.constant(x0), spec, evals, workspace=ws,
+                                  project=lambda x: tf.clip_by_value(x, 0, 1))
+        xr, lr_ = R.lbfgs_minimize(fun_np, x0, spec, evals, project=lambda x: np.clip(x, 0, 1))
+        assert len(lt) == len(lr_) == evals
+        np.testing.assert_allclose(lt, lr_, rtol=1e-10)
+        assert rel(xt.numpy() - x0, xr - x0) < 1e-10
