@@ -168,6 +168,8 @@ def inference_variants():
     add("eager bf16 cl (torch IN)", {"precision": "bf16", "channels_last": True, "norm_impl": "torch"})
     add("eager fp16", {"precision": "fp16"})
     add("eager fp16 cl", {"precision": "fp16", "channels_last": True})
+    add("eager bf16 cl catpad", {"precision": "bf16", "channels_last": True, "pad_impl": "cat"},
+        desc="reflection pad by cat: keeps channels_last")
     add("eager bf16 cl +cudnn.bench", {"precision": "bf16", "channels_last": True}, bench=True)
     add("graph tf32", {"cuda_graph": True})
     add("graph tf32 cl", {"cuda_graph": True, "channels_last": True})
@@ -180,18 +182,25 @@ def inference_variants():
     add("graph bf16 cl pad8", {"cuda_graph": True, "precision": "bf16", "channels_last": True, "pad_channels": 8})
     add("graph fp16 cl pad8", {"cuda_graph": True, "precision": "fp16", "channels_last": True, "pad_channels": 8})
     add("graph fp16 pad8 (NCHW)", {"cuda_graph": True, "precision": "fp16", "pad_channels": 8})
+    add("graph bf16 pad8 (NCHW)", {"cuda_graph": True, "precision": "bf16", "pad_channels": 8})
+    add("graph fp16 cl pad8 catpad", {"cuda_graph": True, "precision": "fp16", "channels_last": True,
+                                      "pad_channels": 8, "pad_impl": "cat"})
+    add("graph bf16 cl pad8 catpad", {"cuda_graph": True, "precision": "bf16", "channels_last": True,
+                                      "pad_channels": 8, "pad_impl": "cat"})
     add("light: eager tf32", {}, preset="restynet-light")
     add("light: graph bf16 cl", {"cuda_graph": True, "precision": "bf16", "channels_last": True},
         preset="restynet-light")
     add("light: graph fp16 cl pad8", {"cuda_graph": True, "precision": "fp16", "channels_last": True,
                                       "pad_channels": 8}, preset="restynet-light")
+    add("light: graph fp16 pad8 (NCHW)", {"cuda_graph": True, "precision": "fp16", "pad_channels": 8},
+        preset="restynet-light")
     return V
 
 
 def compile_variants():
     return [
-        ("compile+graph fp16 cl pad8", "restynet", {"cuda_graph": True, "precision": "fp16", "channels_last": True,
-                                                     "pad_channels": 8, "compile": True}, True, False,
+        ("compile+graph fp16 pad8 (NCHW)", "restynet", {"cuda_graph": True, "precision": "fp16",
+                                                         "pad_channels": 8, "compile": True}, True, False,
          "torch.compile (default mode, dynamic=False) captured in resty's graph"),
         ("compile(max-autotune-no-cg)+graph fp16 cl pad8", "restynet",
          {"cuda_graph": True, "precision": "fp16", "channels_last": True, "pad_channels": 8,
@@ -214,8 +223,21 @@ def reference(preset, x):
     return REFS[preset]
 
 
+def neutral_precision_api():
+    """torch >= 2.9: Inductor's max-autotune reads the legacy matmul-precision getter, which
+    raises once set_tf32 (new fp32_precision API) made cuda and mkldnn disagree; put the
+    per-backend settings back to 'none' (inherit: IEEE) before compiling."""
+    for mod in (torch.backends.cuda.matmul, getattr(torch.backends.cudnn, "conv", None)):
+        if mod is not None and hasattr(mod, "fp32_precision"):
+            mod.fp32_precision = "none"
+
+
 def run_inference(name, preset, kw, tf32, bench, desc, sizes):
-    set_tf32(tf32)
+    if kw.get("compile"):
+        neutral_precision_api()
+        tf32 = None
+    else:
+        set_tf32(tf32)
     torch.backends.cudnn.benchmark = bench
     rec = {"variant": name, "preset": preset, "options": {k: v for k, v in kw.items()}, "tf32": tf32,
            "cudnn_benchmark_eager": bench, "desc": desc}
@@ -231,7 +253,10 @@ def run_inference(name, preset, kw, tf32, bench, desc, sizes):
         rec[f"first_call_s_{key}"] = round(time.perf_counter() - t, 3)
         if (side, batch) == sizes[0]:
             ref = reference(preset, x)
-            set_tf32(tf32)
+            if tf32 is not None:
+                set_tf32(tf32)
+            else:
+                neutral_precision_api()
             torch.backends.cudnn.benchmark = bench
             y = f.stylize_tensor(x, copy=False)
             d = (y.float() - ref).abs()
@@ -318,20 +343,32 @@ def run_training(name, kw, tf32, batches, compile_net=False):
 
 
 # ----------------------------------------------------------------------------- profile
-def profile(name, kw, tf32):
+def profile(name, kw, tf32, train_bs=None):
+    """Top device kernels (self time; aten:: rows are the ops that launched them and overlap
+    with the kernel rows, so the per-call total counts both)."""
     from torch.profiler import ProfilerActivity, profile as tprofile
     set_tf32(tf32)
     torch.backends.cudnn.benchmark = False
-    f = FastStylizer("restynet", weights="random:0", device=ARGS.device, **kw)
-    f.net.eval()
-    x = XS[(S1, 1)]
+    if train_bs:
+        f = FastStylizer("johnson2016", weights="random:0", device=ARGS.device, **kw)
+        grams = f._style_grams(STYLE, None, None)
+        opt = make_adam(f.net.parameters(), f.preset.training.adam, foreach=None)
+        f.net.train()
+        step = f.make_train_step(grams, opt)
+        x = XT[train_bs].contiguous(memory_format=torch.channels_last) if f.channels_last else XT[train_bs]
+        call = lambda: step(x)  # noqa: E731
+    else:
+        f = FastStylizer("restynet", weights="random:0", device=ARGS.device, **kw)
+        f.net.eval()
+        x = XS[(S1, 1)]
+        call = lambda: f.stylize_tensor(x, copy=False)  # noqa: E731
     for _ in range(2):
-        f.stylize_tensor(x, copy=False)
+        call()
     sync()
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if ARGS.device.startswith("cuda") else [])
     with tprofile(activities=acts) as prof:
         for _ in range(3):
-            f.stylize_tensor(x, copy=False)
+            call()
         sync()
     rows = []
     for e in prof.key_averages():
@@ -340,11 +377,11 @@ def profile(name, kw, tf32):
             dev_t = getattr(e, "self_cuda_time_total", 0)
         rows.append((dev_t / 3 / 1e3, e.key, e.count // 3, getattr(e, "self_cpu_time_total", 0) / 3 / 1e3))
     rows.sort(reverse=True)
-    total = sum(r[0] for r in rows)
+    total = sum(r[0] for r in rows if not r[1].startswith("aten::"))
     top = [{"kernel": k[:110], "ms_per_call": round(t, 4), "n_per_call": n} for t, k, n, _ in rows[:12]]
-    RESULTS["profile"][name] = {"device_ms_total_per_call": round(total, 3), "top": top}
-    print(f"[prof] {name}: device time {total:.3f} ms per call; top kernels:", flush=True)
-    for r in top[:8]:
+    RESULTS["profile"][name] = {"kernel_ms_total_per_call": round(total, 3), "top": top}
+    print(f"[prof] {name}: kernel time {total:.3f} ms per call; top kernels and ops:", flush=True)
+    for r in top[:12]:
         print(f"         {r['ms_per_call']:8.3f} ms  x{r['n_per_call']:<3d} {r['kernel']}", flush=True)
     return True
 
@@ -428,15 +465,20 @@ def main(argv=None):
         guarded("inference", name, min(left() - 5, 150),
                 lambda: run_inference(name, preset, kw, tf32, bench, desc, sizes[:1]))
 
-    compiled(0, 45)
+    compiled(0, 40)
     for name, kw, tf32 in training_variants():
         if want("train " + name):
             guarded("training", name, 30, lambda: run_training(name, kw, tf32, TB))
-    for name, kw, tf32 in [("eager tf32", {}, True),
-                           ("eager bf16 (torch IN)", {"precision": "bf16", "norm_impl": "torch"}, True),
-                           ("eager bf16 cl", {"precision": "bf16", "channels_last": True}, True)]:
+    for name, kw, tf32, tb in [
+            ("eager tf32", {}, True, None),
+            ("eager bf16 (torch IN)", {"precision": "bf16", "norm_impl": "torch"}, True, None),
+            ("eager bf16 cl", {"precision": "bf16", "channels_last": True}, True, None),
+            ("graph fp16 pad8 (NCHW)", {"cuda_graph": True, "precision": "fp16", "pad_channels": 8}, True, None),
+            ("graph fp16 cl pad8 catpad", {"cuda_graph": True, "precision": "fp16", "channels_last": True,
+                                           "pad_channels": 8, "pad_impl": "cat"}, True, None),
+            ("train graph bf16 b16", {"cuda_graph": True, "precision": "bf16"}, True, TB[0])]:
         if want("profile " + name):
-            guarded("profile", name, 15, lambda: profile(name, kw, tf32))
+            guarded("profile", name, 20, lambda: profile(name, kw, tf32, tb))
     compiled(1, 75)
     table()
     save()

@@ -51,6 +51,7 @@ class ConvLayer(nn.Module):
         # Speed options (TransformerNet.configure); the defaults are the exact reference path.
         self.norm_impl = "auto"
         self.pad_channels = 0
+        self.pad_impl = "torch"
 
     def _conv(self, x: torch.Tensor) -> torch.Tensor:
         d = self.d
@@ -79,6 +80,8 @@ class ConvLayer(nn.Module):
                 x = F.conv_transpose2d(x, self.weight, self.bias, stride=d.stride)
                 a, z = self.crop
                 x = x[:, :, a:x.shape[2] - z, a:x.shape[3] - z]
+        elif self.pad_impl == "cat":
+            x = self._conv(_reflect_pad_cat(x, d.kernel // 2))
         else:
             x = self._conv(self.pad(x))
         if self.norm is not None and self._fused_norm(x):
@@ -95,6 +98,16 @@ class ConvLayer(nn.Module):
         if self.norm_impl == "fused":
             return True
         return self.norm_impl == "auto" and x.dtype in (torch.float16, torch.bfloat16)
+
+
+def _reflect_pad_cat(x: torch.Tensor, p: int) -> torch.Tensor:
+    """Reflection padding by slicing and concatenation: the same values as ReflectionPad2d,
+    but keeps a channels_last tensor channels_last (torch's reflection_pad2d kernel returns
+    NCHW, so each conv of a channels_last net paid two layout conversions)."""
+    if p == 0:
+        return x
+    x = torch.cat([x[:, :, 1:p + 1].flip(2), x, x[:, :, -p - 1:-1].flip(2)], dim=2)
+    return torch.cat([x[:, :, :, 1:p + 1].flip(3), x, x[:, :, :, -p - 1:-1].flip(3)], dim=3)
 
 
 def _instance_norm_fused(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float,
@@ -177,7 +190,8 @@ class TransformerNet(nn.Module):
     # ------------------------------------------------------------------ speed options
     NORM_IMPLS = ("auto", "torch", "fused")
 
-    def configure(self, *, norm_impl: Optional[str] = None, pad_channels: Optional[int] = None) -> "TransformerNet":
+    def configure(self, *, norm_impl: Optional[str] = None, pad_channels: Optional[int] = None,
+                  pad_impl: Optional[str] = None) -> "TransformerNet":
         """Speed options (same weights, same function up to rounding):
 
         ``norm_impl``: ``"auto"`` (default: nn.InstanceNorm2d in float32/float64, the fused
@@ -185,13 +199,20 @@ class TransformerNet(nn.Module):
         ``"torch"`` (always nn.InstanceNorm2d), ``"fused"`` (always the fused path).
         ``pad_channels``: 0 (off) or N (e.g. 8): conv_in's 3 input channels and conv_out's 3
         output channels are zero-padded to N (weights too) so tensor-core kernels apply;
-        exact up to summation order.  Returns self."""
+        exact up to summation order.  ``pad_impl``: ``"torch"`` (nn.ReflectionPad2d) or
+        ``"cat"`` (slices + concatenation: identical values, keeps channels_last).  Returns self."""
         if norm_impl is not None:
             if norm_impl not in self.NORM_IMPLS:
                 raise ValueError(f"norm_impl: got {norm_impl!r}; allowed: {', '.join(self.NORM_IMPLS)}")
             for m in self.modules():
                 if isinstance(m, ConvLayer):
                     m.norm_impl = norm_impl
+        if pad_impl is not None:
+            if pad_impl not in ("torch", "cat"):
+                raise ValueError(f"pad_impl: got {pad_impl!r}; allowed: torch, cat")
+            for m in self.modules():
+                if isinstance(m, ConvLayer):
+                    m.pad_impl = pad_impl
         if pad_channels is not None:
             pc = int(pad_channels)
             if pc < 0:
