@@ -86,8 +86,8 @@ def test_depth_to_space_as_conv_transpose_is_bit_exact():
 
 
 # ------------------------------------------------------------------ the whole graph against resty_torch
-@pytest.mark.parametrize("flags", [dict(subpixel=False, s2d_out=False), dict(), dict(s2d_out="stride")],
-                         ids=["plain", "default", "stride"])
+@pytest.mark.parametrize("flags", [dict(subpixel=False, out_conv="plain"), dict(), dict(out_conv="s2d"),
+                                   dict(subpixel=False)], ids=["plain", "default", "s2d", "no-subpixel"])
 def test_graph_equals_torch(flags):
     pytest.importorskip("torch")
     ws = random_transformer(LIGHT, 0)
@@ -119,7 +119,7 @@ def test_convert_model_uses_the_fast_graph(tmp_path):
     fast = convert_model(ws, "onnx", tmp_path / "fast.onnx")
     plain = convert_model(ws, "onnx", tmp_path / "plain.onnx", onnx_graph="torch")
     ops = lambda p: {n.op_type for n in onnx.load(str(p)).graph.node}   # noqa: E731
-    assert "SpaceToDepth" in ops(fast) and "Resize" not in ops(fast)
+    assert "ConvTranspose" in ops(fast) and "Resize" not in ops(fast)
     assert "Resize" in ops(plain)
     x = _inputs()[2]
     a = ox.OnnxStylizer(fast, threads=1).run(x)
