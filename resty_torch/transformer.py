@@ -72,7 +72,14 @@ class ConvLayer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         d = self.d
         if d.upsample:
-            x = F.interpolate(x, scale_factor=2, mode="nearest")
+            if x.dtype in (torch.float16, torch.bfloat16) and torch.is_autocast_enabled(x.device.type):
+                # Autocast runs upsample_nearest2d in float32 (and the reflection pad after it):
+                # a cast copy plus 2x the traffic on the two largest tensors.  Nearest
+                # upsampling only copies values, so the half-precision result is identical.
+                with torch.autocast(device_type=x.device.type, enabled=False):
+                    x = F.interpolate(x, scale_factor=2, mode="nearest")
+            else:
+                x = F.interpolate(x, scale_factor=2, mode="nearest")
         if d.transposed:
             if self.crop == (1, 0):
                 x = F.conv_transpose2d(x, self.weight, self.bias, stride=d.stride, padding=1, output_padding=1)
