@@ -125,8 +125,18 @@ def test_convert_model_uses_the_fast_graph(tmp_path):
     a = ox.OnnxStylizer(fast, threads=1).run(x)
     b = ox.OnnxStylizer(plain, threads=1).run(x)
     np.testing.assert_allclose(a, b, rtol=0, atol=1e-4)
+    assert onnx.load(str(fast)).producer_name == "resty" and onnx.load(str(plain)).producer_name != "resty"
     with pytest.raises(RestyError, match="onnx_graph"):
         convert_model(ws, "onnx", tmp_path / "x.onnx", onnx_graph="nope")
+
+
+def test_convert_model_falls_back_to_torch_export(tmp_path):
+    pytest.importorskip("torch")
+    import onnx
+    from resty.backends import convert_model
+    spec = get_preset("johnson2016").transformer.replace(channels=(8, 16, 24), residual_blocks=1)
+    out = convert_model(random_transformer(spec, 0), "onnx", tmp_path / "j.onnx")   # checked inside
+    assert onnx.load(str(out)).producer_name != "resty"
 
 
 # ------------------------------------------------------------------ export, sessions, stylizer
