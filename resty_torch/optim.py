@@ -190,7 +190,9 @@ class DeviceLBFGS:
         self.d.copy_(d)
         self.t.copy_(t)
         self.prev_g.copy_(g)
-        self.x.view(-1).add_((d * t).to(self.x.dtype))
+        # d is flat in logical (NCHW) order; viewing it as x's shape also works for a
+        # channels_last x (the add follows x's strides).
+        self.x.add_((d * t).view(self.x.shape).to(self.x.dtype))
 
 
 class DeviceAdam:
