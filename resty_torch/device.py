@@ -54,8 +54,6 @@ def autocast(device: torch.device, precision: Optional[torch.dtype], cache: bool
 
 
 def _new_api() -> bool:
-    # torch >= 2.9 has per-backend fp32_precision; mixing it with the legacy allow_tf32 flags
-    # is an error/warning in recent versions, so use exactly one of the two APIs.
     return (hasattr(torch.backends.cuda.matmul, "fp32_precision")
             and hasattr(getattr(torch.backends.cudnn, "conv", None), "fp32_precision"))
 
@@ -64,15 +62,12 @@ def set_tf32(enabled: bool) -> None:
     """Allow (or forbid) TF32 for float32 matmuls and convolutions on Ampere+ GPUs.
 
     TF32 gives ~1e-3 relative feature error (DESIGN.md section 3): parity runs turn it off,
-    speed runs may turn it on.  Uses ``fp32_precision`` ("tf32"/"ieee") where present, else
-    the legacy ``allow_tf32`` flags, never both."""
-    if _new_api():
-        value = "tf32" if enabled else "ieee"
-        torch.backends.cuda.matmul.fp32_precision = value
-        torch.backends.cudnn.conv.fp32_precision = value
-    else:
-        torch.backends.cuda.matmul.allow_tf32 = bool(enabled)
-        torch.backends.cudnn.allow_tf32 = bool(enabled)
+    speed runs may turn it on.  Sets the legacy ``allow_tf32`` flags: torch keeps the new
+    per-backend ``fp32_precision`` in step with them, whereas setting ``fp32_precision``
+    makes every later read of ``allow_tf32`` raise ("mix of the legacy and new APIs") --
+    and Inductor's max-autotune reads it (seen with torch 2.11 on an H200)."""
+    torch.backends.cuda.matmul.allow_tf32 = bool(enabled)
+    torch.backends.cudnn.allow_tf32 = bool(enabled)
 
 
 def get_tf32() -> dict:
