@@ -140,8 +140,11 @@ class FastStylizer:
       with ``cuda_graph`` the CUDA-graph modes of torch.compile are refused, resty captures).
     * ``pad_channels=8``: the 3-channel input/output convolutions padded to 8 channels with
       zero weights (exact); ``norm_impl``, ``pad_impl``: see TransformerNet.configure.
-    * ``fast=True``: on CUDA, bf16 (unless ``precision`` is given) + channels_last +
-      cuda_graph; elsewhere nothing changes.
+    * ``fast=True``: on CUDA, what measured fastest without compiling (H200, 1024 px:
+      7.4 ms vs 8.2 ms eager TF32; add ``compile=True`` for 2.7 ms after a one-off compile):
+      fp16 autocast (unless ``precision`` is given; bf16's output error was 7x fp16's) +
+      ``pad_channels=8`` + ``cuda_graph``, NCHW (channels_last was 1.9x slower: torch's
+      reflection pad returns NCHW).  Elsewhere nothing changes.
     """
 
     def __init__(self, preset="johnson2016", weights="imagenet", device=None, dtype="float32",
@@ -151,8 +154,9 @@ class FastStylizer:
         self.device = resolve_device(device if device is not None else tdist.default_device())
         self.dtype = resolve_dtype(dtype)
         if fast and self.device.type == "cuda":
-            precision = "bf16" if precision is None and self.dtype == torch.float32 else precision
-            channels_last, cuda_graph = True, True
+            precision = "fp16" if precision is None and self.dtype == torch.float32 else precision
+            cuda_graph = True
+            pad_channels = 8 if pad_channels is None else pad_channels
         self.precision = autocast_dtype(precision)
         self.channels_last = bool(channels_last)
         self.cuda_graph = bool(cuda_graph)

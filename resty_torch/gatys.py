@@ -38,7 +38,7 @@ class GatysStylizer:
 
     def __init__(self, preset="gatys2015", weights="imagenet", device=None, dtype="float32",
                  precision=None, compile=False, channels_last=False, cuda_graph=False,
-                 checkpoint=False, history_size=None):
+                 checkpoint=False, history_size=None, fast=False):
         """``precision`` 'bf16'/'fp16' runs VGG in mixed precision (Grams and losses stay float32).
 
         Speed and memory options (same results up to float rounding):
@@ -51,7 +51,14 @@ class GatysStylizer:
           block's activations for ~1 extra forward per iteration (large images).
         * ``history_size``: L-BFGS history for ``cuda_graph`` (default: the preset's); the
           history is preallocated, 2·history·pixels·3 floats (100 pairs at 2048 px: 10 GB).
+        * ``fast=True``: ``cuda_graph`` plus, on CUDA, ``channels_last`` (what measured fastest
+          on an H200: 500 iterations at 512 px in 1.8-2.5 s against the PyTorch tutorial's
+          7.9 s).  Precision is left to the caller: bf16 with Adam at lr 1e-3 does not descend
+          (its rounding noise is larger than the steps); L-BFGS is fine in bf16.
         """
+        if fast:
+            cuda_graph = True
+            channels_last = channels_last or resolve_device(device).type == "cuda"
         self.preset: Preset = resolve(preset)
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype)
