@@ -107,8 +107,8 @@ def test_device_adam_equals_host_adam(epsilon_hat):
 @pytest.mark.parametrize("optimizer", ["lbfgs", "adam"])
 def test_gatys_cuda_graph_path_equals_host_loop(optimizer):
     rng = np.random.default_rng(0)
-    content, style = rng.random((40, 40, 3)), rng.random((40, 40, 3))
-    kw = dict(iterations=30, image_size=0, optimizer=optimizer, scales=(1.0,))
+    content, style = rng.random((32, 32, 3)), rng.random((32, 32, 3))
+    kw = dict(iterations=24, image_size=0, optimizer=optimizer, scales=(1.0,))
     dtype = "float64" if DEV == "cpu" else "float32"
     host = rt.GatysStylizer("gatys2015", weights="random:0", device=DEV, dtype=dtype)
     fast = rt.GatysStylizer("gatys2015", weights="random:0", device=DEV, dtype=dtype, cuda_graph=True)
@@ -116,7 +116,7 @@ def test_gatys_cuda_graph_path_equals_host_loop(optimizer):
     b = fast.stylize(content, style, **kw)
     ha = np.array([h["total"] for h in host.history])
     hb = np.array([h["total"] for h in fast.history])
-    assert len(ha) == len(hb) == 30
+    assert len(ha) == len(hb) == 24
     if dtype == "float64":
         assert np.abs(ha - hb).max() <= 1e-9 * np.abs(ha).max()
         assert np.abs(a - b).max() <= 1e-6
@@ -126,7 +126,7 @@ def test_gatys_cuda_graph_path_equals_host_loop(optimizer):
         # on an H200: 1e-5 relative over the first 8 evaluations, 7% apart after 30).
         assert np.abs(ha[:8] - hb[:8]).max() <= 1e-3 * np.abs(ha).max()
         assert abs(hb[-1] - ha[-1]) <= 0.3 * ha[-1]
-    assert hb[-1] < 0.5 * hb[0]                  # and it optimised
+    assert hb[-1] < 0.7 * hb[0]                  # and it optimised
 
 
 def test_gatys_cuda_graph_callback_stops_and_sees_every_step():
@@ -193,7 +193,7 @@ def test_half_gram_matches_float32_and_saves_no_float32_copy():
     m = ref.reshape(2, 16, -1)
     gr = torch.bmm(m, m.transpose(1, 2)) / conv.gram_divisor("gatys2015", 16, 30, 20)
     (gr * w).sum().backward()
-    assert float((out - gr).abs().max()) <= 1e-5 * float(gr.abs().max())
+    assert float((out - gr).detach().abs().max()) <= 1e-5 * float(gr.detach().abs().max())
     # the gradient is the float32 one rounded to bf16 (the features' own precision)
     assert float((half.grad.float() - ref.grad).abs().max()) <= 8e-3 * float(ref.grad.abs().max())
 
