@@ -150,6 +150,32 @@ def _add_common(p: argparse.ArgumentParser, *, weights: bool = True) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
+def _add_speed(p: argparse.ArgumentParser, *, low_memory: bool = False) -> None:
+    p.add_argument("--precision", choices=("bf16", "fp16"), default=None,
+                   help="mixed precision for the networks (Gram matrices and losses stay float32); "
+                        "default: float32")
+    p.add_argument("--fast", action="store_true",
+                   help="the backend's fast path: torch: device-resident optimiser and CUDA graphs "
+                        "(Gatys), fp16 + CUDA graphs (fast net, on a GPU); tf: XLA compilation")
+    if low_memory:
+        p.add_argument("--low-memory", action="store_true",
+                       help="Gatys: recompute VGG activations per block in backward (large images; "
+                            "~1 extra forward per iteration)")
+
+
+def _speed_kwargs(args) -> dict:
+    """Constructor options from --precision/--fast/--low-memory (only those given, so a
+    default run calls the classes exactly as before)."""
+    kw = {}
+    if getattr(args, "precision", None):
+        kw["precision"] = args.precision
+    if getattr(args, "fast", False):
+        kw["fast"] = True
+    if getattr(args, "low_memory", False):
+        kw["checkpoint"] = True
+    return kw
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog=PROG,
@@ -188,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nproc", type=_positive_int, default=None, metavar="N",
                    help="split a folder of contents over N local processes (one per GPU); outputs that "
                         "already exist are skipped, so a re-run finishes an interrupted job")
+    _add_speed(p, low_memory=True)
     _add_common(p)
     p.set_defaults(func=cmd_stylize)
 
@@ -222,6 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nproc", type=_positive_int, default=None, metavar="N",
                    help="train with N local processes (torch: torchrun + DDP; tf: MultiWorkerMirroredStrategy "
                         "workers); --batch-size stays the global batch")
+    _add_speed(p)
     _add_common(p)
     p.set_defaults(func=cmd_train)
 
@@ -416,10 +444,12 @@ def cmd_stylize(args) -> int:
     t0 = time.perf_counter()
     if args.method == "gatys":
         preset = _preset_arg(args.preset) or "gatys2015"
-        stylizer = backend.GatysStylizer(preset, weights=args.weights, device=args.device)
+        stylizer = backend.GatysStylizer(preset, weights=args.weights, device=args.device, **_speed_kwargs(args))
     else:
+        if args.low_memory:
+            raise UsageError("--low-memory applies to Gatys (the fast network tiles large images by itself)")
         stylizer = backend.FastStylizer.load(str(Path(args.model).expanduser()), weights=args.weights,
-                                             device=args.device)
+                                             device=args.device, **_speed_kwargs(args))
     setup = time.perf_counter() - t0
 
     from .images import load_image, preserve_color, resize_longest, save_image
@@ -478,7 +508,8 @@ def cmd_train(args) -> int:
     preset = _preset_arg(args.preset)
     backend = _backend(args.backend)
     tw = args.transformer_weights or f"random:{args.seed}"
-    stylizer = backend.FastStylizer(preset, weights=args.weights, device=args.device, transformer_weights=tw)
+    stylizer = backend.FastStylizer(preset, weights=args.weights, device=args.device, transformer_weights=tw,
+                                    **_speed_kwargs(args))
 
     # Samples are stylized from a reduced copy so they stay cheap.
     from .images import resize_longest, save_image

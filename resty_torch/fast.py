@@ -144,7 +144,9 @@ class FastStylizer:
       7.4 ms vs 8.2 ms eager TF32; add ``compile=True`` for 2.7 ms after a one-off compile):
       fp16 autocast (unless ``precision`` is given; bf16's output error was 7x fp16's) +
       ``pad_channels=8`` + ``cuda_graph``, NCHW (channels_last was 1.9x slower: torch's
-      reflection pad returns NCHW).  Elsewhere nothing changes.
+      reflection pad returns NCHW); :meth:`fit` then trains in bf16 with the captured step
+      (fp16 training needs a GradScaler, whose host sync cannot be captured).  Elsewhere
+      nothing changes.
     """
 
     def __init__(self, preset="johnson2016", weights="imagenet", device=None, dtype="float32",
@@ -153,11 +155,16 @@ class FastStylizer:
         self.preset: Preset = resolve(preset)
         self.device = resolve_device(device if device is not None else tdist.default_device())
         self.dtype = resolve_dtype(dtype)
+        train_precision = precision
         if fast and self.device.type == "cuda":
-            precision = "fp16" if precision is None and self.dtype == torch.float32 else precision
+            if precision is None and self.dtype == torch.float32:
+                # fp16 for inference; bf16 for training, since fp16 training needs a GradScaler,
+                # whose host sync keeps the step out of a CUDA graph.
+                precision, train_precision = "fp16", "bf16"
             cuda_graph = True
             pad_channels = 8 if pad_channels is None else pad_channels
         self.precision = autocast_dtype(precision)
+        self.train_precision = autocast_dtype(train_precision)
         self.channels_last = bool(channels_last)
         self.cuda_graph = bool(cuda_graph)
         if isinstance(compile, str) and self.cuda_graph and compile in ("reduce-overhead", "max-autotune"):
@@ -202,13 +209,15 @@ class FastStylizer:
                 self._vgg.to(memory_format=torch.channels_last)
         return self._vgg
 
-    def _autocast(self):
+    def _autocast(self, precision="inference"):
         """Autocast for code that may be captured in a CUDA graph: on CUDA the weight-cast
         cache is off (a cached cast must not outlive the capture that allocated it; each
-        weight is cast once per forward here anyway, so the cache saves nothing)."""
-        if self.precision is None:
+        weight is cast once per forward here anyway, so the cache saves nothing).
+        ``precision``: "inference" (self.precision), "train" (self.train_precision)."""
+        dt = self.train_precision if precision == "train" else self.precision
+        if dt is None:
             return autocast(self.device, None)
-        return torch.autocast(device_type=self.device.type, dtype=self.precision,
+        return torch.autocast(device_type=self.device.type, dtype=dt,
                               cache_enabled=self.device.type != "cuda")
 
     def _tensor(self, a: np.ndarray) -> torch.Tensor:
@@ -222,7 +231,7 @@ class FastStylizer:
         for s, w in zip(styles, blend):
             if style_size is not None:
                 s = resize_longest(s, style_size)
-            with autocast(self.device, self.precision):
+            with autocast(self.device, self.train_precision):
                 f = self.vgg(self._tensor(s), layers=loss.style_layers)
             for l in loss.style_layers:
                 g = L.gram(f[l], loss.gram)[0] * w
@@ -231,7 +240,7 @@ class FastStylizer:
 
     def _train_loss(self, x: torch.Tensor, grams, net_fn=None) -> torch.Tensor:
         loss = self.preset.fast_loss
-        with self._autocast():
+        with self._autocast("train"):
             y = (net_fn or self._net_fn)(x)
             fy = self.vgg(y)
             with torch.no_grad():
@@ -356,7 +365,7 @@ class FastStylizer:
         ctx = tdist.setup(self.device)
         self.net.train()
         opt = make_adam(self.net.parameters(), tc.adam, lr=lr, foreach=None)
-        scaler = torch.amp.GradScaler(self.device.type) if self.precision == torch.float16 else None
+        scaler = torch.amp.GradScaler(self.device.type) if self.train_precision == torch.float16 else None
         start = 0
         if not resume:
             self.history, self.skipped, self.skipped_count = [], [], 0
