@@ -432,6 +432,8 @@ def cmd_stylize(args) -> int:
         if not args.model:
             raise UsageError("--method fast needs --model FILE (train one with `resty train`)")
         _check_readable_file(args.model, "model file")
+        if args.low_memory:
+            raise UsageError("--low-memory applies to Gatys (the fast network tiles large images by itself)")
         if args.styles:
             _note("note: STYLE ignored with --method fast (the model's own style is used)")
         for opt in ("iterations", "style_weights", "preset"):
@@ -446,8 +448,6 @@ def cmd_stylize(args) -> int:
         preset = _preset_arg(args.preset) or "gatys2015"
         stylizer = backend.GatysStylizer(preset, weights=args.weights, device=args.device, **_speed_kwargs(args))
     else:
-        if args.low_memory:
-            raise UsageError("--low-memory applies to Gatys (the fast network tiles large images by itself)")
         stylizer = backend.FastStylizer.load(str(Path(args.model).expanduser()), weights=args.weights,
                                              device=args.device, **_speed_kwargs(args))
     setup = time.perf_counter() - t0
