@@ -49,7 +49,18 @@ def gram(f, convention: str):
     h, w, c = _hw_c(f)
     div = tf.cast(_factor(conv.gram_divisor, convention, c, h, w, tf.float64), dt)
     m = tf.reshape(f, [tf.shape(f)[0], -1, tf.shape(f)[3]]) / tf.sqrt(div)   # (B, HW, C)
-    return tf.matmul(m, m, transpose_a=True)
+    return _gram(m)
+
+
+@tf.custom_gradient
+def _gram(m):
+    """``mᵀ m`` per batch item; its gradient ``m (dG + dGᵀ)`` is one product where autodiff of
+    ``matmul(m, m)`` makes two (one per operand) and adds them."""
+    g = tf.matmul(m, m, transpose_a=True)
+
+    def grad(dg):
+        return tf.matmul(m, dg + tf.linalg.matrix_transpose(dg))
+    return g, grad
 
 
 def style_loss(f, target_gram, convention: str):

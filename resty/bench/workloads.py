@@ -725,8 +725,7 @@ def tf_groups(R: Runner, device: str, precision: str, workloads: Sequence[str], 
                     g = GatysStylizer("restynet", weights="random:0", device=tfdev, precision=amp, compile=xla)
                     ct, sg = g._targets(content, [style], [1.0])
                     xvar = tf.Variable(g._tensor(content), trainable=True, name="image")
-                    g._opt = TorchAdam(g.preset.gatys.adam, [xvar])
-                    fn = g._function("adam")
+                    fn = g._adam_step_fn(TorchAdam(g.preset.gatys.adam, [xvar]))   # the traced Adam step
 
                 def run():
                     with tf.device(tfdev):
