@@ -44,7 +44,8 @@ class FastStylizer:
     training and inference steps with XLA (``tf.function(jit_compile=True)``)."""
 
     def __init__(self, preset="johnson2016", weights="imagenet", device=None, dtype: str = "float32",
-                 transformer_weights=None, precision=None, compile: bool = False, strategy=None):
+                 transformer_weights=None, precision=None, compile: bool = False, strategy=None,
+                 fast: bool = False):
         # First: a MultiWorkerMirroredStrategy (TF_CONFIG) must exist before any TF operation.
         self.strategy = tdist.resolve_strategy(strategy)
         self.preset: Preset = resolve(preset)
@@ -54,7 +55,9 @@ class FastStylizer:
         dtype_policy(dtype, precision)          # validates the pair early
         self.tf_dtype = tf.float64 if dtype == "float64" else tf.float32
         self.weights = weights
-        self.jit_compile = bool(compile)
+        # fast=True (the option resty_torch also has): XLA on a GPU; on the CPU TensorFlow's
+        # own kernels are kept.
+        self.jit_compile = bool(compile) or (bool(fast) and "GPU" in str(self.device).upper())
         tw = transformer_weights
         if tw is None:
             tw = f"random:{self.preset.training.seed}"

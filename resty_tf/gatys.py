@@ -36,16 +36,28 @@ class GatysStylizer:
     (``tf.function(jit_compile=True)``)."""
 
     def __init__(self, preset="gatys2015", weights="imagenet", device=None, dtype: str = "float32",
-                 precision=None, compile: bool = False):
+                 precision=None, compile: bool = False, checkpoint: bool = False, history_size=None,
+                 fast: bool = False):
+        """Options shared with resty_torch: ``checkpoint=True`` recomputes VGG activations per
+        block in backward (tf.recompute_grad; large images), ``history_size`` overrides the
+        preset's L-BFGS history, ``fast=True`` compiles the steps with XLA on a GPU (on the CPU
+        TensorFlow's own kernels are kept; nothing changes).  ``compile=True`` forces XLA."""
         self.preset = resolve_preset(preset)
         self.device = resolve_device(device)
         self.dtype = dtype
         self.precision = precision
         self.policy = dtype_policy(dtype, precision)
-        self.jit_compile = bool(compile)
+        if history_size is not None:
+            if int(history_size) < 1:
+                raise ValueError(f"history_size: got {history_size!r}; must be >= 1")
+            g = self.preset.gatys
+            self.preset = self.preset.replace(gatys=g.replace(lbfgs=g.lbfgs.replace(history_size=int(history_size))))
+        self.history_size = None if history_size is None else int(history_size)
+        self.jit_compile = bool(compile) or (bool(fast) and "GPU" in str(self.device).upper())
         p = self.preset
         self.vgg = VGGFeatures(p.vgg.arch, weights, p.vgg.pooling, layers=p.loss.all_layers, dtype=dtype,
                                device=self.device, preprocessing=p.preprocessing_name, precision=precision)
+        self.vgg.checkpoint = bool(checkpoint)
         # The optimised image and the losses live in float64 for dtype float64, else float32.
         self.tf_dtype = tf.float64 if dtype == "float64" else tf.float32
         self.history: List[Dict[str, float]] = []

@@ -92,22 +92,53 @@ class VGGFeatures(keras.Model):
         x = x * tf.constant(self._scale, dt)
         return (x - tf.constant(self._mean, dt)) / tf.constant(self._std, dt)
 
+    # Activation checkpointing per block (the layers between pools), as resty_torch's
+    # ``checkpoint``: only block inputs and requested features are kept for the gradient; the
+    # rest is recomputed (tf.recompute_grad).  Set by GatysStylizer(checkpoint=True).
+    checkpoint = False
+
+    def _layer(self, layer, x):
+        if layer.kind == "conv":
+            conv = self.convs[layer.name]
+            return _conv3x3(x, tf.cast(conv.kernel, x.dtype), tf.cast(self._kflip[layer.name], x.dtype),
+                            tf.cast(conv.bias, x.dtype))
+        if layer.kind == "relu":
+            return tf.nn.relu(x)
+        if self.spec.pooling == "max":
+            return tf.nn.max_pool2d(x, 2, 2, "VALID")
+        return tf.nn.avg_pool2d(x, 2, 2, "VALID")
+
+    def _segments(self):
+        segs, cur = [], []
+        for layer in self.table:
+            cur.append(layer)
+            if layer.kind == "pool":
+                segs.append(cur)
+                cur = []
+        return segs + ([cur] if cur else [])
+
     def call(self, images01, preprocess=True):
         x = self.preprocess(images01) if preprocess else tf.convert_to_tensor(images01)
         x = tf.cast(x, self.compute_dtype)
         out = {}
         wanted = set(self.layer_names_out)
+        if self.checkpoint:
+            for seg in self._segments():
+                keep = [l.name for l in seg if l.name in wanted]
+
+                def block(h, seg=seg, keep=keep):
+                    got = []
+                    for layer in seg:
+                        h = self._layer(layer, h)
+                        if layer.name in keep:
+                            got.append(h)
+                    return [h] + got
+                res = tf.recompute_grad(block)(x)
+                x = res[0]
+                out.update(zip(keep, res[1:]))
+            return out
         for layer in self.table:
-            if layer.kind == "conv":
-                conv = self.convs[layer.name]
-                x = _conv3x3(x, tf.cast(conv.kernel, x.dtype), tf.cast(self._kflip[layer.name], x.dtype),
-                             tf.cast(conv.bias, x.dtype))
-            elif layer.kind == "relu":
-                x = tf.nn.relu(x)
-            elif self.spec.pooling == "max":
-                x = tf.nn.max_pool2d(x, 2, 2, "VALID")
-            else:
-                x = tf.nn.avg_pool2d(x, 2, 2, "VALID")
+            x = self._layer(layer, x)
             if layer.name in wanted:
                 out[layer.name] = x
         return out

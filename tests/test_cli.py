@@ -193,6 +193,9 @@ def test_weights_bad_files(tmp_path, capsys):
     (["convert", "nomodel.safetensors", "--to", "onnx", "-o", "m.onnx"], ["nomodel.safetensors"]),
     (["convert", "{content}", "--to", "onnx", "-o", "m.onnx"], ["content.png"]),
     (["convert", "{content}", "--to", "caffe", "-o", "m.onnx"], ["--to", "caffe"]),
+    (["stylize", "{content}", "{style}", "-o", "o.png", "--precision", "fp8"], ["--precision", "fp8"]),
+    (["stylize", "{content}", "-o", "o.png", "--method", "fast", "--model", "{style}", "--low-memory"],
+     ["--low-memory", "Gatys"]),
     (["demo", "--backends", "torch,mxnet"], ["mxnet"]),
     (["demo", "--size", "-5"], ["--size"]),
 ])
@@ -294,6 +297,21 @@ def test_stylize_gatys(backend, imgs, tmp_path, capsys):
     assert sorted(p.name for p in out.parent.iterdir()) == ["cat.png"]
 
 
+@pytest.mark.parametrize("backend", BACKEND_PARAMS)
+def test_stylize_gatys_fast_low_memory_same_image(backend, imgs, tmp_path, capsys):
+    """--fast (torch: device-resident optimiser, CUDA graphs on a GPU; tf: XLA) and
+    --low-memory (VGG activation checkpointing) change speed and memory, not the result."""
+    common = [imgs["content"], imgs["style"], "--backend", backend, "--weights", "random:0",
+              "--size", "32", "--iterations", "3", "-q"]
+    rc, _, err = run(["stylize", *common, "-o", tmp_path / "plain.png"], capsys)
+    assert rc == 0, err
+    rc, _, err = run(["stylize", *common, "-o", tmp_path / "fast.png", "--fast", "--low-memory"], capsys)
+    assert rc == 0, err
+    a, b = load_image(str(tmp_path / "plain.png")), load_image(str(tmp_path / "fast.png"))
+    assert a.shape == b.shape == (26, 32, 3)
+    assert np.abs(a - b).max() <= 2 / 255      # the same image up to 8-bit rounding
+
+
 @needs_torch
 def test_stylize_folder(imgs, tmp_path, capsys):
     out = tmp_path / "styled"
@@ -368,6 +386,12 @@ def test_stylize_fast(backend, trained_model, imgs, tmp_path, capsys):
                       "--backend", backend, "--weights", "random:0", "--size", "20"], capsys)
     assert rc == 0, err
     assert load_image(str(out)).shape == (16, 20, 3)
+    # --fast (on a GPU: torch fp16 + CUDA graphs, tf XLA) gives the same image here
+    rc, _, err = run(["stylize", imgs["content"], "-o", tmp_path / "fast2.png", "--method", "fast", "--model",
+                      trained_model["model"], "--backend", backend, "--weights", "random:0", "--size", "20",
+                      "--fast"], capsys)
+    assert rc == 0, err
+    assert np.abs(load_image(str(tmp_path / "fast2.png")) - load_image(str(out))).max() <= 2 / 255
 
 
 @pytest.mark.parametrize("target, name", [

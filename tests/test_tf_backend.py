@@ -419,3 +419,23 @@ def test_lbfgs_workspace_reuse_matches_reference():
         assert len(lt) == len(lr_) == evals
         np.testing.assert_allclose(lt, lr_, rtol=1e-10)
         assert rel(xt.numpy() - x0, xr - x0) < 1e-10
+
+
+def test_gatys_checkpoint_and_history_options_same_result():
+    """checkpoint=True (tf.recompute_grad per VGG block) and history_size change memory, not
+    the numbers: same gradient in float64, and a history at least as long as the run is the
+    same L-BFGS."""
+    import resty_tf as rtf
+    rng = np.random.default_rng(3)
+    c, s = rng.random((32, 32, 3)), rng.random((32, 32, 3))
+    kw = dict(iterations=6, image_size=0, scales=(1.0,), optimizer="lbfgs")
+    a = rtf.GatysStylizer("gatys2015", weights="random:0", dtype="float64")
+    b = rtf.GatysStylizer("gatys2015", weights="random:0", dtype="float64", checkpoint=True, history_size=10)
+    ya, yb = a.stylize(c, s, **kw), b.stylize(c, s, **kw)
+    assert b.vgg.checkpoint and b.preset.gatys.lbfgs.history_size == 10
+    assert np.abs(ya - yb).max() <= 1e-6
+    ha = [h["total"] for h in a.history]
+    hb = [h["total"] for h in b.history]
+    assert np.allclose(ha, hb, rtol=1e-10)
+    with pytest.raises(ValueError, match="history_size"):
+        rtf.GatysStylizer("gatys2015", weights="random:0", history_size=0)
