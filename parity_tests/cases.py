@@ -495,6 +495,36 @@ def q_lbfgs(ctx: Ctx, dtype: str):
     return sides(ctx, torch=torch_side, tf=tf_side, ref=ref_side)
 
 
+def q_lbfgs_device(ctx: Ctx, dtype: str):
+    """resty_torch.optim.DeviceLBFGS (the host-sync-free L-BFGS of GatysStylizer(cuda_graph=True)),
+    driven with the same schedule (clamp after every max_iter updates and after the last)."""
+    x0, p, a = _opt_inputs()
+
+    def torch_side():
+        import torch
+        L, O = ctx.hook("torch", "losses"), ctx.hook("torch", "optim")
+        x = ctx.t(x0, dtype).requires_grad_(True)
+        opt = O.DeviceLBFGS(x, LBFGS)
+        pt, at = ctx.t(p, dtype), ctx.t(a, dtype)
+        losses = []
+        for k in range(LBFGS_EVALS):
+            v = _torch_objective(L, x, pt, at)
+            (g,) = torch.autograd.grad(v, x)
+            losses.append(float(v.detach()))
+            opt.step(g)
+            if (k + 1) % LBFGS.max_iter == 0 or k + 1 == LBFGS_EVALS:
+                with torch.no_grad():
+                    x.clamp_(0, 1)
+        return {"x_N − x_0": ctx.np_t(x) - x0, "loss per evaluation": np.asarray(losses)}
+
+    def ref_side():
+        x, losses = R.lbfgs_minimize(lambda z: _ref_objective(z, p, a), x0, LBFGS, LBFGS_EVALS,
+                                     project=lambda z: np.clip(z, 0, 1))
+        return {"x_N − x_0": x - x0, "loss per evaluation": np.asarray(losses)}
+
+    return sides(ctx, torch=torch_side, ref=ref_side)
+
+
 # --------------------------------------------------------------------------- Gatys stylize
 def q_stylize(optimizer: str, iterations: int):
     """End-to-end GatysStylizer.stylize with a fixed seed: output change from the init image,
@@ -805,6 +835,8 @@ def build() -> List[Quantity]:
         Quantity("gatys-grad-johnson2016", "Gatys total loss gradient w.r.t. the image, johnson2016", "grad", q_gatys_grad("johnson2016"), quick=False),
         Quantity("adam", f"Adam trajectory, {ADAM_STEPS} steps (torch formula, lr {ADAM.lr:g})", "trajectory", q_adam),
         Quantity("lbfgs", f"L-BFGS trajectory, {LBFGS_EVALS} evaluations (max_iter {LBFGS.max_iter}, history {LBFGS.history_size}, clamp)", "trajectory", q_lbfgs),
+        Quantity("lbfgs-device", f"device-resident L-BFGS (torch cuda_graph path), {LBFGS_EVALS} evaluations, same schedule", "trajectory",
+                 q_lbfgs_device, sides=("torch", "ref")),
         Quantity("transformer-nearest", "transformer forward, nearest ×2 + conv (small spec; even/odd/non-square, batch>1)", "output",
                  q_transformer(SMALL_SPEC, SIZES)),
         Quantity("transformer-transposed", "transformer forward, transposed conv (small spec; even/odd/non-square, batch>1)", "output",
