@@ -47,6 +47,8 @@ class GatysStylizer:
           :class:`DeviceLBFGS`: no host round trip per iteration) and, on CUDA, one whole
           iteration (VGG forward, backward, update) is captured in a CUDA graph and replayed.
           On the CPU the same device optimisers run eagerly.
+          With ``compile=True`` too, the torch.compile'd loss is what gets captured (checked on
+          the CPU to equal the eager path; not yet timed on a GPU).
         * ``checkpoint=True``: activation checkpointing per VGG block; peak memory of about one
           block's activations for ~1 extra forward per iteration (large images).
         * ``history_size``: L-BFGS history (default: the preset's).  With ``cuda_graph`` it is
@@ -287,7 +289,9 @@ class GatysStylizer:
         use_graph = self.device.type == "cuda"
 
         def iteration():
-            terms = self._loss_eager(img, ct, sg, cache=not use_graph)
+            # With compile=True the compiled loss runs here: its kernels are compiled during the
+            # eager warm-up iterations and then captured with the rest of the iteration.
+            terms = self._loss_fn(img, ct, sg, cache=not use_graph)
             (grad,) = torch.autograd.grad(terms[0], img)
             with torch.no_grad():
                 hist.index_copy_(0, counter, terms.detach()[None].to(hist.dtype))
