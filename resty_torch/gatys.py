@@ -188,6 +188,21 @@ class GatysStylizer:
             self.history.append({"step": offset + i + 1, "size": list(hw),
                                  **{k: float(v) for k, v in zip(L.TERMS, r)}})
 
+    def _progress(self, hist, i, n, last_checked, offset, bar, callback, img, state):
+        """After step i (0-based) of n, every _CHECK_EVERY steps, at the end, or every step when
+        there is a callback: the non-finite check, the progress bar and the callback (the only
+        host reads of a device loop).  Returns (last_checked, stop)."""
+        if callback is None and (i + 1) % _CHECK_EVERY and i + 1 != n:
+            return last_checked, False
+        self._check(hist, last_checked, i + 1, offset)
+        if bar.bar is not None:
+            bar.update(i + 1 - last_checked, dict(zip(L.TERMS, hist[i].tolist())))
+        if callback is not None and callback(offset + i + 1, dict(zip(L.TERMS, hist[i].tolist())),
+                                             np.clip(to_hwc(img.detach())[0], 0.0, 1.0)):
+            state["stop"] = True
+            return i + 1, True
+        return i + 1, False
+
     @staticmethod
     def _check(hist: torch.Tensor, lo: int, hi: int, offset: int) -> None:
         """Raise for the first non-finite total in hist[lo:hi] (one host sync)."""
@@ -214,18 +229,10 @@ class GatysStylizer:
                 with torch.no_grad():
                     img.clamp_(0.0, 1.0)
             hist[i] = terms.detach()
-            if callback is not None or (i + 1) % _CHECK_EVERY == 0 or i + 1 == n:
-                self._check(hist, last_checked, i + 1, offset)
-                if bar.bar is not None:
-                    bar.update(i + 1 - last_checked, dict(zip(L.TERMS, hist[i].tolist())))
-                last_checked = i + 1
-                if callback is not None:
-                    stop = callback(offset + i + 1, dict(zip(L.TERMS, hist[i].tolist())),
-                                    np.clip(to_hwc(img)[0], 0.0, 1.0))
-                    if stop:
-                        state["stop"] = True
-                        done = i + 1
-                        break
+            last_checked, stop = self._progress(hist, i, n, last_checked, offset, bar, callback, img, state)
+            if stop:
+                done = i + 1
+                break
         self._record(hist, done, offset, hw)
         state["step"] = offset + done
         return img.detach()
@@ -331,18 +338,10 @@ class GatysStylizer:
             else:
                 iteration()
                 after(i)
-            if callback is not None or (i + 1) % _CHECK_EVERY == 0 or i + 1 == n:
-                self._check(hist, last_checked, i + 1, offset)
-                if bar.bar is not None:
-                    bar.update(i + 1 - last_checked, dict(zip(L.TERMS, hist[i].tolist())))
-                last_checked = i + 1
-                if callback is not None:
-                    stop = callback(offset + i + 1, dict(zip(L.TERMS, hist[i].tolist())),
-                                    np.clip(to_hwc(img.detach())[0], 0.0, 1.0))
-                    if stop:
-                        state["stop"] = True
-                        done = i + 1
-                        break
+            last_checked, stop = self._progress(hist, i, n, last_checked, offset, bar, callback, img, state)
+            if stop:
+                done = i + 1
+                break
         del graph
         self._record(hist, done, offset, hw)
         state["step"] = offset + done
