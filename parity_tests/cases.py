@@ -447,6 +447,13 @@ def q_adam(ctx: Ctx, dtype: str):
     return sides(ctx, torch=torch_side, tf=tf_side, ref=ref_side)
 
 
+def _lbfgs_ref(x0, p, a):
+    """The oracle's L-BFGS run both torch L-BFGS quantities are compared with."""
+    x, losses = R.lbfgs_minimize(lambda z: _ref_objective(z, p, a), x0, LBFGS, LBFGS_EVALS,
+                                 project=lambda z: np.clip(z, 0, 1))
+    return {"x_N − x_0": x - x0, "loss per evaluation": np.asarray(losses)}
+
+
 def q_lbfgs(ctx: Ctx, dtype: str):
     x0, p, a = _opt_inputs()
 
@@ -487,12 +494,7 @@ def q_lbfgs(ctx: Ctx, dtype: str):
                                      project=lambda z: tf.clip_by_value(z, 0, 1))
         return {"x_N − x_0": nchw(ctx.np_f(x)) - x0, "loss per evaluation": np.asarray(losses)}
 
-    def ref_side():
-        x, losses = R.lbfgs_minimize(lambda z: _ref_objective(z, p, a), x0, LBFGS, LBFGS_EVALS,
-                                     project=lambda z: np.clip(z, 0, 1))
-        return {"x_N − x_0": x - x0, "loss per evaluation": np.asarray(losses)}
-
-    return sides(ctx, torch=torch_side, tf=tf_side, ref=ref_side)
+    return sides(ctx, torch=torch_side, tf=tf_side, ref=lambda: _lbfgs_ref(x0, p, a))
 
 
 def q_lbfgs_device(ctx: Ctx, dtype: str):
@@ -517,12 +519,7 @@ def q_lbfgs_device(ctx: Ctx, dtype: str):
                     x.clamp_(0, 1)
         return {"x_N − x_0": ctx.np_t(x) - x0, "loss per evaluation": np.asarray(losses)}
 
-    def ref_side():
-        x, losses = R.lbfgs_minimize(lambda z: _ref_objective(z, p, a), x0, LBFGS, LBFGS_EVALS,
-                                     project=lambda z: np.clip(z, 0, 1))
-        return {"x_N − x_0": x - x0, "loss per evaluation": np.asarray(losses)}
-
-    return sides(ctx, torch=torch_side, ref=ref_side)
+    return sides(ctx, torch=torch_side, ref=lambda: _lbfgs_ref(x0, p, a))
 
 
 # --------------------------------------------------------------------------- Gatys stylize
