@@ -530,7 +530,8 @@ def q_stylize(optimizer: str, iterations: int):
         from resty import common
         preset = gatys_preset("gatys2015")
         preset = preset.replace(gatys=preset.gatys.replace(
-            optimizer=optimizer, adam=AdamSpec(lr=2e-2), lbfgs=LBFGSSpec(max_iter=4, history_size=3)))
+            optimizer=optimizer, adam=AdamSpec(lr=2e-2), lbfgs=LBFGSSpec(max_iter=4, history_size=3),
+            clamp=True))     # the clamp path, which gatys2015 itself no longer takes
         ws = vgg_weights(preset.vgg.arch, preset.preprocessing_name)
         _, content, style = _gatys_inputs()
         x0 = common.init_image("noise", content.astype(np.float32), style.astype(np.float32), 3,

@@ -142,9 +142,10 @@ def _tiny_preset(optimizer="adam", full=False, **gatys):
     if not full:
         loss = loss.replace(content_layers=("relu2_2",), style_layers=("relu1_1", "relu2_1", "relu3_1"),
                             style_layer_weights=(1 / 3,) * 3)
+    # clamp=True unless asked: these tests cover the clamped path (gatys2015 itself does not clamp)
     g = p.gatys.replace(optimizer=optimizer, image_size=24, iterations=5, init="noise",
                         adam=p.gatys.adam.replace(lr=0.02), lbfgs=p.gatys.lbfgs.replace(max_iter=7, history_size=5),
-                        **gatys)
+                        **{"clamp": True, **gatys})
     return p.replace(name="tiny", loss=loss, gatys=g)
 
 
