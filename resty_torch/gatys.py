@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from resty import common
-from resty.errors import TrainingError
+from resty.errors import RestyError, TrainingError
 from resty.images import preserve_color as _preserve_color, resize_to
 from resty.presets import Preset, resolve
 
@@ -24,6 +24,17 @@ __all__ = ["GatysStylizer"]
 # NaN/inf every this many steps (and at the end), so a divergence stops within a few steps
 # and is reported with the exact first bad step.
 _CHECK_EVERY = 25
+
+
+def check_history_memory(history: int, pixels3: int, hw, free_bytes: int) -> None:
+    """DeviceLBFGS preallocates its history (2·history float32 vectors of the image's size).
+    Refuse up front, with the fix, when that would take more than half the free GPU memory,
+    rather than failing with an out-of-memory error inside the run."""
+    need = 2 * history * pixels3 * 4
+    if need > 0.5 * free_bytes:
+        raise RestyError(f"L-BFGS history of {history} pairs at {hw[0]}x{hw[1]} px needs {need / 2**30:.1f} GiB "
+                         f"of GPU memory ({free_bytes / 2**30:.1f} GiB free): pass history_size=10 (or smaller "
+                         f"images, or cuda_graph=False)")
 
 
 class _Stop(Exception):
@@ -289,7 +300,11 @@ class GatysStylizer:
         if optimizer == "adam":
             opt = DeviceAdam([img], cfg.adam)
         else:
-            opt = DeviceLBFGS(img, self._lbfgs_spec())
+            spec = self._lbfgs_spec()
+            if self.device.type == "cuda":
+                check_history_memory(spec.history_size, img.numel(), tuple(img.shape[-2:]),
+                                     torch.cuda.mem_get_info(self.device)[0])
+            opt = DeviceLBFGS(img, spec)
         hist = torch.full((n, 4), float("nan"), dtype=L.loss_dtype(img), device=self.device)
         counter = torch.zeros(1, dtype=torch.long, device=self.device)
         offset, hw = state["step"], tuple(img.shape[-2:])
