@@ -6,6 +6,7 @@ import os
 import signal
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
@@ -554,8 +555,17 @@ class FastStylizer:
 
     @torch.inference_mode()
     def _run(self, batch: np.ndarray) -> np.ndarray:
-        y = self.stylize_tensor(self._tensor(batch), copy=False)
-        return np.clip(to_hwc(y), 0.0, 1.0)
+        x = self._tensor(batch)
+        out = to_hwc(self.stylize_tensor(x, copy=False))
+        if self.precision is not None and not np.isfinite(out).all():
+            # fp16 tops out at 65504: a trained net whose activations exceed it gives inf/NaN.
+            # Recompute this batch in full precision rather than return a broken image.
+            warnings.warn(f"{self.precision} inference gave non-finite values (overflow); this batch was "
+                          f"recomputed in {self.dtype} (use precision='bf16' or None for this model)",
+                          RuntimeWarning, stacklevel=3)
+            with torch.inference_mode():
+                out = to_hwc(self.net(x).clamp(0.0, 1.0))
+        return np.clip(out, 0.0, 1.0)
 
     def stylize(self, images, *, preserve_color=False, tile=None, overlap=32, batch_size=None):
         """Stylise one image (-> H×W×3 float32) or several (a list or a B×H×W×3 array -> a

@@ -304,3 +304,21 @@ def test_init_adam_state_layout_matches_lazy_init():
     assert set(opt.state[p]) == set(ref.state[q])
     assert opt.state[p]["step"].dtype == ref.state[q]["step"].dtype
     assert opt.state[p]["step"].device == ref.state[q]["step"].device
+
+
+def test_fp16_overflow_is_recomputed_in_full_precision():
+    """A net whose activations exceed fp16's 65504 (scaled-up first conv) gives inf/NaN in fp16;
+    stylize() recomputes that batch in float32, warns, and returns the float32 image."""
+    img = _rand(24, 28, 3, seed=5).astype(np.float32)
+    ref = rt.FastStylizer(_tiny_preset(), weights="random:0", device="cpu")
+    half = rt.FastStylizer(_tiny_preset(), weights="random:0", device="cpu", precision="fp16")
+    for f in (ref, half):
+        with torch.no_grad():
+            f.net.conv_in.weight.mul_(1e4)          # conv_in outputs ~1e6: finite in fp32, inf in fp16
+    with torch.inference_mode():
+        raw = half.stylize_tensor(half._tensor(img[None]))
+    assert not torch.isfinite(raw).all()           # the fp16 path itself does overflow
+    with pytest.warns(RuntimeWarning, match="non-finite"):
+        got = half.stylize(img)
+    assert np.isfinite(got).all()
+    np.testing.assert_allclose(got, ref.stylize(img), atol=1e-5)
