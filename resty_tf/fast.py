@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -462,7 +463,20 @@ class FastStylizer:
             self._infer = infer
         with tf.device(self.device):
             y = self._infer(tf.convert_to_tensor(np.asarray(batch, self.tf_dtype.as_numpy_dtype)))
-        return y.numpy()
+        out = y.numpy()
+        if self.precision is not None and not np.isfinite(out).all():
+            # float16 tops out at 65504: a trained net whose activations exceed it gives inf/NaN.
+            # Recompute this batch with a full-precision twin of the net (same weights), as
+            # resty_torch does, rather than return a broken image.
+            warnings.warn(f"{self.precision} inference gave non-finite values (overflow); this batch was "
+                          f"recomputed in {self.dtype} (use precision='bf16' or None for this model)",
+                          RuntimeWarning, stacklevel=3)
+            with tf.device(self.device):
+                twin = TransformerNet(self.net.spec, "random:0", dtype=self.dtype, device=self.device)
+                twin.load_canonical(self.net.state_dict_canonical())
+                y = twin(tf.convert_to_tensor(np.asarray(batch, self.tf_dtype.as_numpy_dtype)), training=False)
+            out = np.clip(tf.cast(y, self.tf_dtype).numpy(), 0.0, 1.0)
+        return out
 
     def stylize(self, images, *, preserve_color=False, tile=None, overlap=32, batch_size=None):
         """Stylise one image (-> H×W×3 float32) or several (a list or a B×H×W×3 array -> a

@@ -439,3 +439,22 @@ def test_gatys_checkpoint_and_history_options_same_result():
     assert np.allclose(ha, hb, rtol=1e-10)
     with pytest.raises(ValueError, match="history_size"):
         rtf.GatysStylizer("gatys2015", weights="random:0", history_size=0)
+
+
+def test_fp16_overflow_is_recomputed_in_full_precision():
+    """As in resty_torch: an fp16 batch whose activations overflow (scaled-up first conv) is
+    recomputed in float32 with a warning instead of returning NaN/inf pixels."""
+    import resty_tf as rtf
+    img = np.random.default_rng(5).random((24, 28, 3)).astype(np.float32)
+    ref = rtf.FastStylizer(tiny_fast_preset(), weights="random:0")
+    half = rtf.FastStylizer(tiny_fast_preset(), weights="random:0", precision="fp16")
+    w = ref.net.state_dict_canonical()
+    w["conv_in.weight"] = w["conv_in.weight"] * 1e4     # conv_in outputs ~1e6: inf in fp16
+    ref.net.load_canonical(w)
+    half.net.load_canonical(w)
+    raw = half.net(tf.constant(img[None]), training=False).numpy()
+    assert not np.isfinite(raw).all()                    # the fp16 path itself overflows
+    with pytest.warns(RuntimeWarning, match="non-finite"):
+        got = half.stylize(img)
+    assert np.isfinite(got).all()
+    np.testing.assert_allclose(got, ref.stylize(img), atol=1e-5)
