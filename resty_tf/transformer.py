@@ -43,7 +43,8 @@ class TransformerNet(keras.Model):
         self.precision = precision
         self.defs = transformer_layers(self.spec)
         with tf.device(self.device):
-            self.blocks = [SpecConv(d, self.spec, dtype=policy) for d in self.defs]
+            cpu = self.device.upper().startswith("/CPU")
+            self.blocks = [SpecConv(d, self.spec, dtype=policy, forward_grads=cpu) for d in self.defs]
             for b in self.blocks:
                 b.build()
         self._by_name = {d.name: b for d, b in zip(self.defs, self.blocks)}
