@@ -102,8 +102,8 @@ def tutorial_gatys_model(content, style, device, content_layers=TUTORIAL_LAYERS[
 def tutorial_gatys(content, style, iterations, optimizer="lbfgs", style_weight=1e6, content_weight=1.0,
                    layers=TUTORIAL_LAYERS, cnn=None, counter=None):
     """Run the tutorial's loop (model built from ``cnn``, targets computed, image optimised);
-    returns the image.  ``iterations`` counts closure evaluations; L-BFGS may overshoot by
-    up to one outer step, so ``counter`` (a list) receives the evaluations actually made."""
+    returns the image.  ``iterations`` counts closure evaluations (exactly that many are made);
+    ``counter`` (a list) receives the evaluations actually made."""
     model, cls, sls = tutorial_gatys_model(content, style, content.device, layers[0], layers[1], cnn=cnn)
     return tutorial_optimize(model, cls, sls, content, iterations, optimizer, style_weight,
                              content_weight, counter)
@@ -128,6 +128,14 @@ def tutorial_optimize(model, cls, sls, content, iterations, optimizer="lbfgs", s
 
     while run[0] < iterations:
         if optimizer == "lbfgs":
+            # The tutorial's LBFGS defaults (max_iter 20 per step()), except that the last outer
+            # step is shortened so that exactly ``iterations`` closures run: torch's LBFGS makes
+            # max_iter evaluations per step() without line search.  (Scaling the time of an
+            # overshooting run instead also scaled the model and target setup, which favoured
+            # the baseline by ~7% at 10 evaluations.)
+            group = opt.param_groups[0]
+            group["max_iter"] = min(20, iterations - run[0])
+            group["max_eval"] = group["max_iter"] * 5 // 4
             opt.step(closure)
         else:
             closure()
