@@ -155,8 +155,9 @@ def _add_speed(p: argparse.ArgumentParser, *, low_memory: bool = False) -> None:
                    help="mixed precision for the networks (Gram matrices and losses stay float32); "
                         "default: float32")
     p.add_argument("--fast", action="store_true",
-                   help="the backend's fast path: torch: device-resident optimiser and CUDA graphs "
-                        "(Gatys), fp16 + CUDA graphs (fast net, on a GPU); tf: XLA compilation")
+                   help="the backend's fast path: Gatys: device-resident optimiser and CUDA graphs "
+                        "(torch), XLA (tf, GPU); fast net: fp16 + CUDA graphs (torch, GPU), XLA (tf, GPU), "
+                        "ONNX Runtime on the CPU (both backends, when onnxruntime is installed)")
     if low_memory:
         p.add_argument("--low-memory", action="store_true",
                        help="Gatys: recompute VGG activations per block in backward (large images; "
@@ -450,6 +451,8 @@ def cmd_stylize(args) -> int:
     else:
         stylizer = backend.FastStylizer.load(str(Path(args.model).expanduser()), weights=args.weights,
                                              device=args.device, **_speed_kwargs(args))
+        if args.fast and getattr(stylizer, "fast_path_note", None):
+            _note(f"--fast: {stylizer.fast_path_note}")
     setup = time.perf_counter() - t0
 
     from .images import load_image, preserve_color, resize_longest, save_image

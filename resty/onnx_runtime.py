@@ -545,6 +545,18 @@ class CpuFastPath:
         self._stylizer: Optional[OnnxStylizer] = None
         self.builds = 0          # how many sessions were built (one per distinct weights)
 
+    @classmethod
+    def for_stylizer(cls, spec, blockers: Dict[str, bool]) -> Tuple[Optional["CpuFastPath"], Optional[str]]:
+        """(runner, None) when the fast path can serve a ``fast=True`` stylizer on the CPU, else
+        (None, why).  ``blockers``: reason -> whether it applies (options the user chose that the
+        ORT graph does not honour, e.g. a half precision or ``compile``)."""
+        why = next((reason for reason, applies in blockers.items() if applies), None)
+        if why is None:
+            why = cpu_fast_path_unavailable(spec)
+        if why is not None:
+            return None, f"stylize() stays in the framework: {why}"
+        return cls(spec), None
+
     def run(self, nchw: np.ndarray, key, weights) -> np.ndarray:
         if self._stylizer is None or key != self._key:
             self._stylizer = None      # free the old session first (its graph holds the weights)

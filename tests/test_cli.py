@@ -386,7 +386,7 @@ def test_stylize_fast(backend, trained_model, imgs, tmp_path, capsys):
                       "--backend", backend, "--weights", "random:0", "--size", "20"], capsys)
     assert rc == 0, err
     assert load_image(str(out)).shape == (16, 20, 3)
-    # --fast (on a GPU: torch fp16 + CUDA graphs, tf XLA) gives the same image here
+    # --fast (here on the CPU: ONNX Runtime; on a GPU: torch fp16 + CUDA graphs, tf XLA) gives the same image
     rc, _, err = run(["stylize", imgs["content"], "-o", tmp_path / "fast2.png", "--method", "fast", "--model",
                       trained_model["model"], "--backend", backend, "--weights", "random:0", "--size", "20",
                       "--fast"], capsys)

@@ -512,6 +512,11 @@ def torch_groups(R: Runner, device: str, precision: str, workloads: Sequence[str
                 f = FastStylizer("restynet", weights="random:0", device=dev, precision=amp, **kw)
                 net = f.net.eval()
                 fn = f._net_fn
+                if f.inference_engine == "onnxruntime":
+                    # fast=True on the CPU: FastStylizer's own batch path (NHWC numpy in and
+                    # out, ONNX Runtime session, transposes and clamp included)
+                    xn = np.ascontiguousarray(x.permute(0, 2, 3, 1).numpy())
+                    return lambda: f._run(xn)
                 if comp_mode:
                     fn = torch.compile(net, mode=comp_mode, dynamic=False)
                 xi = x.contiguous(memory_format=torch.channels_last) if kw.get("channels_last") else x
@@ -542,6 +547,8 @@ def torch_groups(R: Runner, device: str, precision: str, workloads: Sequence[str
                      baseline_note=base_note)
 
     fast_variants = [("eager", {}), ("channels_last", {"channels_last": True})]
+    if not gpu and precision == "float32" and _onnxruntime_available():
+        fast_variants += [("fast=True (ONNX Runtime)", {"fast": True})]
     if gpu:   # resty_torch.cudagraph: the whole network as one CUDA graph per input shape
         fast_variants += [("cuda graph+cl", {"cuda_graph": True, "channels_last": True}),
                           ("cuda graph+cl+pad8", {"cuda_graph": True, "channels_last": True, "pad_channels": 8})]
@@ -715,6 +722,8 @@ def tf_groups(R: Runner, device: str, precision: str, workloads: Sequence[str], 
     S, N, n = s["size"], s["iterations"], s["step_iters"]
     content, style = _images(S)
     variants = [("graph", False)] + ([] if R.cfg.quick else [("xla", True)])
+    if not gpu and precision == "float32" and _onnxruntime_available():
+        variants += [("fast=True (ONNX Runtime)", "onnxruntime")]
     base_note = "baseline in float32 (the tutorials have no mixed precision)" if amp else ""
 
     if "gatys-step" in workloads and precision != "fp16":
@@ -781,6 +790,11 @@ def tf_groups(R: Runner, device: str, precision: str, workloads: Sequence[str], 
 
         def resty_setup(xla):
             def setup():
+                if xla == "onnxruntime":
+                    # fast=True on the CPU: FastStylizer's own batch path through ONNX Runtime
+                    f = FastStylizer("restynet", weights="random:0", device=tfdev, fast=True)
+                    xn = x.numpy()
+                    return lambda: f._run(xn)
                 f = FastStylizer("restynet", weights="random:0", device=tfdev, precision=amp, compile=xla)
                 f._run(np.zeros((1, 32, 32, 3), np.float32))   # builds f._infer
 
@@ -842,6 +856,15 @@ def tf_groups(R: Runner, device: str, precision: str, workloads: Sequence[str], 
                           [Impl("baseline", "examples-style Keras (VGG16)", base_train, "Keras VGG16 loss, keras Adam, tf.function"),
                            Impl("resty", "johnson2016 (VGG16)", resty_train, "FastStylizer('johnson2016') train step")],
                           size=T, batch=bs, higher_is_better=True, baseline_note=base_note), reps, max(warm, 2))
+
+
+def _onnxruntime_available() -> bool:
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 # --------------------------------------------------------------------------- environment
