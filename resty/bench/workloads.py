@@ -722,8 +722,9 @@ def tf_groups(R: Runner, device: str, precision: str, workloads: Sequence[str], 
     S, N, n = s["size"], s["iterations"], s["step_iters"]
     content, style = _images(S)
     variants = [("graph", False)] + ([] if R.cfg.quick else [("xla", True)])
+    fast_variants = list(variants)
     if not gpu and precision == "float32" and _onnxruntime_available():
-        variants += [("fast=True (ONNX Runtime)", "onnxruntime")]
+        fast_variants += [("fast=True (ONNX Runtime)", "onnxruntime")]
     base_note = "baseline in float32 (the tutorials have no mixed precision)" if amp else ""
 
     if "gatys-step" in workloads and precision != "fp16":
@@ -815,7 +816,8 @@ def tf_groups(R: Runner, device: str, precision: str, workloads: Sequence[str], 
             return run
 
         impls = [Impl("baseline", "examples (Keras eager)", base_setup, "pytorch/examples-shaped Keras net, eager float32")]
-        impls += [Impl("resty", v, resty_setup(x_), "FastStylizer('restynet') inference function") for v, x_ in variants]
+        impls += [Impl("resty", v, resty_setup(x_), "FastStylizer('restynet') inference function")
+                  for v, x_ in fast_variants]
         return Group(workload, f"fast inference {side}px" + (f" batch {batch}" if batch > 1 else ""), "tf", device,
                      precision, "ms/image", batch / 1e3, impls, size=side, batch=batch, baseline_note=base_note)
 
