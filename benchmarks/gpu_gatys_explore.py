@@ -89,6 +89,11 @@ def main(argv=None):
         ("cuda_graph+channels_last", "bf16", False, {"cuda_graph": True, "channels_last": True}, "adam"),
         ("cuda_graph+channels_last", None, True, {"cuda_graph": True, "channels_last": True}, "lbfgs"),
         ("host eager", "bf16", False, {}, "lbfgs"),
+        # compile=True inside the captured iteration: Inductor fuses the elementwise work
+        # around VGG's convolutions (the remaining GPU time); wired and CPU-checked, untimed.
+        ("cuda_graph+compile", "bf16", False, {"cuda_graph": True, "channels_last": True, "compile": True}, "lbfgs"),
+        ("cuda_graph+compile", "bf16", False, {"cuda_graph": True, "channels_last": True, "compile": True}, "adam"),
+        ("cuda_graph+compile", None, True, {"cuda_graph": True, "channels_last": True, "compile": True}, "lbfgs"),
     ]
     only = [o.strip() for o in a.only.split(",") if o.strip()]
 
