@@ -91,9 +91,13 @@ class BenchConfig:
             if v is not None:
                 d[k] = tuple(v) if isinstance(v, list) else v
         d["run_repeats"] = 2 if gpu else max(1, min(d["repeats"], 2 if q else 3))
+        # Inference calls are short and the TF/torch ratio of two groups run minutes apart is
+        # sensitive to a noisy machine (spreads of 30% seen on 2 shared cores): 5 calls each
+        # unless --repeats says otherwise.
+        d["infer_repeats"] = d["repeats"] if self.repeats is not None else max(d["repeats"], 5)
         if self.dry:
             d.update(size=48, iterations=6, repeats=1, step_iters=2, fast_sizes=(64,), batch=2, batch_size_px=64,
-                     train_size=32, train_batch=2, onnx_size=64, run_repeats=1)
+                     train_size=32, train_batch=2, onnx_size=64, run_repeats=1, infer_repeats=1)
         return d
 
 
@@ -554,9 +558,9 @@ def torch_groups(R: Runner, device: str, precision: str, workloads: Sequence[str
                           ("cuda graph+cl+pad8", {"cuda_graph": True, "channels_last": True, "pad_channels": 8})]
     if "fast-infer" in workloads:
         for side in s["fast_sizes"]:
-            R.run_group(fast_group("fast-infer", side, 1, fast_variants), reps, max(warm, 2 if gpu else 1))
+            R.run_group(fast_group("fast-infer", side, 1, fast_variants), s["infer_repeats"], max(warm, 2 if gpu else 1))
     if "fast-batch" in workloads:
-        R.run_group(fast_group("fast-batch", s["batch_size_px"], s["batch"], fast_variants), reps, warm)
+        R.run_group(fast_group("fast-batch", s["batch_size_px"], s["batch"], fast_variants), s["infer_repeats"], warm)
 
     # ---------------------------------------------------------------- training
     if "fast-train" in workloads and precision != "fp16":
@@ -823,9 +827,9 @@ def tf_groups(R: Runner, device: str, precision: str, workloads: Sequence[str], 
 
     if "fast-infer" in workloads:
         for side in s["fast_sizes"]:
-            R.run_group(fast_group("fast-infer", side, 1), reps, max(warm, 1))
+            R.run_group(fast_group("fast-infer", side, 1), s["infer_repeats"], max(warm, 1))
     if "fast-batch" in workloads:
-        R.run_group(fast_group("fast-batch", s["batch_size_px"], s["batch"]), reps, max(warm, 1))
+        R.run_group(fast_group("fast-batch", s["batch_size_px"], s["batch"]), s["infer_repeats"], max(warm, 1))
 
     if "fast-train" in workloads and precision != "fp16":
         T, bs = s["train_size"], s["train_batch"]
