@@ -70,3 +70,25 @@ def test_cli_has_bench_subcommand():
     a = cli.build_parser().parse_args(["bench", "--quick", "--out", "x", "--backends", "torch",
                                        "--workloads", "fast-infer,gatys-step", "--size", "64"])
     assert a.quick and a.out == "x" and a.backends == ("torch",) and a.size == 64
+
+
+def test_cpu_targets_summarise_the_worst_row():
+    from resty.bench.report import targets
+
+    def row(backend, workload, impl, variant, median, ratio=None, hib=False):
+        rid = f"{workload}|{backend}|{impl}|{variant}"
+        return {"id": rid, "workload": workload, "label": workload, "backend": backend, "device": "cpu",
+                "precision": "float32", "impl": impl, "variant": variant, "median": median, "size": 96,
+                "batch": 1, "unit": "ms", "higher_is_better": hib, "ratio_vs_baseline": ratio,
+                "baseline_id": f"{workload}|{backend}|baseline|b" if impl == "resty" else None}
+    rows = [row("torch", "a", "baseline", "b", 100), row("torch", "a", "resty", "eager", 110, 0.91),
+            row("torch", "a", "resty", "fast=True (ONNX Runtime)", 60, 1.67),      # best variant of row a
+            row("torch", "c", "baseline", "b", 100), row("torch", "c", "resty", "eager", 105, 0.95),
+            row("tf", "a", "baseline", "b", 200), row("tf", "a", "resty", "graph", 140, 1.43),
+            row("tf", "c", "baseline", "b", 200), row("tf", "c", "resty", "graph", 150, 1.33)]
+    t = {x["target"].split(" (")[0]: x for x in targets(rows)}
+    torch_t = t["torch on the CPU no slower than its plain baseline"]
+    assert torch_t["best"] == 0.95 and not torch_t["met"]            # row c has no faster variant
+    assert t["tf on the CPU no slower than its plain baseline"]["met"]
+    tt = t["TF within 1.3x of torch on the CPU"]
+    assert abs(tt["best"] - 150 / 105) < 1e-12 and not tt["met"]     # row c: 150 vs 105 (default variants)

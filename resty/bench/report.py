@@ -76,6 +76,26 @@ def targets(rows: List[Dict]) -> List[Dict]:
         ok = best["median"] >= goal if op == ">=" else best["median"] <= goal
         out.append({"target": text, "best": best["median"], "unit": best["unit"], "met": ok,
                     "row": best["id"]})
+    # CPU: each backend no slower than its plain baseline (the best Resty variant of each row:
+    # what a user gets with the right option), and TF within 1.3x of torch (default variants).
+    for be in ("torch", "tf"):
+        per_group: Dict[str, float] = {}
+        for r in rows:
+            if r["backend"] == be and r["device"] == "cpu" and r["impl"] == "resty" \
+                    and r.get("ratio_vs_baseline") is not None and r["workload"] != "onnx-light":
+                key = r.get("baseline_id") or r["id"]
+                per_group[key] = max(per_group.get(key, 0.0), r["ratio_vs_baseline"])
+        if per_group:
+            worst = min(per_group.values())
+            out.append({"target": f"{be} on the CPU no slower than its plain baseline (worst row, best Resty "
+                                  f"variant; {len(per_group)} rows)", "best": worst, "unit": "× baseline",
+                        "met": worst >= 1.0, "row": min(per_group, key=per_group.get)})
+    cpu_tt = [t for t in tf_vs_torch(rows) if t["device"] == "cpu"]
+    if cpu_tt:
+        worst = max(cpu_tt, key=lambda t: t["tf_time_over_torch_time"])
+        out.append({"target": f"TF within 1.3x of torch on the CPU (worst of {len(cpu_tt)} rows: {worst['label']})",
+                    "best": worst["tf_time_over_torch_time"], "unit": "× torch time",
+                    "met": worst["tf_time_over_torch_time"] <= 1.3, "row": worst["workload"]})
     for w, text, gib in MEM_TARGETS:
         cands = [r for r in rows if r["workload"] == w and r["impl"] == "resty" and r.get("peak_mem_bytes")]
         if cands:
@@ -130,7 +150,7 @@ def markdown(doc: Dict[str, Any]) -> str:
             lines.append(f"| {t['label']} | {t['device']} | {t['precision']} | {t['tf_time_over_torch_time']:.2f} | "
                          f"{'yes' if t['within_1.3x'] else 'no'} |")
     if doc.get("targets"):
-        lines += ["", "## Targets (issue 7)", "", "| target | best | met |", "|---|---|---|"]
+        lines += ["", "## Targets (issue 7)", "", "| target | measured | met |", "|---|---|---|"]
         for t in doc["targets"]:
             lines.append(f"| {t['target']} | {_fmt(t['best'])} {t['unit']} | {'yes' if t['met'] else 'no'} |")
     notes = [r for r in doc["rows"] if r.get("baseline_note")]
