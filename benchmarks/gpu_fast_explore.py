@@ -187,6 +187,10 @@ def inference_variants():
                                       "pad_channels": 8, "pad_impl": "cat"})
     add("graph bf16 cl pad8 catpad", {"cuda_graph": True, "precision": "bf16", "channels_last": True,
                                       "pad_channels": 8, "pad_impl": "cat"})
+    add("graph fp16 pad8 s2d (NCHW)", {"cuda_graph": True, "precision": "fp16", "pad_channels": 8, "io_convs": "s2d"},
+        desc="conv_in/conv_out on pixel_unshuffle'd maps (12 -> 16 channels)")
+    add("graph bf16 cl pad8 s2d", {"cuda_graph": True, "precision": "bf16", "channels_last": True, "pad_channels": 8,
+                                   "io_convs": "s2d"})
     add("light: eager tf32", {}, preset="restynet-light")
     add("light: graph bf16 cl", {"cuda_graph": True, "precision": "bf16", "channels_last": True},
         preset="restynet-light")
@@ -202,6 +206,9 @@ def compile_variants():
         ("compile+graph fp16 pad8 (NCHW)", "restynet", {"cuda_graph": True, "precision": "fp16",
                                                          "pad_channels": 8, "compile": True}, True, False,
          "torch.compile (default mode, dynamic=False) captured in resty's graph"),
+        ("compile+graph fp16 pad8 s2d (NCHW)", "restynet", {"cuda_graph": True, "precision": "fp16",
+                                                             "pad_channels": 8, "io_convs": "s2d", "compile": True},
+         True, False, "as above with conv_in/conv_out on pixel_unshuffle'd maps"),
         ("compile(max-autotune-no-cg)+graph fp16 cl pad8", "restynet",
          {"cuda_graph": True, "precision": "fp16", "channels_last": True, "pad_channels": 8,
           "compile": "max-autotune-no-cudagraphs"}, True, False,
@@ -423,6 +430,7 @@ def main(argv=None):
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dry", action="store_true", help="tiny sizes (a CPU check of the script)")
     ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--no-train", action="store_true", help="skip the training and profile sections")
     ap.add_argument("--only", default="", help="comma-separated substrings: run only matching variants")
     ap.add_argument("--min-s", type=float, default=0.25, help="timed seconds per measurement (default 0.25)")
     ARGS = ap.parse_args(argv)
@@ -466,7 +474,8 @@ def main(argv=None):
                 lambda: run_inference(name, preset, kw, tf32, bench, desc, sizes[:1]))
 
     compiled(0, 40)
-    for name, kw, tf32 in training_variants():
+    compiled(1, 40)     # the same with io_convs='s2d'
+    for name, kw, tf32 in ([] if ARGS.no_train else training_variants()):
         if want("train " + name):
             guarded("training", name, 30, lambda: run_training(name, kw, tf32, TB))
     for name, kw, tf32, tb in [
@@ -477,9 +486,9 @@ def main(argv=None):
             ("graph fp16 cl pad8 catpad", {"cuda_graph": True, "precision": "fp16", "channels_last": True,
                                            "pad_channels": 8, "pad_impl": "cat"}, True, None),
             ("train graph bf16 b16", {"cuda_graph": True, "precision": "bf16"}, True, TB[0])]:
-        if want("profile " + name):
+        if want("profile " + name) and not ARGS.no_train:
             guarded("profile", name, 20, lambda: profile(name, kw, tf32, tb))
-    compiled(1, 75)
+    compiled(2, 75)
     table()
     save()
     return 0

@@ -141,7 +141,9 @@ class FastStylizer:
     * ``compile=True`` or a torch.compile mode (``"default"``, ``"max-autotune-no-cudagraphs"``;
       with ``cuda_graph`` the CUDA-graph modes of torch.compile are refused, resty captures).
     * ``pad_channels=8``: the 3-channel input/output convolutions padded to 8 channels with
-      zero weights (exact); ``norm_impl``, ``pad_impl``: see TransformerNet.configure.
+      zero weights (exact); ``io_convs="s2d"``: those convolutions on pixel_unshuffle'd maps
+      (12 channels; not yet timed on a GPU); ``norm_impl``, ``pad_impl``: see
+      TransformerNet.configure.
     * ``fast=True``: on CUDA, what measured fastest without compiling (H200, 1024 px:
       7.4 ms vs 8.2 ms eager TF32; add ``compile=True`` for 2.7 ms after a one-off compile):
       fp16 autocast (unless ``precision`` is given; bf16's output error was 7x fp16's) +
@@ -157,7 +159,7 @@ class FastStylizer:
 
     def __init__(self, preset="johnson2016", weights="imagenet", device=None, dtype="float32",
                  transformer_weights=None, precision=None, channels_last=False, compile=False,
-                 cuda_graph=False, fast=False, pad_channels=None, norm_impl=None, pad_impl=None):
+                 cuda_graph=False, fast=False, pad_channels=None, norm_impl=None, pad_impl=None, io_convs=None):
         self.preset: Preset = resolve(preset)
         self.device = resolve_device(device if device is not None else tdist.default_device())
         self.dtype = resolve_dtype(dtype)
@@ -183,8 +185,8 @@ class FastStylizer:
         if isinstance(tw, W.WeightSet) and tw.spec != self.preset.transformer:
             self.preset = self.preset.replace(transformer=tw.spec)
         self.net = TransformerNet(self.preset.transformer, tw, dtype=self.dtype, device=self.device)
-        if norm_impl is not None or pad_channels is not None or pad_impl is not None:
-            self.net.configure(norm_impl=norm_impl, pad_channels=pad_channels, pad_impl=pad_impl)
+        if norm_impl is not None or pad_channels is not None or pad_impl is not None or io_convs is not None:
+            self.net.configure(norm_impl=norm_impl, pad_channels=pad_channels, pad_impl=pad_impl, io_convs=io_convs)
         if self.channels_last:
             self.net.to(memory_format=torch.channels_last)
         self.compile_mode = (compile if isinstance(compile, str) else "default") if compile else None

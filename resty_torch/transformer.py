@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from resty import rewrites
 from resty.errors import WeightsError
 from resty.specs import ConvDef, TransformerSpec, transformer_layers
 from resty.weights import WeightSet, resolve_weights
@@ -54,9 +55,46 @@ class ConvLayer(nn.Module):
         self.pad_channels = 0
         self.pad_impl = "torch"
         self.conv_grads = "auto"
+        self.io_impl = "direct"
+
+    def set_io_impl(self, impl: str) -> None:
+        """``"direct"`` or ``"s2d"`` (see :meth:`_s2d_conv`).  The gather index of the s2d kernel
+        is a non-persistent buffer (moves with the module, not saved), built here in NumPy and
+        not inside a torch.compile'd forward (Dynamo would trace the loops)."""
+        self.io_impl = impl
+        if impl == "s2d" and "s2d_index" not in self._buffers:
+            d = self.d
+            o, i, k = d.out_channels, d.in_channels, d.kernel
+            ids = np.arange(1, o * i * k * k + 1, dtype=np.float64).reshape(o, i, k, k)
+            w4 = rewrites.dcr_to_crd_inputs(rewrites.dcr_to_crd(rewrites.space_to_depth_weights(ids, 2)))
+            self.register_buffer("s2d_index", torch.from_numpy(np.rint(w4).astype(np.int64)).to(self.weight.device),
+                                 persistent=False)
+
+    def _s2d_conv(self, x: torch.Tensor) -> torch.Tensor:
+        """This stride-1 conv on pixel_unshuffle(x, 2): a ceil((k+1)/2)-tap conv with 4x the
+        input and output channels, then pixel_shuffle (resty.rewrites.space_to_depth_weights):
+        the same sums, but 12 instead of 3 channels for the 9x9 input/output convs, a shape
+        tensor-core kernels take.  The kernel is gathered from ``weight`` on every call, so it
+        follows training (and gradients flow back through the gather)."""
+        w = torch.cat([self.weight.new_zeros(1), self.weight.reshape(-1)])[self.s2d_index]
+        b = self.bias.repeat_interleave(4) if self.bias is not None else None
+        x = F.pixel_unshuffle(x, 2)
+        pc = self.pad_channels
+        cin, cout = w.shape[1], w.shape[0]
+        pin, pout = ((-cin) % pc, (-cout) % pc) if pc else (0, 0)
+        if pin:                       # 12 -> 16 input channels (zero weights): tensor-core friendly
+            x = F.pad(x, (0, 0, 0, 0, 0, pin))
+            w = F.pad(w, (0, 0, 0, 0, 0, pin))
+        if pout:
+            w = F.pad(w, (0, 0, 0, 0, 0, 0, 0, pout))
+            b = F.pad(b, (0, pout)) if b is not None else None
+        y = F.conv2d(x, w, b)
+        return F.pixel_shuffle(y[:, :cout] if pout else y, 2)
 
     def _conv(self, x: torch.Tensor) -> torch.Tensor:
         d = self.d
+        if self.io_impl == "s2d" and x.shape[-2] % 2 == 0 and x.shape[-1] % 2 == 0:
+            return self._s2d_conv(x)
         w, b = self.weight, self.bias
         pc = self.pad_channels
         if pc and d.in_channels < pc:
@@ -215,7 +253,8 @@ class TransformerNet(nn.Module):
     NORM_IMPLS = ("auto", "torch", "fused")
 
     def configure(self, *, norm_impl: Optional[str] = None, pad_channels: Optional[int] = None,
-                  pad_impl: Optional[str] = None, conv_grads: Optional[str] = None) -> "TransformerNet":
+                  pad_impl: Optional[str] = None, conv_grads: Optional[str] = None,
+                  io_convs: Optional[str] = None) -> "TransformerNet":
         """Speed options (same weights, same function up to rounding):
 
         ``norm_impl``: ``"auto"`` (default: nn.InstanceNorm2d in float32/float64, the fused
@@ -227,7 +266,11 @@ class TransformerNet(nn.Module):
         ``"cat"`` (slices + concatenation: identical values, keeps channels_last).
         ``conv_grads``: ``"auto"`` (default: stride-1 convs on the CPU in float32/float64 take
         their gradients as forward convolutions, resty_torch.convgrad; 1.6x a CPU training
-        step at 256 px), ``"native"`` (always autograd's), ``"forward"`` (always).  Returns self."""
+        step at 256 px), ``"native"`` (always autograd's), ``"forward"`` (always).
+        ``io_convs``: ``"direct"`` (default) or ``"s2d"``: the stride-1 convs with 3 input or
+        output channels (conv_in, conv_out) run on pixel_unshuffle'd maps with 4x the channels
+        (exact up to summation order; for GPUs, whose fast kernels want >= 8 channels; with
+        ``pad_channels`` the 12 channels are padded to a multiple of it).  Returns self."""
         if norm_impl is not None:
             if norm_impl not in self.NORM_IMPLS:
                 raise ValueError(f"norm_impl: got {norm_impl!r}; allowed: {', '.join(self.NORM_IMPLS)}")
@@ -240,6 +283,13 @@ class TransformerNet(nn.Module):
             for m in self.modules():
                 if isinstance(m, ConvLayer):
                     m.pad_impl = pad_impl
+        if io_convs is not None:
+            if io_convs not in ("direct", "s2d"):
+                raise ValueError(f"io_convs: got {io_convs!r}; allowed: direct, s2d")
+            for m in self.modules():
+                if isinstance(m, ConvLayer) and m.d.stride == 1 and not m.d.transposed and not m.d.upsample \
+                        and min(m.d.in_channels, m.d.out_channels) <= 4 and m.d.kernel > 1:
+                    m.set_io_impl(io_convs)
         if conv_grads is not None:
             if conv_grads not in ("auto", "native", "forward"):
                 raise ValueError(f"conv_grads: got {conv_grads!r}; allowed: auto, native, forward")

@@ -322,3 +322,40 @@ def test_fp16_overflow_is_recomputed_in_full_precision():
         got = half.stylize(img)
     assert np.isfinite(got).all()
     np.testing.assert_allclose(got, ref.stylize(img), atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- io_convs="s2d"
+@pytest.mark.parametrize("pad", [0, 8])
+def test_s2d_io_convs_same_function_and_gradients(pad):
+    """conv_in/conv_out on pixel_unshuffle'd maps (resty.rewrites.space_to_depth_weights): the
+    same outputs and parameter gradients as the direct convs, in float64, odd sizes included."""
+    spec = presets.get("restynet").transformer.replace(channels=(4, 8, 8), residual_blocks=1)
+    a = rt.TransformerNet(spec, "random:1", dtype="float64", device=DEV)
+    b = rt.TransformerNet(spec, "random:1", dtype="float64", device=DEV).configure(io_convs="s2d", pad_channels=pad)
+    assert [m.d.name for m in b.modules() if getattr(m, "io_impl", "") == "s2d"] == ["conv_in", "conv_out"]
+    assert set(b.state_dict()) == set(a.state_dict())          # the gather index is not saved
+    for shape in [(1, 3, 29, 19), (2, 3, 36, 44)]:
+        x = torch.rand(*shape, dtype=torch.float64, device=DEV)
+        ya, yb = a(x), b(x)
+        assert float((ya - yb).abs().max()) < 1e-12
+        ga = torch.autograd.grad(torch.sin(ya).sum(), list(a.parameters()))
+        gb = torch.autograd.grad(torch.sin(yb).sum(), list(b.parameters()))
+        scale = max(float(g.abs().max()) for g in ga)
+        assert max(float((p - q).abs().max()) for p, q in zip(ga, gb)) < 1e-12 * scale
+    with pytest.raises(ValueError, match="io_convs"):
+        b.configure(io_convs="winograd")
+
+
+def test_s2d_io_convs_follow_weight_updates():
+    spec = presets.get("restynet").transformer.replace(channels=(4, 8, 8), residual_blocks=1)
+    f = rt.FastStylizer(presets.get("restynet").replace(transformer=spec), weights="random:0", device=DEV,
+                        dtype="float64", io_convs="s2d")
+    ref = rt.FastStylizer(presets.get("restynet").replace(transformer=spec), weights="random:0", device=DEV,
+                          dtype="float64")
+    img = np.random.default_rng(2).random((21, 30, 3), dtype=np.float32)
+    np.testing.assert_allclose(f.stylize(img), ref.stylize(img), rtol=0, atol=1e-6)
+    from resty.weights import random_transformer
+    new = random_transformer(spec, 7)
+    f.net.load_canonical(new)
+    ref.net.load_canonical(new)
+    np.testing.assert_allclose(f.stylize(img), ref.stylize(img), rtol=0, atol=1e-6)
