@@ -815,6 +815,31 @@ def q_preserve_color(ctx: Ctx, dtype: str):
     return sides(ctx, torch=lambda: backend_side("torch"), tf=lambda: backend_side("tf"), ref=ref_side)
 
 
+def q_fast_cpu_path(spec: TransformerSpec):
+    """FastStylizer(fast=True) on the CPU: stylize() through ONNX Runtime (resty.onnx_runtime's
+    exact rewritten graph, built by each backend from its own weights) against the oracle."""
+    def fn(ctx, dtype):
+        x = image(("onnx", spec.upsampling), (2, 23, 37, 3)).astype(np.float32)
+        tws = random_transformer(spec, 23)
+        preset = fast_preset().replace(transformer=spec)
+
+        def backend_side(side):
+            Fs = ctx.hook(side, "FastStylizer")
+            fs = Fs(preset, weights="random:0", dtype=dtype, transformer_weights=tws, fast=True, device="cpu")
+            if getattr(fs, "inference_engine", None) != "onnxruntime":
+                raise Missing(f"{side}: fast=True did not take the ONNX Runtime path "
+                              f"({getattr(fs, 'fast_path_note', None)})")
+            return {"stylize(), fast=True (ONNX Runtime)": nchw(np.stack(fs.stylize([a for a in x])))}
+
+        def ref_side():
+            y = R.transformer_forward(x.astype(np.float64), {k: np.asarray(v, np.float64) for k, v in tws.tensors.items()},
+                                      spec)
+            return {"stylize(), fast=True (ONNX Runtime)": nchw(np.clip(y, 0.0, 1.0))}
+
+        return sides(ctx, torch=lambda: backend_side("torch"), tf=lambda: backend_side("tf"), ref=ref_side)
+    return fn
+
+
 # --------------------------------------------------------------------------- registry
 def build() -> List[Quantity]:
     qs = [Quantity("preprocess", "preprocessing (torchvision RGB mean/std; caffe BGR·255 − mean)", "preprocess", q_preprocess)]
@@ -858,6 +883,11 @@ def build() -> List[Quantity]:
         Quantity("checkpoint-tf-torch", "checkpoint trained+saved in TF, loaded in torch (net forward; stylize())", "image_out",
                  q_checkpoint("tf")),
         Quantity("preserve-color", "colour preservation: FastStylizer.stylize(preserve_color=True)", "image_out", q_preserve_color),
+        Quantity("fast-cpu-onnx-nearest", "FastStylizer(fast=True) on the CPU: ONNX Runtime graph, nearest ×2 + conv (float32)",
+                 "image_out", q_fast_cpu_path(SMALL_SPEC), dtypes=("float32",)),
+        Quantity("fast-cpu-onnx-transposed", "FastStylizer(fast=True) on the CPU: ONNX Runtime graph, transposed conv (float32)",
+                 "image_out", q_fast_cpu_path(SMALL_SPEC.replace(upsampling="transposed_conv")), dtypes=("float32",),
+                 quick=False),
     ]
     for q in qs:
         if q.key.startswith("gatys-grad"):
