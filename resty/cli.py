@@ -15,6 +15,7 @@ without torch or TensorFlow, and a backend is loaded only when a command needs i
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -22,6 +23,7 @@ import shutil
 import sys
 import time
 import traceback
+import warnings
 from pathlib import Path
 from typing import List, Optional, Sequence
 
@@ -680,6 +682,25 @@ def _error(message: object) -> int:
     return EXIT_USAGE
 
 
+@contextlib.contextmanager
+def _one_line_warnings():
+    """Resty's own warnings (RuntimeWarning/UserWarning from the stylizers: half precision on a
+    CPU without it, an fp16 overflow recomputed, ...) as ``resty: warning: ...`` lines, not
+    Python's file:line format with a source line."""
+    previous = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if category in (RuntimeWarning, UserWarning):
+            print(f"{PROG}: warning: {message}", file=sys.stderr, flush=True)
+        else:
+            previous(message, category, filename, lineno, file, line)
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = previous
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the ``resty`` command with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -695,7 +716,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except SystemExit as exc:   # --help, --version, or a usage error (already printed)
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else EXIT_USAGE)
     try:
-        return int(args.func(args) or 0)
+        with _one_line_warnings():
+            return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr, flush=True)
         return 130

@@ -59,6 +59,8 @@ class FastStylizer:
         self.dtype = dtype
         self.precision = precision
         dtype_policy(dtype, precision)          # validates the pair early
+        if "CPU" in str(self.device).upper():
+            common.warn_cpu_half_precision(precision)
         self.tf_dtype = tf.float64 if dtype == "float64" else tf.float32
         self.weights = weights
         # fast=True (the option resty_torch also has): XLA on a GPU; on the CPU see below.

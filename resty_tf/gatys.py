@@ -47,6 +47,8 @@ class GatysStylizer:
         self.dtype = dtype
         self.precision = precision
         self.policy = dtype_policy(dtype, precision)
+        if "CPU" in str(self.device).upper():
+            common.warn_cpu_half_precision(precision)
         if history_size is not None:
             if int(history_size) < 1:
                 raise ValueError(f"history_size: got {history_size!r}; must be >= 1")

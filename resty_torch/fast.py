@@ -172,6 +172,8 @@ class FastStylizer:
             cuda_graph = True
             pad_channels = 8 if pad_channels is None else pad_channels
         self.precision = autocast_dtype(precision)
+        if self.device.type == "cpu":
+            common.warn_cpu_half_precision(precision)
         self.train_precision = autocast_dtype(train_precision)
         self.channels_last = bool(channels_last)
         self.cuda_graph = bool(cuda_graph)

@@ -76,6 +76,8 @@ class GatysStylizer:
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype)
         self.precision = autocast_dtype(precision)
+        if self.device.type == "cpu":
+            common.warn_cpu_half_precision(precision)
         self.channels_last = bool(channels_last)
         self.cuda_graph = bool(cuda_graph)
         self.history_size = None if history_size is None else int(history_size)

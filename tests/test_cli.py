@@ -394,6 +394,22 @@ def test_stylize_fast(backend, trained_model, imgs, tmp_path, capsys):
     assert np.abs(load_image(str(tmp_path / "fast2.png")) - load_image(str(out))).max() <= 2 / 255
 
 
+@pytest.mark.parametrize("backend", BACKEND_PARAMS)
+def test_stylize_half_precision_on_a_cpu_without_it_warns_in_one_line(backend, trained_model, imgs, tmp_path,
+                                                                       capsys, monkeypatch):
+    if not _fast_ready(backend):
+        pytest.skip(f"{backend} FastStylizer not available")
+    from resty import common
+    monkeypatch.setattr(common, "cpu_flags", lambda: frozenset({"avx", "avx2"}))
+    rc, _, err = run(["stylize", imgs["content"], "-o", tmp_path / "h.png", "--method", "fast", "--model",
+                      trained_model["model"], "--backend", backend, "--weights", "random:0", "--size", "20",
+                      "--precision", "bf16"], capsys)
+    assert rc == 0, err
+    lines = [ln for ln in err.splitlines() if "emulated" in ln]
+    assert lines and lines[0].startswith("resty: warning: precision='bf16'"), err
+    assert "Warning:" not in err and ".py:" not in err       # not Python's file:line format
+
+
 @pytest.mark.parametrize("target, name", [
     pytest.param("onnx", "m.onnx", marks=needs_torch),
     pytest.param("torch", "m.pt", marks=needs_torch),

@@ -159,3 +159,14 @@ def test_tiling_identity_and_coverage():
     assert win[0, 0] == 1.0 and win[-1, -1] < 0.2
     with pytest.raises(RestyError):
         c.tile_plan(10, 10, 8, 8)
+
+
+def test_cpu_half_precision_warning_only_without_native_support():
+    from resty.common import cpu_half_precision_warning
+    avx2 = frozenset({"avx", "avx2", "fma"})
+    assert "bf16" in cpu_half_precision_warning("bf16", avx2)
+    assert "precision=None" in cpu_half_precision_warning("fp16", avx2)
+    assert cpu_half_precision_warning("bf16", avx2 | {"avx512_bf16"}) is None
+    assert cpu_half_precision_warning("fp16", avx2 | {"amx_fp16"}) is None
+    assert cpu_half_precision_warning(None, avx2) is None
+    assert cpu_half_precision_warning("bf16", frozenset({"neon"})) is None     # not an x86 we can judge

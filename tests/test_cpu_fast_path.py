@@ -98,3 +98,19 @@ def test_fast_cpu_training_stays_in_torch_then_serves_new_weights(tmp_path):
         want = f.net(torch.from_numpy(IMAGES[1].transpose(2, 0, 1)[None].copy())).clamp(0, 1)[0].permute(1, 2, 0).numpy()
     np.testing.assert_allclose(after, want, rtol=0, atol=2e-5)
     assert np.abs(after - before).max() > 0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_half_precision_on_a_cpu_without_it_warns(backend, monkeypatch):
+    import warnings
+    from resty import common
+    B = BACKENDS[backend]
+    monkeypatch.setattr(common, "cpu_flags", lambda: frozenset({"avx", "avx2"}))
+    with pytest.warns(RuntimeWarning, match="emulated"):
+        B.FastStylizer(tiny(), weights="random:0", device="cpu", precision="bf16")
+    with pytest.warns(RuntimeWarning, match="emulated"):
+        B.GatysStylizer("restynet", weights="random:0", device="cpu", precision="bf16")
+    monkeypatch.setattr(common, "cpu_flags", lambda: frozenset({"avx2", "avx512_bf16"}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        B.FastStylizer(tiny(), weights="random:0", device="cpu", precision="bf16")
