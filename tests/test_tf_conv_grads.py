@@ -16,6 +16,8 @@ from resty.specs import TransformerSpec  # noqa: E402
 from resty_tf import TransformerNet  # noqa: E402
 from resty_tf.layers import SpecConv, conv2d_forward_grads  # noqa: E402
 
+from conv_grad_cases import CONV_GRAD_CASES  # noqa: E402  (tests/ is on sys.path)
+
 rng = np.random.default_rng(3)
 
 
@@ -37,13 +39,7 @@ def reference(x, k, b):
     return y if b is None else tf.nn.bias_add(y, b)
 
 
-@pytest.mark.parametrize("n,h,w,ci,co,kh,kw,bias", [
-    (2, 13, 11, 8, 3, 5, 5, True),     # fewer outputs than inputs (the output conv's case)
-    (1, 12, 12, 3, 8, 5, 5, True),     # more outputs (the input conv's case)
-    (2, 9, 10, 6, 6, 3, 3, False),     # equal, no bias
-    (1, 8, 9, 5, 2, 3, 2, True),       # non-square kernel
-    (3, 6, 6, 4, 7, 1, 1, True),       # 1x1
-])
+@pytest.mark.parametrize("n,h,w,ci,co,kh,kw,bias", CONV_GRAD_CASES)
 def test_forward_grads_equal_tensorflow_autodiff_float64(n, h, w, ci, co, kh, kw, bias):
     x = tf.constant(rng.normal(size=(n, h, w, ci)))
     k = tf.constant(rng.normal(size=(kh, kw, ci, co)))

@@ -17,6 +17,8 @@ from resty.specs import TransformerSpec  # noqa: E402
 from resty_torch import TransformerNet  # noqa: E402
 from resty_torch.convgrad import conv2d_forward_grads  # noqa: E402
 
+from conv_grad_cases import CONV_GRAD_CASES  # noqa: E402  (tests/ is on sys.path)
+
 gen = torch.Generator().manual_seed(3)
 
 
@@ -24,13 +26,7 @@ def rel(a, b):
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-300))
 
 
-@pytest.mark.parametrize("n,h,w,ci,co,kh,kw,bias", [
-    (2, 13, 11, 8, 3, 5, 5, True),     # fewer outputs than inputs (the output conv's case)
-    (1, 12, 12, 3, 8, 5, 5, True),     # more outputs (the input conv's case)
-    (2, 9, 10, 6, 6, 3, 3, False),     # equal, no bias
-    (1, 8, 9, 5, 2, 3, 2, True),       # non-square kernel
-    (3, 6, 6, 4, 7, 1, 1, True),       # 1x1
-])
+@pytest.mark.parametrize("n,h,w,ci,co,kh,kw,bias", CONV_GRAD_CASES)
 def test_forward_grads_equal_autograd_float64(n, h, w, ci, co, kh, kw, bias):
     x = torch.randn(n, ci, h, w, dtype=torch.float64, generator=gen, requires_grad=True)
     k = torch.randn(co, ci, kh, kw, dtype=torch.float64, generator=gen, requires_grad=True)
