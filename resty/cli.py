@@ -261,7 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Convert a trained fast model (canonical .safetensors, usable by both "
                                    "backends as it is) to a framework's own format. torch: a .pt state dict "
                                    "(or a .safetensors re-saved through torch); tf: a .weights.h5 (or "
-                                   ".safetensors through TensorFlow); onnx: torch.onnx export checked with "
+                                   ".safetensors through TensorFlow); onnx: Resty's exact rewritten graph "
+                                   "(instance-norm nets; else torch.onnx export), checked with "
                                    "onnxruntime; savedmodel: a TensorFlow SavedModel folder; keras: a .keras file.")
     p.add_argument("model", metavar="MODEL", help="trained fast model (.safetensors)")
     p.add_argument("--to", required=True, choices=("torch", "tf", "onnx", "savedmodel", "keras"),
