@@ -229,6 +229,50 @@ def build_onnx_model(ws, *, subpixel: bool = True, out_conv: str = "stride", ops
     return model
 
 
+def graph_conv_flops(spec, height: int, width: int) -> Tuple[float, float]:
+    """(FLOPs of the convolutions as :func:`build_onnx_model` writes them, FLOPs of the plain
+    network's convolutions) for one ``height`` x ``width`` image (a multiple of 4): 2 per
+    multiply-add, zero taps of the rewritten kernels counted (the runtime computes them).  What
+    the benchmark divides by the machine's measured SGEMM rate to state the float32 floor."""
+    from .specs import transformer_layers
+    h, w = height, width
+    graph = plain = 0.0
+    for d in transformer_layers(spec):
+        ci, co, k = d.in_channels, d.out_channels, d.kernel
+        if d.transposed:                       # low-res h x w in, 2h x 2w out
+            plain += 2.0 * ci * co * k * k * h * w
+            graph += 2.0 * ci * (4 * co) * 4 * h * w if d.stride == 2 else 2.0 * ci * co * k * k * h * w
+            h, w = 2 * h, 2 * w
+            continue
+        if d.upsample:                          # nearest x2, then a k x k conv at 2h x 2w
+            plain += 2.0 * ci * co * k * k * (2 * h) * (2 * w)
+            graph += (2.0 * ci * (4 * co) * 4 * h * w) if k == 3 else 2.0 * ci * co * k * k * 4 * h * w
+            h, w = 2 * h, 2 * w
+            continue
+        ho, wo = h // d.stride, w // d.stride
+        plain += 2.0 * ci * co * k * k * ho * wo
+        if d.name == "conv_out" and d.stride == 1:   # phase-split: (k+1)^2 taps, 4x outputs at half size
+            graph += 2.0 * ci * (4 * co) * (k + 1) ** 2 * (ho // 2) * (wo // 2)
+        else:
+            graph += 2.0 * ci * co * k * k * ho * wo
+        h, w = ho, wo
+    return graph, plain
+
+
+def sgemm_gflops(n: int = 2048, repeats: int = 3) -> float:
+    """This machine's float32 matrix-multiply rate (NumPy's BLAS, all cores), GFLOP/s: the
+    practical ceiling for float32 convolutions on the CPU."""
+    import time
+    a = np.random.default_rng(0).random((n, n), dtype=np.float32)
+    a @ a
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ a
+        best = min(best, time.perf_counter() - t0)
+    return 2.0 * n ** 3 / best / 1e9
+
+
 def supports(spec) -> bool:
     """Whether :func:`build_onnx_model` can write this transformer spec."""
     return spec.upsampling in ("nearest_conv", "transposed_conv") and spec.norm == "instance"

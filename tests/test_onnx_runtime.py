@@ -239,3 +239,20 @@ def test_int8_variant_is_close(exported, tmp_path):
     assert ox.psnr(i8, f32) > 25.0       # approximate, unlike the float graph
     with pytest.raises(OutputExistsError):
         ox.quantize_int8(path, q, images=cal)
+
+
+def test_graph_conv_flops_counted_by_hand():
+    # channels (4, 8, 8), one residual block, a 16x16 image: every layer written out.
+    spec = LIGHT.replace(channels=(4, 8, 8), residual_blocks=1)
+    plain = (2 * 3 * 4 * 81 * 256 + 2 * 4 * 8 * 9 * 64 + 2 * 8 * 8 * 9 * 16 + 2 * (2 * 8 * 8 * 9 * 16)
+             + 2 * 8 * 8 * 9 * 64 + 2 * 8 * 4 * 9 * 256 + 2 * 4 * 3 * 81 * 256)
+    # sub-pixel up convs: 4 phases x 2x2 taps on the low-resolution map; phase-split output conv:
+    # 4x3 outputs, 10x10 taps, at 8x8
+    graph = (2 * 3 * 4 * 81 * 256 + 2 * 4 * 8 * 9 * 64 + 2 * 8 * 8 * 9 * 16 + 2 * (2 * 8 * 8 * 9 * 16)
+             + 2 * 8 * 32 * 4 * 16 + 2 * 8 * 16 * 4 * 64 + 2 * 4 * 12 * 100 * 64)
+    assert ox.graph_conv_flops(spec, 16, 16) == (graph, plain)
+    tr = spec.replace(upsampling="transposed_conv")
+    g2, p2 = ox.graph_conv_flops(tr, 16, 16)
+    assert p2 == plain - (2 * 8 * 8 * 9 * 64 - 2 * 8 * 8 * 9 * 16) - (2 * 8 * 4 * 9 * 256 - 2 * 8 * 4 * 9 * 64)
+    assert g2 == graph          # the same phase convs as the sub-pixel upsampling
+    assert ox.sgemm_gflops(256, 1) > 0

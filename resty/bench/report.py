@@ -74,6 +74,9 @@ def targets(rows: List[Dict]) -> List[Dict]:
             continue
         best = (max if op == ">=" else min)(cands, key=lambda r: r["median"])
         ok = best["median"] >= goal if op == ">=" else best["median"] <= goal
+        if best.get("conv_floor_ms"):
+            text += (f" [floor here: {best['graph_conv_gflop']:.0f} GFLOP of convs at the measured "
+                     f"{best['cpu_sgemm_gflops']:.0f} GFLOP/s SGEMM = {best['conv_floor_ms']:.0f} ms]")
         out.append({"target": text, "best": best["median"], "unit": best["unit"], "met": ok,
                     "row": best["id"]})
     # CPU: each backend no slower than its plain baseline (the best Resty variant of each row:

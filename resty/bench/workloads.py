@@ -643,7 +643,8 @@ def torch_groups(R: Runner, device: str, precision: str, workloads: Sequence[str
                   [Impl("baseline", "torch eager (light)", torch_light, "resty_torch TransformerNet(LIGHT_SPEC), eager"),
                    Impl("resty", "onnxruntime (light)", ort_light, "the same net exported with resty convert --to onnx (resty.onnx_runtime graph, OnnxStylizer session)")],
                   size=side, baseline_note="baseline here is the same light net in torch eager (what ONNX replaces)",
-                  extra={"spec": LIGHT_SPEC.to_dict() if hasattr(LIGHT_SPEC, "to_dict") else str(LIGHT_SPEC)})
+                  extra={"spec": LIGHT_SPEC.to_dict() if hasattr(LIGHT_SPEC, "to_dict") else str(LIGHT_SPEC),
+                         **_conv_floor(LIGHT_SPEC, side)})
         R.run_group(g, min(reps, 2) if R.cfg.quick else reps, warm)
 
     # ---------------------------------------------------------------- GPU memory targets
@@ -862,6 +863,16 @@ def tf_groups(R: Runner, device: str, precision: str, workloads: Sequence[str], 
                           [Impl("baseline", "examples-style Keras (VGG16)", base_train, "Keras VGG16 loss, keras Adam, tf.function"),
                            Impl("resty", "johnson2016 (VGG16)", resty_train, "FastStylizer('johnson2016') train step")],
                           size=T, batch=bs, higher_is_better=True, baseline_note=base_note), reps, max(warm, 2))
+
+
+def _conv_floor(spec, side: int) -> Dict[str, float]:
+    """The float32 floor of the ONNX graph's convolutions on this machine: their FLOPs over the
+    measured SGEMM rate (no memory-bound op counted), for the report's ONNX target line."""
+    from resty.onnx_runtime import graph_conv_flops, sgemm_gflops
+    graph, plain = graph_conv_flops(spec, side, side)
+    rate = sgemm_gflops()
+    return {"graph_conv_gflop": graph / 1e9, "plain_conv_gflop": plain / 1e9, "cpu_sgemm_gflops": rate,
+            "conv_floor_ms": graph / 1e9 / rate * 1e3}
 
 
 def _onnxruntime_available() -> bool:
