@@ -131,7 +131,9 @@ class FastStylizer:
 
     * ``precision="bf16"|"fp16"``: autocast; instance norm then takes the fused
       float32-statistics path (TransformerNet.configure, ``norm_impl="auto"``).
-    * ``channels_last=True``: NHWC activations (tensor-core convolutions without transposes).
+    * ``channels_last=True``: NHWC activations (tensor-core convolutions without transposes);
+      the net's reflection pads and instance norms then keep that layout (TransformerNet
+      ``pad_impl``/``norm_impl`` "auto"), so no layer converts back to NCHW.
     * ``cuda_graph=True``: on CUDA, :meth:`stylize` / :meth:`stylize_tensor` capture the
       network once per input shape (resty_torch.cudagraph) and replay it: no per-kernel CPU
       launch cost.  :meth:`fit` runs its training step (forward, backward, capturable Adam)
@@ -139,7 +141,10 @@ class FastStylizer:
       which syncs, and DDP needs its hooks: both fall back to the eager step).  On the CPU
       the same code runs eagerly.
     * ``compile=True`` or a torch.compile mode (``"default"``, ``"max-autotune-no-cudagraphs"``;
-      with ``cuda_graph`` the CUDA-graph modes of torch.compile are refused, resty captures).
+      with ``cuda_graph`` the CUDA-graph modes of torch.compile are refused, resty captures):
+      inference compiles the network; training compiles the whole loss (network, VGG, Gram
+      matrices and loss terms) as one function (not under DDP, which keeps the eager loss).
+      On the CPU compiling is slow and the result not faster; it is meant for GPUs.
     * ``pad_channels=8``: the 3-channel input/output convolutions padded to 8 channels with
       zero weights (exact); ``io_convs="s2d"``: those convolutions on pixel_unshuffle'd maps
       (12 channels; not yet timed on a GPU); ``norm_impl``, ``pad_impl``: see
@@ -147,8 +152,8 @@ class FastStylizer:
     * ``fast=True``: on CUDA, what measured fastest without compiling (H200, 1024 px:
       7.4 ms vs 8.2 ms eager TF32; add ``compile=True`` for 2.7 ms after a one-off compile):
       fp16 autocast (unless ``precision`` is given; bf16's output error was 7x fp16's) +
-      ``pad_channels=8`` + ``cuda_graph``, NCHW (channels_last was 1.9x slower: torch's
-      reflection pad returns NCHW); :meth:`fit` then trains in bf16 with the captured step
+      ``pad_channels=8`` + ``cuda_graph``, NCHW (channels_last was 1.9x slower when torch's
+      reflection pad still returned NCHW; the layout-keeping pad is not yet timed); :meth:`fit` then trains in bf16 with the captured step
       (fp16 training needs a GradScaler, whose host sync cannot be captured).  On the CPU,
       :meth:`stylize` runs through ONNX Runtime (resty.onnx_runtime.CpuFastPath: the same net
       as an exact rewritten float32 graph, ~2x eager torch at 512 px on 2 cores, rebuilt when
@@ -197,8 +202,14 @@ class FastStylizer:
             if self.cuda_graph:
                 kw["dynamic"] = False   # one graph per shape anyway
             self._net_fn = torch.compile(self.net, **kw)
+            # Training compiles the whole loss (transformer, VGG, Gram and loss terms) as one
+            # function: the fusions that matter there are around VGG (bias+ReLU, the Gram
+            # scaling, the loss reductions), not only inside the transformer.  It traces the
+            # eager net, so no compiled module is nested inside it.
+            self._train_loss_compiled = torch.compile(self._train_loss_own_net, **kw)
         else:
             self._net_fn = self.net
+            self._train_loss_compiled = None
         # fast=True on the CPU: stylize() runs the net as resty.onnx_runtime's rewritten graph on
         # ONNX Runtime (about 2x eager torch on 2 cores at 512 px; rebuilt when the weights
         # change).  Training, stylize_tensor and anything the graph cannot honour stay in torch.
@@ -259,9 +270,19 @@ class FastStylizer:
         return grams
 
     def _train_loss(self, x: torch.Tensor, grams, net_fn=None) -> torch.Tensor:
+        """``[total, content, style, tv]`` of the batch ``x`` through ``net_fn`` (default: this
+        stylizer's own net; with ``compile`` the whole loss is the compiled function)."""
+        if (net_fn is None or net_fn is self._net_fn) and self._train_loss_compiled is not None:
+            return self._train_loss_compiled(x, grams)
+        return self._train_loss_eager(x, grams, net_fn or self._net_fn)
+
+    def _train_loss_own_net(self, x: torch.Tensor, grams) -> torch.Tensor:
+        return self._train_loss_eager(x, grams, self.net)
+
+    def _train_loss_eager(self, x: torch.Tensor, grams, net_fn) -> torch.Tensor:
         loss = self.preset.fast_loss
         with self._autocast("train"):
-            y = (net_fn or self._net_fn)(x)
+            y = net_fn(x)
             fy = self.vgg(y)
             with torch.no_grad():
                 fx = self.vgg(x, layers=loss.content_layers) if loss.content_layers else {}
@@ -281,11 +302,10 @@ class FastStylizer:
         the graph's static output: copy it before the next call.  No loss scaling: use bf16 or
         float32 here (fp16 needs a GradScaler, whose inf check syncs with the host)."""
         cuda_graph = self.cuda_graph if cuda_graph is None else bool(cuda_graph)
-        fn = net_fn or self._net_fn
 
         def step(x: torch.Tensor) -> torch.Tensor:
             opt.zero_grad(set_to_none=True)
-            terms = self._train_loss(x, grams, fn)
+            terms = self._train_loss(x, grams, net_fn)
             terms[0].backward()
             opt.step()
             return terms.detach()

@@ -53,7 +53,7 @@ class ConvLayer(nn.Module):
         # Speed options (TransformerNet.configure); the defaults are the exact reference path.
         self.norm_impl = "auto"
         self.pad_channels = 0
-        self.pad_impl = "torch"
+        self.pad_impl = "auto"
         self.conv_grads = "auto"
         self.io_impl = "direct"
 
@@ -142,7 +142,7 @@ class ConvLayer(nn.Module):
                 x = F.conv_transpose2d(x, self.weight, self.bias, stride=d.stride)
                 a, z = self.crop
                 x = x[:, :, a:x.shape[2] - z, a:x.shape[3] - z]
-        elif self.pad_impl == "cat":
+        elif self.pad_impl == "cat" or (self.pad_impl == "auto" and _is_channels_last(x)):
             x = self._conv(_reflect_pad_cat(x, d.kernel // 2))
         else:
             x = self._conv(self.pad(x))
@@ -159,7 +159,12 @@ class ConvLayer(nn.Module):
             return False
         if self.norm_impl == "fused":
             return True
-        return self.norm_impl == "auto" and x.dtype in (torch.float16, torch.bfloat16)
+        return self.norm_impl == "auto" and (x.dtype in (torch.float16, torch.bfloat16) or _is_channels_last(x))
+
+
+def _is_channels_last(x: torch.Tensor) -> bool:
+    """A 4-d tensor laid out NHWC (and not also NCHW-contiguous, as 1-channel or 1x1 maps are)."""
+    return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
 
 
 def _reflect_pad_cat(x: torch.Tensor, p: int) -> torch.Tensor:
@@ -257,13 +262,16 @@ class TransformerNet(nn.Module):
                   io_convs: Optional[str] = None) -> "TransformerNet":
         """Speed options (same weights, same function up to rounding):
 
-        ``norm_impl``: ``"auto"`` (default: nn.InstanceNorm2d in float32/float64, the fused
-        float32-statistics path for float16/bfloat16 activations, i.e. under autocast),
+        ``norm_impl``: ``"auto"`` (default: nn.InstanceNorm2d for NCHW float32/float64, the
+        fused float32-statistics path for float16/bfloat16 activations, i.e. under autocast,
+        and for channels_last ones, which nn.InstanceNorm2d would copy to NCHW),
         ``"torch"`` (always nn.InstanceNorm2d), ``"fused"`` (always the fused path).
         ``pad_channels``: 0 (off) or N (e.g. 8): conv_in's 3 input channels and conv_out's 3
         output channels are zero-padded to N (weights too) so tensor-core kernels apply;
-        exact up to summation order.  ``pad_impl``: ``"torch"`` (nn.ReflectionPad2d) or
-        ``"cat"`` (slices + concatenation: identical values, keeps channels_last).
+        exact up to summation order.  ``pad_impl``: ``"auto"`` (default: ``"cat"`` for
+        channels_last activations, else ``"torch"``), ``"torch"`` (nn.ReflectionPad2d, whose
+        output is NCHW whatever its input) or ``"cat"`` (slices + concatenation: identical
+        values, keeps channels_last).
         ``conv_grads``: ``"auto"`` (default: stride-1 convs on the CPU in float32/float64 take
         their gradients as forward convolutions, resty_torch.convgrad; 1.6x a CPU training
         step at 256 px), ``"native"`` (always autograd's), ``"forward"`` (always).
@@ -278,8 +286,8 @@ class TransformerNet(nn.Module):
                 if isinstance(m, ConvLayer):
                     m.norm_impl = norm_impl
         if pad_impl is not None:
-            if pad_impl not in ("torch", "cat"):
-                raise ValueError(f"pad_impl: got {pad_impl!r}; allowed: torch, cat")
+            if pad_impl not in ("auto", "torch", "cat"):
+                raise ValueError(f"pad_impl: got {pad_impl!r}; allowed: auto, torch, cat")
             for m in self.modules():
                 if isinstance(m, ConvLayer):
                     m.pad_impl = pad_impl

@@ -209,6 +209,50 @@ def test_channels_last_fused_norm():
     torch.testing.assert_close(y3, y2, rtol=1e-5, atol=1e-5)
 
 
+
+def test_channels_last_defaults_keep_the_layout_through_training():
+    """With the default (auto) options a channels_last net stays channels_last through every
+    layer in float32 (cat reflection pad, fused norm: nn.ReflectionPad2d and nn.InstanceNorm2d
+    would return NCHW), computes the NCHW net's function, and trains to the same gradients."""
+    spec = presets.get("restynet").transformer.replace(channels=(8, 16, 16), residual_blocks=1)
+    a = rt.TransformerNet(spec, "random:2", dtype="float64", device=DEV)
+    b = rt.TransformerNet(spec, "random:2", dtype="float64", device=DEV).to(memory_format=torch.channels_last)
+    x = torch.rand(2, 3, 20, 24, dtype=torch.float64, device=DEV)
+    nchw_layers = []
+    for name, m in b.named_modules():
+        if isinstance(m, rt.transformer.ConvLayer) and m.d.out_channels > 3:
+            m.register_forward_hook(lambda mod, i, o, name=name: None if (
+                o.is_contiguous(memory_format=torch.channels_last) and not o.is_contiguous()) else nchw_layers.append(name))
+    ya = a(x)
+    yb = b(x.contiguous(memory_format=torch.channels_last))
+    assert nchw_layers == []
+    torch.testing.assert_close(yb, ya, rtol=1e-10, atol=1e-12)
+    (ya ** 2).mean().backward()
+    (yb ** 2).mean().backward()
+    for (n, p), q in zip(a.named_parameters(), b.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-9, atol=1e-12, msg=n)
+    assert b.conv_in.pad_impl == "auto" and b.norm_impl == "auto"
+
+
+@pytest.mark.skipif(DEV == "cpu" and not os.environ.get("RESTY_TEST_COMPILE"),
+                    reason="torch.compile of a training loss takes ~2 min on 2 CPU cores; set RESTY_TEST_COMPILE=1")
+def test_compiled_training_loss_equals_eager():
+    """compile=True compiles the whole training loss (net, VGG, losses) as one function;
+    the terms and one Adam step agree with the eager stylizer's."""
+    style = _rand(40, 40, 3, seed=3).astype(np.float32)
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)).to(DEV)
+    out = []
+    for comp in (False, True):
+        f = rt.FastStylizer(_tiny_preset(), weights="random:0", device=DEV, compile=comp)
+        assert (f._train_loss_compiled is not None) == comp
+        grams = f._style_grams(style, None, None)
+        f.net.train()
+        step = f.make_train_step(grams, torch.optim.Adam(f.net.parameters(), lr=1e-2), cuda_graph=False)
+        out.append([step(x).clone().cpu() for _ in range(2)])
+    for a, b in zip(*out):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
+
+
 # ---------------------------------------------------------------- FastStylizer
 def test_stylizer_options_and_stylize_tensor():
     x = _rand(29, 37, 3, seed=4).astype(np.float32)
