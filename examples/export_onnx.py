@@ -39,9 +39,13 @@ def main(argv=None) -> int:
     ws = load_weights(a.model, expect="transformer") if a.model else random_transformer(TransformerSpec(), 0)
     tmp = tempfile.TemporaryDirectory()
     out = Path(a.out) if a.out else (Path(a.model).with_suffix(".onnx") if a.model else Path(tmp.name) / "model.onnx")
+    if out.exists() and not a.overwrite:
+        ap.error(f"{out}: already exists (pass --overwrite to replace it)")
+    temporary = "" if (a.out or a.model) else " (temporary, removed at exit: pass --out FILE to keep it)"
     t = time.perf_counter()
     convert_model(ws, "onnx", out, overwrite=a.overwrite)
-    print(f"exported {out} ({out.stat().st_size / 1e6:.1f} MB) in {time.perf_counter() - t:.1f} s; checked with onnxruntime")
+    print(f"exported {out}{temporary} ({out.stat().st_size / 1e6:.1f} MB) in {time.perf_counter() - t:.1f} s; "
+          "checked with onnxruntime")
 
     import torch
 
@@ -62,9 +66,13 @@ def main(argv=None) -> int:
         t_torch = time.perf_counter() - t
     print(f"{a.size} px: onnxruntime {t_onnx:.3f} s, torch {t_torch:.3f} s, "
           f"max |difference| {np.abs(y_onnx - y_torch).max():.2e}")
-    target = out.with_suffix(".png")
-    save_image(np.clip(y_onnx[0].transpose(1, 2, 0), 0, 1), target, overwrite=True)
-    print(f"stylized photo: {target}")
+    # A name of its own: MODEL.png may be the sample train_fast.py wrote next to the model.
+    target = out.with_name(out.stem + ".onnx-stylized.png")
+    if target.exists() and not a.overwrite:
+        print(f"stylized photo not written: {target} exists (pass --overwrite to replace it)")
+    else:
+        save_image(np.clip(y_onnx[0].transpose(1, 2, 0), 0, 1), target, overwrite=True)
+        print(f"stylized photo: {target}{temporary}")
     tmp.cleanup()
     return 0
 

@@ -36,8 +36,11 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, default=None)
     ap.add_argument("--weights", default="imagenet", help="VGG weights; random:0 works offline")
     ap.add_argument("--overwrite", action="store_true")
-    ap.add_argument("--quick", action="store_true", help="3 steps at 48 px, random:0 weights")
+    ap.add_argument("--quick", action="store_true",
+                    help="3 steps at 48 px, random:0 weights, pytorch-tutorial preset")
     a = ap.parse_args(argv)
+    if Path(a.out).exists() and not a.overwrite:   # fail now, not after training
+        ap.error(f"{a.out}: already exists (pass --overwrite to replace it)")
     if a.quick:
         a.steps, a.image_size, a.batch_size = a.steps or 3, a.image_size or 48, a.batch_size or 2
         a.weights = "random:0" if a.weights == "imagenet" else a.weights
