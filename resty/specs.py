@@ -296,7 +296,10 @@ class LBFGSSpec(_Spec):
     """L-BFGS with the semantics of ``torch.optim.LBFGS`` (one definition for both backends).
 
     One *iteration* of GatysConfig is one loss/gradient evaluation; an outer step runs up to
-    ``max_iter`` inner iterations.
+    ``max_iter`` inner iterations.  ``line_search="strong_wolfe"`` is torch.optim.LBFGS's own
+    search and runs in the torch backend only (its host loop; a run may end up to 25
+    evaluations past the budget); the reference and the TensorFlow backend implement
+    ``None`` (no presets use a search) and say so.
     """
     lr: float = 1.0
     max_iter: int = 20

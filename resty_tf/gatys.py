@@ -177,6 +177,10 @@ class GatysStylizer:
         opt_name = cfg.optimizer if optimizer is None else optimizer
         if opt_name not in ("adam", "lbfgs"):
             raise RestyError(f"optimizer: got {opt_name!r}; allowed: 'adam', 'lbfgs'")
+        if opt_name == "lbfgs" and cfg.lbfgs.line_search is not None:
+            raise RestyError(f"L-BFGS line_search={cfg.lbfgs.line_search!r} runs in the torch backend only "
+                             "(torch.optim.LBFGS's own search); TensorFlow runs torch's L-BFGS without one: "
+                             "use line_search=None or the torch backend")
         scales = tuple(cfg.scales if scales is None else scales)
         sscale = cfg.style_scale if style_scale is None else float(style_scale)
 

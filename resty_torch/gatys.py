@@ -41,6 +41,9 @@ class _Stop(Exception):
     """Raised inside an L-BFGS closure when the callback asks to stop."""
 
 
+_MAX_LS = 25      # torch.optim.LBFGS's strong-Wolfe line search: at most 25 evaluations
+
+
 class GatysStylizer:
     """Neural style transfer by optimisation (Gatys, Ecker, Bethge 2015).
 
@@ -176,7 +179,8 @@ class GatysStylizer:
                     result = self._tensor(x)
                     continue
                 ct, sg = self._targets(content_s, styles_s, blend)
-                if self.cuda_graph:
+                if self.cuda_graph and not (optimizer == "lbfgs" and self._lbfgs_spec().line_search):
+                    # (DeviceLBFGS has no line search: a line-search L-BFGS runs torch's on the host)
                     run = functools.partial(self._run_device, optimizer)
                 else:
                     run = self._run_adam if optimizer == "adam" else self._run_lbfgs
@@ -255,7 +259,9 @@ class GatysStylizer:
         clamp = self.preset.gatys.clamp
         img = img0.detach().clone().requires_grad_(True)
         opt = make_lbfgs(img, spec)
-        hist = torch.empty((n, 4), dtype=L.loss_dtype(img), device=self.device)
+        # A strong-Wolfe line search can finish its last search past the budget (torch checks
+        # max_eval after each search, and a search makes up to 25 evaluations).
+        hist = torch.empty((n + (_MAX_LS if spec.line_search else 0), 4), dtype=L.loss_dtype(img), device=self.device)
         offset, hw = state["step"], tuple(img.shape[-2:])
         count = [0]
 

@@ -79,11 +79,15 @@ def lbfgs_outer_steps(opt: torch.optim.LBFGS, closure: Callable, spec: LBFGSSpec
     :func:`resty.reference.lbfgs_minimize`: each outer step gets
     ``max_iter = min(spec.max_iter, evaluations left)`` (torch applies the last inner update
     without evaluating it), ``project`` (clamp) runs between outer steps, and a step that
-    stops on the gradient tolerance before iterating ends the run."""
+    stops on the gradient tolerance before iterating ends the run.  With a line search
+    (torch only) ``max_eval`` is cut to the evaluations left as well; torch checks it after each
+    search, so the run can end up to 25 evaluations past ``max_evals``."""
     group = opt.param_groups[0]
     state = opt.state[group["params"][0]]
     while evals() < max_evals:
         group["max_iter"] = min(spec.max_iter, max_evals - evals())
+        if spec.line_search is not None:   # several evaluations per iteration: cap them too
+            group["max_eval"] = max_evals - evals()
         before = state.get("n_iter", 0)
         opt.step(closure)
         if state.get("n_iter", 0) == before:
