@@ -28,6 +28,9 @@ import json
 import math
 import os
 import re
+import signal
+import sys
+import threading
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -43,7 +46,7 @@ __all__ = [
     "list_training_images", "item_name", "BatchSchedule", "crop_rng", "load_training_item",
     "CHECKPOINT_FORMAT", "checkpoint_stem", "save_checkpoint", "load_checkpoint",
     "latest_checkpoint", "list_checkpoints", "adam_state_to_tensors", "adam_state_from_tensors",
-    "tile_plan", "tile_window", "tiled_apply", "stylize_images",
+    "tile_plan", "tile_window", "tiled_apply", "stylize_images", "SigtermFlag",
 ]
 
 ImageLike = Any  # a path, a PIL image, or an array (see resty.images.load_image)
@@ -589,3 +592,37 @@ def stylize_images(images: Any, run_batch: Callable[[np.ndarray], np.ndarray], *
     if isinstance(images, np.ndarray):
         return np.stack(outs)
     return outs
+
+
+class SigtermFlag:
+    """While active (main thread only, and only where SIGTERM has its default action), SIGTERM
+    sets a flag instead of killing: a training loop stops at the next step boundary, writes a
+    checkpoint, then calls :meth:`redeliver`, which says so on stderr and re-sends SIGTERM
+    with the default action, so the process still dies of the signal, with nothing lost.
+    Both backends' ``fit`` use it when given a checkpoint folder."""
+
+    def __init__(self, enabled: bool):
+        self.hit = False
+        self.active = (enabled and threading.current_thread() is threading.main_thread()
+                       and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL)
+
+    def __enter__(self) -> "SigtermFlag":
+        if self.active:
+            signal.signal(signal.SIGTERM, self._handler)
+        return self
+
+    def _handler(self, signum, frame) -> None:
+        self.hit = True
+
+    def __exit__(self, *exc) -> None:
+        if self.active:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+    def redeliver(self, step: Optional[int] = None, checkpoint_dir=None) -> None:
+        if self.active and self.hit:
+            where = f" to {checkpoint_dir}" if checkpoint_dir is not None else ""
+            at = f" at step {step}" if step is not None else ""
+            print(f"resty: terminated (SIGTERM){at}; checkpoint written{where}: run again with --resume "
+                  "(fit(..., resume=True)) to continue", file=sys.stderr, flush=True)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)

@@ -418,8 +418,14 @@ class FastStylizer:
                                           tc.keep_checkpoints)
                 tdist.barrier(strategy)        # nobody reads it before the chief finished
 
-            with common.Progress(n, progress and main, desc="fit", unit="step") as bar:
+            # SIGTERM: stop at a step boundary, checkpoint, then die of it (single process; under
+            # a tf.distribute strategy the workers would have to agree first, and it kills at once).
+            with common.SigtermFlag(checkpoint_dir is not None and strategy is None) as term, \
+                    common.Progress(n, progress and main, desc="fit", unit="step") as bar:
                 for elem in ds:
+                    if term.hit:
+                        stopped = True
+                        break
                     if strategy is None:
                         x, bad, s = elem
                         s = int(s)
@@ -460,6 +466,8 @@ class FastStylizer:
             if checkpoint_dir is not None and self.step > last_ck:
                 checkpoint(self.step)
         seconds = time.perf_counter() - t0
+        if term.hit:
+            term.redeliver(self.step, checkpoint_dir)   # dies of SIGTERM now, the checkpoint written
         return {"steps": self.step, "start_step": start, "total_steps": total, "stopped": stopped,
                 "history": self.history, "skipped": list(self.skipped), "skipped_count": self.skipped_count,
                 "images_seen": seen, "seconds": seconds,

@@ -3,8 +3,6 @@ stylise in one forward pass."""
 from __future__ import annotations
 
 import os
-import signal
-import threading
 import time
 import warnings
 from pathlib import Path
@@ -89,35 +87,6 @@ def _collate(batch):
     bad = [j for c, _, _, j in batch if c is None and j >= 0]
     x = torch.from_numpy(np.ascontiguousarray(np.stack(good).transpose(0, 3, 1, 2))) if good else None
     return x, skipped, batch[0][2], bad
-
-
-class _SigtermFlag:
-    """While active (main thread only, and only where SIGTERM has its default action), SIGTERM
-    sets a flag instead of killing: fit stops at the next step boundary, writes a checkpoint,
-    then re-sends SIGTERM to itself with the default action, so the process still dies of the
-    signal, but with nothing lost."""
-
-    def __init__(self, enabled: bool):
-        self.hit = False
-        self.active = (enabled and threading.current_thread() is threading.main_thread()
-                       and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL)
-
-    def __enter__(self):
-        if self.active:
-            signal.signal(signal.SIGTERM, self._handler)
-        return self
-
-    def _handler(self, signum, frame):
-        self.hit = True
-
-    def __exit__(self, *exc):
-        if self.active:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-    def redeliver(self) -> None:
-        if self.active and self.hit:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            os.kill(os.getpid(), signal.SIGTERM)
 
 
 # --------------------------------------------------------------------------- stylizer
@@ -471,7 +440,7 @@ class FastStylizer:
                 self._save_checkpoint(checkpoint_dir, step, opt, sched, total, settings, tc.keep_checkpoints)
             ctx.barrier()              # nobody reads a checkpoint before rank 0 finished it
 
-        with _SigtermFlag(checkpoint_dir is not None) as term, \
+        with common.SigtermFlag(checkpoint_dir is not None) as term, \
                 common.Progress(n, progress and main, desc="fit", unit="step") as bar:
             for i, (x, skipped, s, bad) in enumerate(loader):
                 weight = None
@@ -557,7 +526,7 @@ class FastStylizer:
         self.net.eval()
         seconds = time.perf_counter() - t0
         if term.hit:
-            term.redeliver()           # dies of SIGTERM now, with the checkpoint written
+            term.redeliver(self.step, checkpoint_dir)   # dies of SIGTERM now, the checkpoint written
         return {"steps": self.step, "start_step": start, "total_steps": total, "stopped": stopped,
                 "history": self.history, "skipped": list(self.skipped), "skipped_count": self.skipped_count,
                 "images_seen": seen, "seconds": seconds,
