@@ -94,4 +94,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from resty.errors import run_script
+    run_script(main, "compare_frameworks.py")

@@ -78,4 +78,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from resty.errors import run_script
+    run_script(main, "export_onnx.py")

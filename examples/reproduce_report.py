@@ -56,4 +56,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from resty.errors import run_script
+    run_script(main, "reproduce_report.py")

@@ -11,3 +11,23 @@ class BackendUnavailableError(RestyError, ImportError):
     """A framework backend was asked for but is not installed."""
 class TrainingError(RestyError, RuntimeError):
     """Optimisation or training diverged (NaN or infinite loss)."""
+
+
+def run_script(main, prog: str) -> "NoReturn":  # noqa: F821
+    """``sys.exit(main())`` for a script (the examples): Resty's errors and bad-input errors
+    become one ``PROG: error: ...`` line and exit status 2 instead of a traceback, as in the
+    ``resty`` command (RESTY_DEBUG=1 shows the traceback)."""
+    import os
+    import sys
+    try:
+        code = main()
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except (RestyError, ValueError, OSError) as exc:
+        if os.environ.get("RESTY_DEBUG"):
+            raise
+        msg = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"{prog}: error: {msg}", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(code)

@@ -67,3 +67,20 @@ def test_export_onnx(tmp_path):
     assert (tmp_path / "m.onnx").exists()
     diff = float(out.split("max |difference| ")[1].split()[0])
     assert diff < 1e-3
+
+
+@pytest.mark.parametrize("script, args, words", [
+    ("compare_frameworks.py", ["--preset", "nope"], "unknown preset 'nope'"),
+    ("train_fast.py", ["--quick", "--data", "/nonexistent-folder"], "/nonexistent-folder"),
+    ("export_onnx.py", ["/nonexistent.safetensors"], "/nonexistent.safetensors"),
+])
+def test_bad_input_is_one_line_exit_2(script, args, words, tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               RESTY_OFFLINE="1", RESTY_HOME=str(tmp_path / "home"), MPLBACKEND="Agg", TF_CPP_MIN_LOG_LEVEL="2")
+    env.pop("RESTY_DEBUG", None)
+    r = subprocess.run([sys.executable, str(REPO / "examples" / script), *args], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "Traceback" not in r.stderr
+    err = [l for l in r.stderr.splitlines() if l.startswith(f"{script}: error:")]
+    assert len(err) == 1 and words in err[0], r.stderr[-2000:]
