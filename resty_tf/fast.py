@@ -501,7 +501,12 @@ class FastStylizer:
         if self._infer is None:
             net = self.net
 
-            @tf.function(jit_compile=self.jit_compile, reduce_retracing=True, autograph=False)
+            # One trace for every image size (H, W unknown): a folder of photos of different
+            # sizes must not pay a retrace (~0.5 s on a CPU) per new shape.  XLA compiles per
+            # concrete shape anyway.
+            spec = [tf.TensorSpec([None, None, None, 3], self.tf_dtype)]
+
+            @tf.function(jit_compile=self.jit_compile, input_signature=spec, autograph=False)
             def infer(x):
                 return tf.clip_by_value(tf.cast(net(x, training=False), self.tf_dtype), 0.0, 1.0)
             self._infer = infer
