@@ -21,6 +21,7 @@ import math
 import os
 import shutil
 import sys
+import tempfile
 import time
 import traceback
 import warnings
@@ -302,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     # ---- parity
     p = sub.add_parser("parity", help="run the cross-framework parity report (python -m parity_tests --report)",
-                       add_help=False)
+                       description=_PARITY_DESCRIPTION, add_help=False)   # `resty parity --help`: cmd_parity
     p.add_argument("args", nargs=argparse.REMAINDER, help="passed to python -m parity_tests")
     p.set_defaults(func=cmd_parity)
 
@@ -331,7 +332,12 @@ def build_parser() -> argparse.ArgumentParser:
                                    "net) with plain-framework baselines measured in the same run; writes "
                                    "DIR/bench.md, DIR/bench.json and DIR/bench.png.")
     _bench_arguments(p)
-    p.set_defaults(func=_bench_run)
+
+    def cmd_bench(args) -> int:
+        _check_writable(Path(args.out).expanduser(), folder=True)   # before minutes of timing
+        return _bench_run(args)
+
+    p.set_defaults(func=cmd_bench)
     return parser
 
 
@@ -371,6 +377,41 @@ def _check_output(path: Path, overwrite: bool, what: str = "output") -> None:
         raise OutputExistsError(f"{path}: already exists (pass --overwrite to replace it)")
 
 
+def _can_create_in(folder: Path) -> bool:
+    """Whether a file can be created in the existing ``folder`` (tried: os.access says yes to
+    root everywhere, and knows nothing of /proc or read-only mounts).  The probe file is removed
+    at once."""
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return False
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".resty-write-check-")
+    except OSError:
+        return False
+    os.close(fd)
+    with contextlib.suppress(OSError):
+        os.unlink(probe)
+    return True
+
+
+def _check_writable(path: Path, *, folder: bool = False) -> None:
+    """Fail now, before any model is loaded, if the output ``path`` (a file, or a ``folder``)
+    could not be written at the end: its nearest existing ancestor (the folder itself, when it
+    exists) must be a folder we can create files in.  Nothing is created here: missing folders
+    are made when the output is written."""
+    path = Path(path)
+    start = path if folder else path.parent
+    for anc in (start, *start.parents):
+        if anc.exists():
+            break
+    else:   # not even the root (or a vanished working folder): let the write say why
+        return
+    where = "the current folder" if str(anc) == "." else str(anc)
+    if not anc.is_dir():
+        raise UsageError(f"cannot write {path}: {where} is a file, not a folder")
+    if not _can_create_in(anc):
+        raise UsageError(f"cannot write {path}: {where} is not writable")
+
+
 def _check_image_suffix(path: Path) -> None:
     if path.suffix.lower() not in OUTPUT_SUFFIXES:
         raise UsageError(f"{path}: unknown image extension {path.suffix or '(none)'!r}; "
@@ -392,6 +433,14 @@ def _fmt_seconds(s: float) -> str:
 
 
 # =========================================================================== stylize
+def _images(n: int) -> str:
+    return f"{n} image{'' if n == 1 else 's'}"
+
+
+def _skipped_note(done: int) -> str:
+    return f"{done} already there, skipped; --overwrite to redo" if done else ""
+
+
 def cmd_stylize(args) -> int:
     content = Path(args.content).expanduser()
     if not content.exists():
@@ -405,21 +454,15 @@ def cmd_stylize(args) -> int:
             raise UsageError(f"{out}: exists and is not a folder (CONTENT is a folder, so OUT must be one)")
         _check_image_suffix(Path("x" + ext))
         targets = [out / (c.stem + ext) for c in contents]
+        _check_writable(out, folder=True)
     else:
         contents = [content]
         if out.is_dir():
             out = out / (content.stem + "_stylized" + ext)
         _check_image_suffix(out)
         targets = [out]
-    from . import distributed as _dist
-    if folder_mode and (args.nproc or 1) > 1 and not _dist.is_launched_child():
-        return _dist.relaunch_cli(args.backend, args.nproc, args.argv, collective=False)
-    if folder_mode and (args.nproc or _dist.is_launched_child()):
-        # This process's share of the folder, minus outputs an earlier run finished.
-        mine = _dist.pending_targets(list(zip(contents, targets)), skip_existing=not args.overwrite)
-        contents, targets = [c for c, _ in mine], [t for _, t in mine]
-    for t in targets:
-        _check_output(t, args.overwrite)
+        _check_output(out, args.overwrite)
+        _check_writable(out)
 
     if args.method == "gatys":
         if args.model:
@@ -444,6 +487,32 @@ def cmd_stylize(args) -> int:
             if getattr(args, opt) is not None:
                 _note(f"note: --{opt.replace('_', '-')} has no effect with --method fast")
         styles = []
+
+    from . import distributed as _dist
+    done: list = []
+    if folder_mode:
+        # A folder is a batch job: outputs an earlier run finished are skipped (unless
+        # --overwrite), in one process as with --nproc.  A launched worker takes its share.
+        worker = _dist.is_launched_child()
+        todo, done = _dist.split_pending(list(zip(contents, targets)),
+                                         None if worker else _dist.ProcessInfo(),
+                                         skip_existing=not args.overwrite)
+        if not todo:
+            if not worker:
+                _say(f"nothing to do: the outputs of all {_images(len(done))} already exist in {out} "
+                     "(--overwrite to redo)")
+            return 0
+        for _, t in todo:
+            _check_output(t, args.overwrite)
+        if (args.nproc or 1) > 1 and not worker:
+            for c, _ in todo:       # a broken image fails here, not in N workers
+                _check_image(str(c), "content image")
+            rc = _dist.relaunch_cli(args.backend, args.nproc, args.argv, collective=False)
+            if rc == 0:
+                extra = "; ".join(x for x in (f"{args.nproc} processes", _skipped_note(len(done))) if x)
+                _say(f"stylized {_images(len(todo))} into {out} ({extra})")
+            return rc
+        contents, targets = [c for c, _ in todo], [t for _, t in todo]
     images = [_check_image(str(c), "content image") for c in contents]
 
     backend = _backend(args.backend)
@@ -475,9 +544,10 @@ def cmd_stylize(args) -> int:
         save_image(y, target, overwrite=args.overwrite)
         prefix = f"[{i + 1}/{n}] " if n > 1 else ""
         _say(f"{prefix}{src} -> {target} ({_fmt_seconds(times[-1])})")
-    if n > 1:
-        _say(f"stylized {n} images into {out} ({_fmt_seconds(sum(times) / n)} per image; "
-             f"setup {_fmt_seconds(setup)})")
+    if folder_mode and not os.environ.get(_dist.CHILD_ENV):   # under --nproc the parent sums up
+        extra = "; ".join(x for x in (f"{_fmt_seconds(sum(times) / n)} per image",
+                                      f"setup {_fmt_seconds(setup)}", _skipped_note(len(done))) if x)
+        _say(f"stylized {_images(n)} into {out} ({extra})")
     return 0
 
 
@@ -499,9 +569,6 @@ def cmd_train(args) -> int:
         raise UsageError("--resume needs --checkpoint-dir (where the checkpoints are)")
     if args.checkpoint_every and not args.checkpoint_dir:
         raise UsageError("--checkpoint-every needs --checkpoint-dir")
-    from . import distributed as _dist
-    if (args.nproc or 1) > 1 and not _dist.is_launched_child():
-        return _dist.relaunch_cli(args.backend, args.nproc, args.argv)
     sample_img = None
     sample_dir = None
     if args.sample_every:
@@ -510,6 +577,15 @@ def cmd_train(args) -> int:
         sample_dir = Path(args.sample_dir).expanduser() if args.sample_dir else out.with_name(out.stem + "_samples")
     elif args.sample_image or args.sample_dir:
         raise UsageError("--sample-image/--sample-dir need --sample-every N")
+    # Every destination is checked before the (long) training, not after it.
+    _check_writable(out)
+    if args.checkpoint_dir:
+        _check_writable(Path(args.checkpoint_dir).expanduser(), folder=True)
+    if sample_dir is not None:
+        _check_writable(sample_dir, folder=True)
+    from . import distributed as _dist
+    if (args.nproc or 1) > 1 and not _dist.is_launched_child():
+        return _dist.relaunch_cli(args.backend, args.nproc, args.argv)
 
     preset = _preset_arg(args.preset)
     backend = _backend(args.backend)
@@ -566,6 +642,7 @@ def cmd_convert(args) -> int:
     model = _check_readable_file(args.model, "model file")
     out = Path(args.out).expanduser()
     _check_output(out, args.overwrite)
+    _check_writable(out)       # a file, or a folder (savedmodel) made in its parent
     from .weights import load_weights
     ws = load_weights(model, expect="transformer")
     from . import backends
@@ -650,23 +727,70 @@ def cmd_presets(args) -> int:
 
 
 # =========================================================================== parity
+_PARITY_DESCRIPTION = ("Run the cross-framework parity report: resty_torch vs resty_tf vs the NumPy float64 "
+                       "oracle (python -m parity_tests; default --report).")
+
+
+def _parity_parser(module) -> Optional[argparse.ArgumentParser]:
+    """``python -m parity_tests``'s own parser, named ``resty parity`` and with Resty's one-line
+    usage errors; None when the module does not expose one."""
+    make = getattr(module, "_parser", None)
+    if make is None:
+        return None
+    p = make()
+    p.prog = f"{PROG} parity"
+    p.error = _Parser.error.__get__(p)     # one line on stderr, exit status 2
+    return p
+
+
 def cmd_parity(args) -> int:
+    import importlib
     rest = list(args.args or [])
     if rest and rest[0] == "--":
         rest = rest[1:]
     if not rest:
         rest = ["--report"]
     try:
-        from parity_tests.__main__ import main as parity_main
+        # import_module, not `import parity_tests.__main__`: the latter imports the package first
+        module = importlib.import_module("parity_tests.__main__")
     except ImportError as exc:
+        if {"-h", "--help"} & set(rest):
+            _say(f"usage: {PROG} parity [OPTIONS]\n\n{_PARITY_DESCRIPTION}\n\nThe options are those of "
+                 f"`python -m parity_tests --help`, which ships in the source tree and is not available "
+                 f"here ({_one_line(exc)}).")
+            return 0
         raise RestyError(f"the parity tests are not available here ({_one_line(exc)}); they ship in the "
                          "source tree: run `python -m parity_tests --report` from a clone") from None
-    rc = parity_main(rest)
+    parser = _parity_parser(module)
+    if parser is not None:
+        # Parsed here first, so --help shows the options (as `resty parity --help`) and a bad
+        # option or quantity is one `resty: error:` line before the (long) report starts.
+        try:
+            ns = parser.parse_args(rest)
+        except SystemExit as exc:   # --help (exit 0) or a usage error (already printed)
+            return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else EXIT_USAGE)
+        if getattr(ns, "json", None):      # written after the report: checked before it
+            _check_writable(Path(ns.json).expanduser())
+        only = list(getattr(ns, "only", None) or [])
+        if only and not (getattr(ns, "list", False) or getattr(ns, "tolerances", False)):
+            try:
+                known = [q.key for q in importlib.import_module("parity_tests.cases").build()]
+            except Exception:   # noqa: BLE001 - the report itself will say what is wrong
+                known = None
+            unknown = [k for k in only if known is not None and k not in known]
+            if unknown:
+                raise UsageError(f"--only: unknown quantity {unknown[0]!r} "
+                                 f"(`{PROG} parity --list` lists them)")
+    try:
+        rc = module.main(rest)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else EXIT_USAGE)
     return int(rc or 0)
 
 
 # =========================================================================== demo
 def cmd_demo(args) -> int:
+    _check_writable(Path(args.out).expanduser(), folder=True)
     from .demo import run_demo
     run_demo(out=args.out, quick=args.quick, backends=args.backends, size=args.size,
              iterations=args.iterations, train_steps=args.train_steps, weights=args.weights,
@@ -707,9 +831,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
     try:
-        if argv and argv[0] == "parity" and not ({"-h", "--help"} & set(argv[1:2])):
-            # Everything after `parity` belongs to python -m parity_tests (argparse's REMAINDER
-            # would take options like --report for its own).
+        if argv and argv[0] == "parity":
+            # Everything after `parity`, --help included, belongs to python -m parity_tests's
+            # parser (argparse's REMAINDER would take options like --report for its own).
             args = argparse.Namespace(command="parity", args=argv[1:], func=cmd_parity)
         else:
             args = parser.parse_args(argv)

@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple, TypeVar
 
 __all__ = ["ProcessInfo", "process_info", "is_launched_child", "shard_bounds", "split_items",
-           "pending_targets", "free_ports", "tf_config", "launch_torch", "launch_tf", "launch",
-           "relaunch_cli", "strip_option", "CHILD_ENV"]
+           "split_pending", "pending_targets", "free_ports", "tf_config", "launch_torch", "launch_tf", "launch",
+           "relaunch_cli", "strip_option", "omp_threads_per_process", "CHILD_ENV"]
 
 T = TypeVar("T")
 
@@ -122,15 +122,30 @@ def split_items(items: Sequence[T], rank: int, world_size: int) -> List[T]:
     return list(items[rank::world_size])
 
 
+def split_pending(pairs: Sequence[Tuple[T, os.PathLike]], info: Optional[ProcessInfo] = None,
+                  skip_existing: bool = True) -> Tuple[List[Tuple[T, os.PathLike]], List[Tuple[T, os.PathLike]]]:
+    """This process's share of a batch job's ``(source, target)`` pairs, as ``(todo, done)``:
+    ``done`` are the pairs whose target already exists (a finished output of an earlier,
+    interrupted run) when ``skip_existing``, else empty.  The share is taken before looking
+    at the disk (:func:`split_items`), so ranks never disagree about who owns a pair.  With
+    ``info=ProcessInfo()`` (rank 0 of 1) it is the whole job: what ``resty stylize FOLDER``
+    does in one process, and what the ``--nproc`` parent counts before starting workers."""
+    info = process_info() if info is None else info
+    mine = split_items(list(pairs), info.rank, info.world_size)
+    if not skip_existing:
+        return mine, []
+    todo, done = [], []
+    for s, t in mine:
+        (done if Path(os.fspath(t)).exists() else todo).append((s, t))
+    return todo, done
+
+
 def pending_targets(pairs: Sequence[Tuple[T, os.PathLike]], info: Optional[ProcessInfo] = None,
                     skip_existing: bool = True) -> List[Tuple[T, os.PathLike]]:
     """This process's ``(source, target)`` pairs of a batch job, without those whose target
-    already exists (a finished output of an earlier, interrupted run) when ``skip_existing``."""
-    info = process_info() if info is None else info
-    mine = split_items(list(pairs), info.rank, info.world_size)
-    if skip_existing:
-        mine = [(s, t) for s, t in mine if not Path(os.fspath(t)).exists()]
-    return mine
+    already exists (a finished output of an earlier, interrupted run) when ``skip_existing``
+    (the ``todo`` half of :func:`split_pending`)."""
+    return split_pending(pairs, info, skip_existing)[0]
 
 
 # =========================================================================== launching
@@ -176,7 +191,8 @@ def launch_torch(nproc: int, cmd: Sequence[str], *, env: Optional[Mapping[str, s
     """Run ``cmd`` (``["-m", "resty", "train", ...]`` or ``["script.py", ...]``) in ``nproc``
     local processes with ``python -m torch.distributed.run --standalone`` (torchrun: it sets
     RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT and tears the group down when one process
-    fails).  Returns torchrun's exit status."""
+    fails).  Unless ``OMP_NUM_THREADS`` is set (in our environment or ``env``), each worker gets
+    :func:`omp_threads_per_process`.  Returns torchrun's exit status."""
     cmd = list(cmd)
     run = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1",
            "--nproc-per-node", str(int(nproc))]
@@ -184,7 +200,25 @@ def launch_torch(nproc: int, cmd: Sequence[str], *, env: Optional[Mapping[str, s
         run += ["-m", *cmd[1:]]
     else:
         run += cmd
+    env = dict(env or {})
+    if "OMP_NUM_THREADS" not in os.environ and "OMP_NUM_THREADS" not in env:
+        # Chosen here, so torchrun neither prints its banner about it nor pins every worker
+        # to one thread: the CPU cores are shared out between the workers.
+        env["OMP_NUM_THREADS"] = str(omp_threads_per_process(nproc))
     return _wait([subprocess.Popen(run, env=_child_env(env))], timeout)
+
+
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def omp_threads_per_process(nproc: int) -> int:
+    """``OMP_NUM_THREADS`` for each of ``nproc`` local workers: this machine's usable CPU
+    cores shared out between them, at least 1."""
+    return max(1, _cpu_count() // max(1, int(nproc)))
 
 
 def launch_tf(nproc: int, cmd: Sequence[str], *, env: Optional[Mapping[str, str]] = None,
