@@ -13,16 +13,29 @@ Two things every caller would otherwise get wrong:
   seen with torch -> tensorflow -> torchvision).  Before TensorFlow is imported, torch and
   torchvision are imported first when they are installed, so a process may use both backends
   in any order.
+
+A framework that is installed but fails to import (a broken install) is one line too:
+"TensorFlow is installed but failed to import (...); reinstall it: pip install 'resty[tf]'".
+
+TensorFlow's C++ start-up lines ("All log messages before absl::InitializeLog() ...",
+"cudart_stub.cc ... Could not find cuda drivers", "failed call to cuInit") ignore
+``TF_CPP_MIN_LOG_LEVEL``; they are written straight to file descriptor 2 while TensorFlow is
+imported and while it first lists its devices.  Resty points descriptor 2 at a temporary file
+for exactly that time, so a command's stderr holds only Resty's own lines.  Set
+``TF_CPP_MIN_LOG_LEVEL=0`` (or ``1``), or ``RESTY_DEBUG=1``, to see them.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import json
 import os
+import re
 import sys
+import tempfile
 from dataclasses import dataclass
-from typing import Dict, List, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 from .errors import BackendUnavailableError, RestyError
 
@@ -92,9 +105,140 @@ def _import_torch_first() -> None:
                 return
 
 
-def _quiet_tensorflow() -> None:
-    # TensorFlow prints C++ start-up chatter to stderr; users of a CLI see it as noise.
+def _tf_logs_wanted() -> bool:
+    """Whether the user asked to see TensorFlow's own log lines: ``TF_CPP_MIN_LOG_LEVEL`` set
+    to ``0`` or ``1`` (Resty's default is ``2``), or ``RESTY_DEBUG`` set."""
+    level = os.environ.get("TF_CPP_MIN_LOG_LEVEL")
+    if level is not None and level.strip() in ("0", "1"):
+        return True
+    return os.environ.get("RESTY_DEBUG", "").strip() not in ("", "0")
+
+
+def _quiet_tensorflow() -> bool:
+    """Set ``TF_CPP_MIN_LOG_LEVEL=2`` unless the user set it; True when TensorFlow's C++
+    start-up lines should be silenced (see the module doc)."""
+    wanted = _tf_logs_wanted()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    return not wanted
+
+
+class _Captured:
+    """What was written to file descriptor 2 inside :func:`_stderr_fd_to_file` (``text``)."""
+    text = ""
+
+
+@contextlib.contextmanager
+def _stderr_fd_to_file(enabled: bool = True) -> Iterator[_Captured]:
+    """Point file descriptor 2 at a temporary file (C/C++ code writes there directly, so
+    ``sys.stderr`` alone is not enough), restoring it afterwards, even on errors.  What was
+    written is in the yielded object's ``text`` after the block.  Does nothing when not
+    ``enabled`` or when descriptor 2 cannot be duplicated."""
+    cap = _Captured()
+    saved: Optional[int] = None
+    tmp = None
+    if enabled:
+        try:
+            sys.stderr.flush()
+        except Exception:   # a closed or replaced sys.stderr: nothing to flush
+            pass
+        try:
+            tmp = tempfile.TemporaryFile()
+            saved = os.dup(2)
+            os.dup2(tmp.fileno(), 2)
+        except OSError:
+            if saved is not None:
+                os.close(saved)
+                saved = None
+            if tmp is not None:
+                tmp.close()
+                tmp = None
+    try:
+        yield cap
+    finally:
+        if saved is not None:
+            try:
+                sys.stderr.flush()
+            except Exception:
+                pass
+            os.dup2(saved, 2)
+            os.close(saved)
+        if tmp is not None:
+            try:
+                tmp.seek(0)
+                cap.text = tmp.read(1 << 20).decode("utf-8", "replace")
+            except OSError:
+                pass
+            finally:
+                tmp.close()
+
+
+# absl/glog line prefix: severity letter, MMDD, time, thread id, file:line]
+_LOG_PREFIX = re.compile(r"^[IWEF]\d{4} [\d:.]+\s+\d+ [^\]]*\] ?")
+_NOISE = ("WARNING: All log messages before absl::InitializeLog()", "To enable the following instructions")
+
+
+def _relevant_line(text: str) -> str:
+    """The line of TensorFlow's start-up output that best explains a failure: the first
+    error/fatal log line, else the first line that is not start-up chatter; '' if none."""
+    lines = [ln.strip() for ln in text.splitlines()]
+    lines = [ln for ln in lines if ln and not ln.startswith(_NOISE)]
+    for ln in lines:
+        if ln[:1] in "EF" and _LOG_PREFIX.match(ln):
+            return _LOG_PREFIX.sub("", ln)
+    for ln in lines:
+        if not (ln[:1] in "IW" and _LOG_PREFIX.match(ln)):
+            return ln
+    return ""
+
+
+def _first_line(text: object, limit: int = 200) -> str:
+    for ln in str(text).splitlines():
+        if ln.strip():
+            ln = " ".join(ln.split())
+            return ln if len(ln) <= limit else ln[:limit - 3] + "..."
+    return ""
+
+
+_LABELS = {"tensorflow": "TensorFlow", "keras": "Keras", "torch": "PyTorch", "torchvision": "torchvision"}
+
+
+def _broken_install(b: _Backend, mod: str, exc: BaseException, captured: str = "") -> BackendUnavailableError:
+    """The one-line error for a framework that is installed but fails to import."""
+    detail = _first_line(exc) or type(exc).__name__
+    if not isinstance(exc, ImportError):
+        detail = f"{type(exc).__name__}: {detail}"
+    printed = _first_line(_relevant_line(captured))
+    if printed and printed not in detail:
+        detail += f"; it printed: {printed}"
+    return BackendUnavailableError(f"{_LABELS.get(mod, mod)} is installed but failed to import ({detail}); "
+                                   f"reinstall it: pip install 'resty[{b.extra}]'")
+
+
+def _import_frameworks(b: _Backend, quiet: bool) -> None:
+    """Import ``b``'s frameworks (descriptor 2 silenced when ``quiet``); a framework that is
+    installed but fails to import raises a one-line :class:`BackendUnavailableError`."""
+    for mod in b.frameworks:
+        if mod in sys.modules:
+            continue
+        with _stderr_fd_to_file(quiet) as cap:
+            try:
+                importlib.import_module(mod)
+                if mod == "tensorflow":
+                    # The first device listing loads the CUDA platform, which logs
+                    # "failed call to cuInit" on machines without a GPU; do it silenced now.
+                    try:
+                        sys.modules["tensorflow"].config.list_physical_devices()
+                    except Exception:
+                        pass
+                err = None
+            except ModuleNotFoundError as exc:
+                if exc.name == mod:   # not installed after all (find_spec saw a leftover)
+                    raise BackendUnavailableError(_missing_message(b)) from None
+                err = exc
+            except Exception as exc:   # a broken install: ImportError, AttributeError, TypeError...
+                err = exc
+        if err is not None:
+            raise _broken_install(b, mod, err, cap.text) from None
 
 
 def get_backend(name: str):
@@ -109,15 +253,15 @@ def get_backend(name: str):
     for mod in b.frameworks:
         if not _has_module(mod):
             raise BackendUnavailableError(_missing_message(b))
+    quiet = False
     if b.name == "tf":
-        _quiet_tensorflow()
+        quiet = _quiet_tensorflow()
         _import_torch_first()
     elif b.name == "torch":
         # torchvision together with torch, so that a later TensorFlow import comes after both.
         pass
+    _import_frameworks(b, quiet)
     try:
-        for mod in b.frameworks:
-            importlib.import_module(mod)
         if not _has_module(b.package):
             raise BackendUnavailableError(
                 f"the {b.name} backend package {b.package!r} is not installed; reinstall Resty "

@@ -31,7 +31,10 @@ file the frameworks already downloaded (Keras's ``~/.keras/models``, torch hub's
 ``~/.cache/torch/hub/checkpoints``), or from the network (through a downloader a backend
 registered, else urllib; set ``RESTY_OFFLINE=1`` to forbid).  Reading a torchvision ``.pth``
 file needs torch (it is a pickle): the torch backend registers a reader with
-:func:`register_pth_reader`; the core itself never unpickles.
+:func:`register_pth_reader`; without one, the core imports torch (only torch, never
+torchvision, which can crash a process that already imported TensorFlow) when it is installed
+and reads the file with ``torch.load(..., weights_only=True)``, which refuses anything but
+tensors and plain containers.  The core never unpickles by itself.
 
 This module imports no framework.
 """
@@ -39,10 +42,12 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.util
 import json
 import os
 import re
 import struct
+import sys
 import urllib.error
 import urllib.request
 import warnings
@@ -583,11 +588,17 @@ def from_torchvision_state_dict(state: Mapping[str, Any], arch: Optional[str] = 
     """
     if not isinstance(state, Mapping):
         raise _fail(where, f"expected a mapping of parameter names to arrays, got {type(state).__name__}")
+    conv_keys = {str(k) for k, v in state.items() if re.fullmatch(r"features\.\d+\.weight", str(k))
+                 and np.ndim(v) == 4}
     if arch is None:
-        n = sum(1 for k, v in state.items() if re.fullmatch(r"features\.\d+\.weight", str(k))
-                and np.ndim(v) == 4)
-        arch = _vgg_arch_from_count(n, where)
+        arch = _vgg_arch_from_count(len(conv_keys), where)
     shapes = vgg_param_shapes(arch)
+    for other in ("vgg16", "vgg19"):
+        # The other VGG's exact conv layout: say so, as load_weights does for canonical files.
+        if other != arch and conv_keys == {f"features.{l.index}.weight" for l in vgg_layers(other)
+                                           if l.kind == "conv"}:
+            raise _fail(where, f"holds {other} weights, expected {arch} ({len(conv_keys)} conv layers "
+                               f"in features.*, as in torchvision {other})")
     key_of = {}
     for layer in vgg_layers(arch):
         if layer.kind == "conv":
@@ -695,6 +706,13 @@ def from_keras_h5(path: PathLike, arch: Optional[str] = None, *, source: Optiona
     shapes = vgg_param_shapes(arch)
     # canonical conv name -> Keras layer name: conv3_2 -> block3_conv2
     keras_name = {l.name: f"block{l.block}_conv{l.name.split('_')[1]}" for l in vgg_layers(arch) if l.kind == "conv"}
+    for other in ("vgg16", "vgg19"):
+        # The other VGG's conv layers (by name, or by count when unnamed): say so plainly.
+        theirs = {f"block{l.block}_conv{l.name.split('_')[1]}" for l in vgg_layers(other) if l.kind == "conv"}
+        names = [n for n, _, _ in found]
+        named = bool(found) and all(n is not None and _BLOCK_RE.fullmatch(n) for n in names)
+        if other != arch and ((named and set(names) == theirs) or (not named and len(found) == len(theirs))):
+            raise _fail(p, f"holds {other} weights, expected {arch} ({len(found)} conv layers, as in Keras {other})")
     if found and all(n is not None and _BLOCK_RE.fullmatch(n) for n, _, _ in found):
         by_name = {n: (k, b) for n, k, b in found}
         unknown = sorted(set(by_name) - set(keras_name.values()))
@@ -875,32 +893,112 @@ _ACCEPTED = ("'random:SEED' (e.g. random:0), 'imagenet', 'imagenet:torchvision',
 _KNOWN_SUFFIXES = (".safetensors", ".h5", ".hdf5", ".keras", ".pth", ".pt", ".bin")
 
 
+_SUPPORTED = "supported: .safetensors, torchvision .pth/.pt, Keras .h5/.weights.h5"
+
+
+def _zip_kind(path: Path) -> Optional[str]:
+    """'torch' or 'keras-archive' for a zip file, from its member names (read from the zip's
+    directory only; nothing is extracted or unpickled); None when it cannot tell."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        return None
+    if any(n == "data.pkl" or n.endswith("/data.pkl") for n in names):
+        return "torch"               # torch.save's zip: {archive}/data.pkl, {archive}/data/0, ...
+    if "config.json" in names or "model.weights.h5" in names:
+        return "keras-archive"       # keras Model.save(".keras"): config.json, model.weights.h5
+    return None
+
+
 def _sniff(path: Path) -> str:
-    """'hdf5', 'torch', 'safetensors' or 'unknown', from the first bytes (suffix as tiebreak)."""
+    """'hdf5', 'torch', 'safetensors', 'keras-archive' or 'unknown', from the first bytes
+    (and, for a zip, its member names); the suffix decides only what the bytes leave open."""
     head = _read_bytes(path, 16)
+    suffix = path.suffix.lower()
     if head.startswith(b"\x89HDF\r\n\x1a\n"):
         return "hdf5"
-    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":   # torch zip archive / legacy pickle
+    if head.startswith(b"PK\x03\x04"):       # a zip: torch.save's format, or a .keras archive
+        kind = _zip_kind(path)
+        if kind:
+            return kind
+        return "keras-archive" if suffix == ".keras" else "torch" if suffix in (".pth", ".pt") else "unknown"
+    if head[:1] == b"\x80":                  # a pickle: torch's legacy format
         return "torch"
     if len(head) >= 9 and head[8:9] == b"{":
         return "safetensors"
-    suffix = path.suffix.lower()
     if suffix in (".h5", ".hdf5"):
         return "hdf5"
     if suffix in (".pth", ".pt"):
         return "torch"
+    if suffix == ".keras":
+        return "keras-archive"
     if suffix == ".safetensors":
         return "safetensors"
     return "unknown"
 
 
-def _read_pth(path: Path, arch: Optional[str]) -> WeightSet:
-    if _PTH_READER is None:
-        raise _fail(path, "is a PyTorch .pth file, which only the torch backend can read (it is a pickle); "
-                          "install resty[torch] and use resty_torch, or run `resty weights import PATH` "
-                          "where torch is installed")
+def _torch_installed() -> bool:
+    """Whether torch can be imported (without importing it)."""
+    if "torch" in sys.modules:
+        return True
     try:
-        state = _PTH_READER(path)
+        return importlib.util.find_spec("torch") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _to_numpy(obj: Any) -> Any:
+    if hasattr(obj, "detach") and hasattr(obj, "numpy"):    # a torch.Tensor
+        t = obj.detach().cpu()
+        if str(t.dtype) == "torch.bfloat16":    # NumPy has no bfloat16
+            t = t.float()
+        return t.numpy()
+    if isinstance(obj, Mapping):
+        return {k: _to_numpy(v) for k, v in obj.items()}
+    return obj
+
+
+def _torch_load_pth(path: Path) -> Dict[str, Any]:
+    """Read a torch state-dict file with ``torch.load(weights_only=True)`` into NumPy: the
+    reader used when no backend registered one.  Imports torch only (not torchvision)."""
+    try:
+        import torch
+    except Exception as exc:   # a broken torch install
+        raise _fail(path, f"reading a .pth needs torch, which failed to import ({_one_line(exc)[:200]}); "
+                          "reinstall it (pip install torch), or convert the file with "
+                          "`resty weights import PATH` where torch works") from None
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:   # torch raises pickle/Unpickling/Runtime errors of many kinds
+        raise _fail(path, f"cannot read the PyTorch file with weights_only=True ({_one_line(exc)[:200]})") from None
+    if isinstance(state, Mapping) and "state_dict" in state and isinstance(state["state_dict"], Mapping):
+        state = state["state_dict"]
+    if not isinstance(state, Mapping):
+        raise _fail(path, f"expected a state dict (a mapping of names to tensors), got {type(state).__name__}")
+    return {str(k): _to_numpy(v) for k, v in state.items()}
+
+
+def _pth_reader() -> Optional[PthReader]:
+    """The registered .pth reader, else torch.load when torch is installed, else None."""
+    if _PTH_READER is not None:
+        return _PTH_READER
+    return _torch_load_pth if _torch_installed() else None
+
+
+_NEEDS_TORCH = ("reading a .pth needs torch, which is not installed (it is a pickle, and only "
+                "torch.load(weights_only=True) may read it): pip install torch, or convert it first with "
+                "`resty weights import PATH` where torch is installed")
+
+
+def _read_pth(path: Path, arch: Optional[str]) -> WeightSet:
+    reader = _pth_reader()
+    if reader is None:
+        raise _fail(path, _NEEDS_TORCH)
+    try:
+        state = reader(path)
     except WeightsError:
         raise
     except Exception as exc:
@@ -911,7 +1009,7 @@ def _read_pth(path: Path, arch: Optional[str]) -> WeightSet:
 
 
 def _load_any(path: Path, arch: Optional[str]) -> WeightSet:
-    """A WeightSet from a canonical, Keras HDF5 or (with a reader) torch file."""
+    """A WeightSet from a canonical, Keras HDF5 or torch file (the format detected first)."""
     kind = _sniff(path)
     if kind == "hdf5":
         if arch == "transformer":
@@ -922,6 +1020,11 @@ def _load_any(path: Path, arch: Optional[str]) -> WeightSet:
             raise _fail(path, "is a PyTorch file; load transformer checkpoints with resty_torch, "
                               "or save them as .safetensors")
         return _read_pth(path, arch)
+    if kind == "keras-archive":
+        raise _fail(path, "a .keras archive is not supported; save the weights with "
+                          "model.save_weights(\"x.weights.h5\") and use that file")
+    if kind == "unknown":
+        raise _fail(path, f"unsupported weight file type; {_SUPPORTED}")
     return load_weights(path, expect=arch)
 
 
@@ -1025,7 +1128,7 @@ def _resolve_imagenet(arch: str, sources: Tuple[str, ...], allow_download: Optio
     for src in sources:
         raw = IMAGENET_SOURCES[arch][src].framework_cache_path()
         if raw.exists():
-            if _sniff(raw) == "torch" and _PTH_READER is None:
+            if _sniff(raw) == "torch" and _pth_reader() is None:
                 blocked = raw
                 continue
             return load_weights(import_weights(raw, arch, overwrite=True), expect=arch)
@@ -1033,16 +1136,16 @@ def _resolve_imagenet(arch: str, sources: Tuple[str, ...], allow_download: Optio
     first = IMAGENET_SOURCES[arch][sources[0]]
     label = f"ImageNet {arch.upper()} weights ({'/'.join(sources)})"
     fix = f"download {first.url} and run `resty weights import PATH`"
-    if first.source == "torchvision" and _PTH_READER is None:
+    if first.source == "torchvision" and _pth_reader() is None:
         fix += " where torch is installed (a .pth is a pickle only torch reads), or use 'imagenet:keras'"
     if blocked is not None:
-        fix = f"found {blocked}, but reading a .pth needs torch (install resty[torch]); or {fix}"
+        fix = f"found {blocked}, but reading a .pth needs torch (pip install torch); or {fix}"
     if allow_download is False or (allow_download is None and _offline()):
         raise WeightsError(_one_line(f"{label} are not cached and cannot be downloaded here (offline); {fix}"))
     errors = []
     for src in sources:
         entry = IMAGENET_SOURCES[arch][src]
-        if entry.filename.endswith(".pth") and _PTH_READER is None:
+        if entry.filename.endswith(".pth") and _pth_reader() is None:
             errors.append(f"{src}: reading a .pth needs torch")
             continue
         try:
@@ -1121,7 +1224,8 @@ def import_weights(path: PathLike, arch: Optional[str] = None, *, name: Optional
     bytes: Keras HDF5, torch ``.pth`` (needs the torch backend's reader) or canonical
     safetensors.  The published ImageNet files (recognised by name and hash) are stored as
     ``{arch}-keras`` / ``{arch}-torchvision``, which ``"imagenet"`` then finds; anything
-    else as ``{arch}-{name or file stem}``.  ``arch=None`` detects VGG16/VGG19.
+    else as ``{arch}-{name or file stem}``, with a UserWarning saying that ``"imagenet"`` will
+    not use it and to pass its path instead.  ``arch=None`` detects VGG16/VGG19.
     """
     p = Path(os.fspath(path)).expanduser()
     if not p.exists():
@@ -1137,7 +1241,14 @@ def import_weights(path: PathLike, arch: Optional[str] = None, *, name: Optional
         key = stem[len(ws.architecture) + 1:] if stem.startswith(ws.architecture + "-") else stem
     target = cached_weights_path(ws.architecture, key)
     target.parent.mkdir(parents=True, exist_ok=True)
-    return save_weights(target, ws, overwrite=overwrite)
+    saved = save_weights(target, ws, overwrite=overwrite)
+    if ws.architecture in IMAGENET_SOURCES and key not in IMAGENET_SOURCES[ws.architecture]:
+        # Shown by the CLI as "resty: warning: ...": "imagenet" looks only for {arch}-keras /
+        # {arch}-torchvision, so say how this file is used instead.
+        warnings.warn(_one_line(f"{p.name} is not one of the published ImageNet {ws.architecture} files, so "
+                                f"--weights imagenet will not use it; pass it with --weights {saved}"),
+                      UserWarning, stacklevel=2)
+    return saved
 
 
 def verify(path: PathLike) -> Dict[str, Any]:

@@ -55,6 +55,7 @@ def homes(tmp_path, monkeypatch):
     monkeypatch.setenv("RESTY_OFFLINE", "1")
     monkeypatch.setattr(W, "_DOWNLOADERS", [])
     monkeypatch.setattr(W, "_PTH_READER", None)
+    monkeypatch.setattr(W, "_torch_installed", lambda: False)   # the core's own .pth reading off too
     return d
 
 
