@@ -81,20 +81,7 @@ def imgs(tmp_path):
     return {k: str(v) for k, v in paths.items()}
 
 
-def run(argv, capsys):
-    rc = cli.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def assert_usage_error(rc, err, *fragments):
-    assert rc == 2, err
-    lines = [ln for ln in err.splitlines() if ln.startswith("resty: error:")]
-    assert len(lines) == 1, err
-    assert "Traceback" not in err
-    for f in fragments:
-        assert f in lines[0], (f, lines[0])
-    return lines[0]
+from cli_helpers import assert_usage_error, run  # noqa: E402,F401  (tests/ is on sys.path)
 
 
 # =========================================================================== no backend needed
