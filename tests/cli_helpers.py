@@ -20,3 +20,13 @@ def assert_usage_error(rc, err, *fragments):
     for f in fragments:
         assert f in lines[0], (f, lines[0])
     return lines[0]
+
+
+def offline_env(tmp_path, monkeypatch) -> None:
+    """Empty Resty/Keras/torch caches under ``tmp_path``, no downloads, no RESTY_DEBUG."""
+    for var, sub in (("RESTY_HOME", "resty"), ("KERAS_HOME", "keras"), ("TORCH_HOME", "torch")):
+        d = tmp_path / "_home" / sub
+        d.mkdir(parents=True)
+        monkeypatch.setenv(var, str(d))
+    monkeypatch.setenv("RESTY_OFFLINE", "1")
+    monkeypatch.delenv("RESTY_DEBUG", raising=False)

@@ -49,12 +49,7 @@ def _fast_ready(name: str) -> bool:
 @pytest.fixture(autouse=True)
 def offline(tmp_path, monkeypatch):
     """Empty caches, no downloads, working directory in tmp."""
-    for var, sub in (("RESTY_HOME", "resty"), ("KERAS_HOME", "keras"), ("TORCH_HOME", "torch")):
-        d = tmp_path / "_home" / sub
-        d.mkdir(parents=True)
-        monkeypatch.setenv(var, str(d))
-    monkeypatch.setenv("RESTY_OFFLINE", "1")
-    monkeypatch.delenv("RESTY_DEBUG", raising=False)
+    offline_env(tmp_path, monkeypatch)
     monkeypatch.chdir(tmp_path)
     return tmp_path
 
@@ -81,7 +76,7 @@ def imgs(tmp_path):
     return {k: str(v) for k, v in paths.items()}
 
 
-from cli_helpers import assert_usage_error, run  # noqa: E402,F401  (tests/ is on sys.path)
+from cli_helpers import assert_usage_error, offline_env, run  # noqa: E402,F401  (tests/ is on sys.path)
 
 
 # =========================================================================== no backend needed

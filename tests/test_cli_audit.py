@@ -32,12 +32,8 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(autouse=True)
 def offline(tmp_path, monkeypatch):
     """Empty caches, no downloads, working directory in tmp."""
-    for var, sub in (("RESTY_HOME", "resty"), ("KERAS_HOME", "keras"), ("TORCH_HOME", "torch")):
-        d = tmp_path / "_home" / sub
-        d.mkdir(parents=True)
-        monkeypatch.setenv(var, str(d))
-    monkeypatch.setenv("RESTY_OFFLINE", "1")
-    for var in ("RESTY_DEBUG", rdist.CHILD_ENV, "RANK", "WORLD_SIZE", "LOCAL_RANK", "TF_CONFIG",
+    offline_env(tmp_path, monkeypatch)
+    for var in (rdist.CHILD_ENV, "RANK", "WORLD_SIZE", "LOCAL_RANK", "TF_CONFIG",
                 "RESTY_RANK", "RESTY_WORLD_SIZE"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.chdir(tmp_path)
@@ -61,7 +57,7 @@ def imgs(tmp_path):
     return {k: str(v) for k, v in paths.items()}
 
 
-from cli_helpers import assert_usage_error, run  # noqa: E402,F401  (tests/ is on sys.path)
+from cli_helpers import assert_usage_error, offline_env, run  # noqa: E402,F401  (tests/ is on sys.path)
 
 
 def _tree(root: Path):
