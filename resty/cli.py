@@ -559,7 +559,7 @@ def cmd_train(args) -> int:
         raise UsageError(f"{args.data}: no such training-data folder")
     if not data.is_dir():
         raise UsageError(f"{args.data}: is not a folder (--data takes a folder of images)")
-    from .common import list_training_images
+    from .common import checkpoint_stem, list_training_images
     items = list_training_images(str(data))
     out = Path(args.out).expanduser()
     if out.suffix.lower() != ".safetensors":
@@ -607,7 +607,7 @@ def cmd_train(args) -> int:
     def callback(step, *rest):
         if is_main and sample_img is not None and step > 0 and step % args.sample_every == 0:
             y = stylizer.stylize(sample_img)
-            target = sample_dir / f"step-{step:06d}.png"
+            target = sample_dir / f"{checkpoint_stem(step)}.png"   # named like the checkpoint of that step
             save_image(y, target, overwrite=True)
             written.append(target)
         return None
