@@ -13,6 +13,12 @@ class TrainingError(RestyError, RuntimeError):
     """Optimisation or training diverged (NaN or infinite loss)."""
 
 
+def one_line(text: object) -> str:
+    """``text`` as one line (runs of whitespace, line breaks included, become one space): every
+    message a user sees is printed as a single line."""
+    return " ".join(str(text).split()) if text is not None else ""
+
+
 def run_script(main, prog: str) -> "NoReturn":  # noqa: F821
     """``sys.exit(main())`` for a script (the examples): Resty's errors and bad-input errors
     become one ``PROG: error: ...`` line and exit status 2 instead of a traceback, as in the
@@ -27,7 +33,7 @@ def run_script(main, prog: str) -> "NoReturn":  # noqa: F821
     except (RestyError, ValueError, OSError) as exc:
         if os.environ.get("RESTY_DEBUG"):
             raise
-        msg = " ".join(str(exc).split()) or type(exc).__name__
+        msg = one_line(exc) or type(exc).__name__
         print(f"{prog}: error: {msg}", file=sys.stderr)
         sys.exit(2)
     sys.exit(code)

@@ -42,7 +42,7 @@ from typing import Iterator, Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from resty.errors import ImageError, OutputExistsError, RestyError
+from resty.errors import ImageError, OutputExistsError, RestyError, one_line
 
 __all__ = [
     "MAX_PIXELS",
@@ -103,11 +103,6 @@ _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyErr
 # --------------------------------------------------------------------------------------
 # Loading
 # --------------------------------------------------------------------------------------
-
-def _one_line(text: object) -> str:
-    """Error messages must be one line (the CLI prints them as such)."""
-    return " ".join(str(text).split()) if text is not None else ""
-
 
 def _label(name: object) -> str:
     # Escape rather than collapse line breaks in a *name*: it must stay recognisable.
@@ -170,7 +165,7 @@ def load_image(src, *, max_pixels: int | None = MAX_PIXELS, name: str | None = N
         except ImageError:
             raise
         except _DECODE_ERRORS as exc:
-            raise ImageError(f"{label}: cannot decode image ({_one_line(exc)})") from None
+            raise ImageError(f"{label}: cannot decode image ({one_line(exc)})") from None
 
     if isinstance(src, (str, os.PathLike)):
         path = os.fspath(src)
@@ -195,7 +190,7 @@ def _load_path(path: str, max_pixels: int | None, label: str) -> np.ndarray:
         if os.path.getsize(path) == 0:
             raise ImageError(f"{label}: file is empty")
     except OSError as exc:  # e.g. a dangling symlink
-        raise ImageError(f"{label}: cannot read file ({_one_line(exc.strerror or exc)})") from None
+        raise ImageError(f"{label}: cannot read file ({one_line(exc.strerror or exc)})") from None
 
     try:
         with _open_image(path, max_pixels) as im:
@@ -214,7 +209,7 @@ def _load_path(path: str, max_pixels: int | None, label: str) -> np.ndarray:
     except PermissionError:
         raise ImageError(f"{label}: permission denied") from None
     except _DECODE_ERRORS as exc:
-        raise ImageError(f"{label}: image data is corrupt or truncated ({_one_line(exc)})") from None
+        raise ImageError(f"{label}: image data is corrupt or truncated ({one_line(exc)})") from None
 
 
 def _open_image(path: str, max_pixels: int | None) -> Image.Image:
@@ -479,7 +474,7 @@ def _create_temp(path: Path) -> Path:
             continue
         except OSError as exc:
             raise RestyError(
-                f"{_label(path.parent)}: cannot write in this directory ({_one_line(exc.strerror or exc)})"
+                f"{_label(path.parent)}: cannot write in this directory ({one_line(exc.strerror or exc)})"
             ) from None
         os.close(fd)
         return tmp
@@ -530,7 +525,7 @@ def atomic_path(path: PathLike, overwrite: bool = False) -> Iterator[Path]:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise RestyError(
-            f"{_label(parent)}: cannot create output directory ({_one_line(exc.strerror or exc)})"
+            f"{_label(parent)}: cannot create output directory ({one_line(exc.strerror or exc)})"
         ) from None
     tmp = _create_temp(target)
     try:
