@@ -527,14 +527,14 @@ def q_stylize(optimizer: str, iterations: int):
     """End-to-end GatysStylizer.stylize with a fixed seed: output change from the init image,
     and the total loss per evaluation (history)."""
     def fn(ctx: Ctx, dtype: str):
-        from resty import common
+        from resty import gatys
         preset = gatys_preset("gatys2015")
         preset = preset.replace(gatys=preset.gatys.replace(
             optimizer=optimizer, adam=AdamSpec(lr=2e-2), lbfgs=LBFGSSpec(max_iter=4, history_size=3),
             clamp=True))     # the clamp path, which gatys2015 itself no longer takes
         ws = vgg_weights(preset.vgg.arch, preset.preprocessing_name)
         _, content, style = _gatys_inputs()
-        x0 = common.init_image("noise", content.astype(np.float32), style.astype(np.float32), 3,
+        x0 = gatys.init_image("noise", content.astype(np.float32), style.astype(np.float32), 3,
                                preset.gatys.noise_std).astype(np.float64)
 
         def backend_side(side):
@@ -604,9 +604,9 @@ def _fast_data():
 
 
 def _fast_batch(items, step=0, bs=2, seed=0):
-    from resty import common
-    sched = common.BatchSchedule(len(items), bs, seed)
-    return np.stack([common.load_training_item(items[i], FAST_SIZE, seed, step, j)
+    from resty import training_data
+    sched = training_data.BatchSchedule(len(items), bs, seed)
+    return np.stack([training_data.load_training_item(items[i], FAST_SIZE, seed, step, j)
                      for j, i in enumerate(sched.batch(step))]).astype(np.float64)
 
 

@@ -559,7 +559,8 @@ def cmd_train(args) -> int:
         raise UsageError(f"{args.data}: no such training-data folder")
     if not data.is_dir():
         raise UsageError(f"{args.data}: is not a folder (--data takes a folder of images)")
-    from .common import checkpoint_stem, list_training_images
+    from .checkpoints import checkpoint_stem
+    from .training_data import list_training_images
     items = list_training_images(str(data))
     out = Path(args.out).expanduser()
     if out.suffix.lower() != ".safetensors":

@@ -20,7 +20,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from resty import common
+from resty import checkpoints, inference, inputs, runtime, training_data
 from resty import distributed as rdist
 from resty import weights as W
 from resty.errors import RestyError, TrainingError
@@ -60,7 +60,7 @@ class FastStylizer:
         self.precision = precision
         dtype_policy(dtype, precision)          # validates the pair early
         if "CPU" in str(self.device).upper():
-            common.warn_cpu_half_precision(precision)
+            runtime.warn_cpu_half_precision(precision)
         self.tf_dtype = tf.float64 if dtype == "float64" else tf.float32
         self.weights = weights
         # fast=True (the option resty_torch also has): XLA on a GPU; on the CPU see below.
@@ -106,7 +106,7 @@ class FastStylizer:
 
     def _style_grams(self, style, style_weights, style_size) -> Dict[str, tf.Tensor]:
         loss = self.preset.fast_loss
-        styles, blend = common.prepare_styles(style, style_weights)
+        styles, blend = inputs.prepare_styles(style, style_weights)
         grams: Dict[str, tf.Tensor] = {}
         for s, w in zip(styles, blend):
             if style_size is not None:
@@ -126,7 +126,7 @@ class FastStylizer:
         t = {f"net.{k}": v for k, v in self.net.state_dict_canonical().items()}
         m = {n: self.net.to_canonical_layout(n, a.numpy()) for n, a in zip(names, opt.m)}
         v = {n: self.net.to_canonical_layout(n, a.numpy()) for n, a in zip(names, opt.v)}
-        t.update(common.adam_state_to_tensors(int(opt.step.numpy()), m, v))
+        t.update(checkpoints.adam_state_to_tensors(int(opt.step.numpy()), m, v))
         return t
 
     def _save_checkpoint(self, ckdir, step, opt, names, sched, total, settings, keep) -> Path:
@@ -137,17 +137,17 @@ class FastStylizer:
                 "backend": "tf", "dtype": self.dtype}
         # No framework RNG is used in training (crops and order are pure functions of the
         # seed and step), so "rng" is empty: nothing else is needed to resume exactly.
-        return common.save_checkpoint(ckdir, step, self._checkpoint_tensors(opt, names), meta, keep=keep)
+        return checkpoints.save_checkpoint(ckdir, step, self._checkpoint_tensors(opt, names), meta, keep=keep)
 
     def _restore(self, path, opt: TorchAdam, names, settings) -> int:
-        tensors, meta = common.load_checkpoint(path)
+        tensors, meta = checkpoints.load_checkpoint(path)
         old = meta.get("settings", {})
         diff = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
         if diff:
             raise RestyError(f"{path}: cannot resume: the checkpoint was made with different settings "
                              f"({', '.join(f'{k} {a!r} -> {b!r}' for k, (a, b) in diff.items())})")
         self.net.load_canonical({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
-        step, m, v = common.adam_state_from_tensors(tensors)
+        step, m, v = checkpoints.adam_state_from_tensors(tensors)
         if m:
             opt.set_state(step, [self.net.from_canonical_layout(n, m[n]) for n in names],
                           [self.net.from_canonical_layout(n, v[n]) for n in names])
@@ -168,7 +168,7 @@ class FastStylizer:
             idx = sched.batch(step)
             crops, bad = [], np.zeros(max_bs, np.bool_)
             for slot, i in enumerate(idx):
-                c = common.load_training_item(items[i], size, seed, step, slot)
+                c = training_data.load_training_item(items[i], size, seed, step, slot)
                 if c is None:
                     bad[slot] = True
                 else:
@@ -214,7 +214,7 @@ class FastStylizer:
                 idx = sched.batch(step)
                 crops, bad = [], np.zeros(B, np.bool_)
                 for slot in range(lo, min(hi, len(idx))):
-                    c = common.load_training_item(items[idx[slot]], size, seed, step, slot)
+                    c = training_data.load_training_item(items[idx[slot]], size, seed, step, slot)
                     if c is None:
                         bad[slot] = True
                     else:
@@ -349,8 +349,8 @@ class FastStylizer:
         seed = int(tc.seed if seed is None else seed)
         workers = int(tc.num_workers if num_workers is None else num_workers)
         ck_every = int(checkpoint_every or tc.checkpoint_every)
-        items = common.list_training_images(images)
-        sched = common.BatchSchedule(len(items), bs, seed)
+        items = training_data.list_training_images(images)
+        sched = training_data.BatchSchedule(len(items), bs, seed)
         total = sched.total_steps(steps, epochs)
         settings = {"n_items": len(items), "batch_size": sched.batch_size, "image_size": size, "seed": seed,
                     "lr": float(lr if lr is not None else tc.adam.lr)}
@@ -363,10 +363,10 @@ class FastStylizer:
             start = 0
             if not resume:
                 self.history, self.skipped, self.skipped_count = [], [], 0
-            elif checkpoint_dir is not None and common.latest_checkpoint(checkpoint_dir) is not None:
+            elif checkpoint_dir is not None and checkpoints.latest_checkpoint(checkpoint_dir) is not None:
                 # Every worker reads the same checkpoint (a shared folder): resuming works with
                 # any number of workers, the shards of each global batch are recomputed.
-                start = self._restore(common.latest_checkpoint(checkpoint_dir), opt, names, settings)
+                start = self._restore(checkpoints.latest_checkpoint(checkpoint_dir), opt, names, settings)
             grams = self._style_grams(style, style_weights, tc.style_size)
             if strategy is None:
                 train_step = self._make_train_step(opt, variables, grams, size)
@@ -386,7 +386,7 @@ class FastStylizer:
 
             def note_skipped(step, slots):
                 idx = sched.batch(step)
-                names_bad = [common.item_name(items[idx[j]], idx[j]) for j in slots if j < len(idx)]
+                names_bad = [training_data.item_name(items[idx[j]], idx[j]) for j in slots if j < len(idx)]
                 self.skipped_count += len(names_bad)
                 self.skipped.extend(k for k in names_bad if k not in self.skipped)
 
@@ -408,7 +408,7 @@ class FastStylizer:
                     r = t.numpy()
                     if not np.isfinite(r[0]):
                         pending.clear()
-                        raise TrainingError(common.nonfinite_message(float(r[0]), s))
+                        raise TrainingError(runtime.nonfinite_message(float(r[0]), s))
                     self.history.append({"step": s, **{k: float(v) for k, v in zip(TERMS, r)}})
                 pending.clear()
 
@@ -420,8 +420,8 @@ class FastStylizer:
 
             # SIGTERM: stop at a step boundary, checkpoint, then die of it (single process; under
             # a tf.distribute strategy the workers would have to agree first, and it kills at once).
-            with common.SigtermFlag(checkpoint_dir is not None and strategy is None) as term, \
-                    common.Progress(n, progress and main, desc="fit", unit="step") as bar:
+            with runtime.SigtermFlag(checkpoint_dir is not None and strategy is None) as term, \
+                    runtime.Progress(n, progress and main, desc="fit", unit="step") as bar:
                 for elem in ds:
                     if term.hit:
                         stopped = True
@@ -473,7 +473,7 @@ class FastStylizer:
                 "images_seen": seen, "seconds": seconds,
                 "images_per_second": seen / seconds if seconds > 0 else float("nan"),
                 "world_size": tdist.world_size(strategy), "rank": rdist.process_info().rank,
-                "checkpoint": str(common.latest_checkpoint(checkpoint_dir)) if checkpoint_dir else None}
+                "checkpoint": str(checkpoints.latest_checkpoint(checkpoint_dir)) if checkpoint_dir else None}
 
     # ------------------------------------------------------------------ inference
     @property
@@ -531,7 +531,7 @@ class FastStylizer:
         """Stylise one image (-> H×W×3 float32) or several (a list or a B×H×W×3 array -> a
         list, or an array for an array).  Each output has its input's size.  ``tile`` (px)
         runs large images in overlapping tiles blended with linear ramps."""
-        return common.stylize_images(images, self._run, preserve_color=preserve_color, tile=tile,
+        return inference.stylize_images(images, self._run, preserve_color=preserve_color, tile=tile,
                                      overlap=overlap, batch_size=batch_size)
 
     # ------------------------------------------------------------------ files

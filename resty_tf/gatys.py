@@ -13,7 +13,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
-from resty import common
+from resty import gatys, inputs, runtime
 from resty import images as _images
 from resty.errors import ImageError, RestyError, TrainingError
 from resty.presets import resolve as resolve_preset
@@ -48,7 +48,7 @@ class GatysStylizer:
         self.precision = precision
         self.policy = dtype_policy(dtype, precision)
         if "CPU" in str(self.device).upper():
-            common.warn_cpu_half_precision(precision)
+            runtime.warn_cpu_half_precision(precision)
         if history_size is not None:
             if int(history_size) < 1:
                 raise ValueError(f"history_size: got {history_size!r}; must be >= 1")
@@ -151,9 +151,9 @@ class GatysStylizer:
         """Loss terms of ``image`` against ``content`` and ``style`` as given (no resizing),
         as floats: total, content, style, tv (for parity checks)."""
         with tf.device(self.device):
-            img = common.load_rgb(image)
-            c = common.load_rgb(content)
-            styles, blend = common.prepare_styles(style, style_weights)
+            img = inputs.load_rgb(image)
+            c = inputs.load_rgb(content)
+            styles, blend = inputs.prepare_styles(style, style_weights)
             content_t, grams = self._targets(c, styles, blend)
             terms = self._terms(self._tensor(img), content_t, grams)
             return {k: float(v) for k, v in terms.items()}
@@ -184,21 +184,21 @@ class GatysStylizer:
         scales = tuple(cfg.scales if scales is None else scales)
         sscale = cfg.style_scale if style_scale is None else float(style_scale)
 
-        _, content_img = common.prepare_content(content, size)
-        styles, blend = common.prepare_styles(style, style_weights)
-        plan = common.scale_plan(content_img.shape[:2], scales, iterations)
+        _, content_img = gatys.prepare_content(content, size)
+        styles, blend = inputs.prepare_styles(style, style_weights)
+        plan = gatys.scale_plan(content_img.shape[:2], scales, iterations)
         self.history = []
         x_np: Optional[np.ndarray] = None
         step0 = 0
-        bar = common.Progress(iterations, enabled=progress, desc="gatys")
+        bar = runtime.Progress(iterations, enabled=progress, desc="gatys")
         try:
             with tf.device(self.device):
                 for hw, n_evals in plan:
                     c_img = content_img if hw == content_img.shape[:2] else _images.resize_to(content_img, hw)
-                    s_imgs = [common.resize_style(s, hw, sscale) for s in styles]
+                    s_imgs = [gatys.resize_style(s, hw, sscale) for s in styles]
                     if x_np is None:
                         # The original first style, as resty_torch does (init='style' resizes it to H×W).
-                        x_np = common.init_image(mode, c_img, styles[0], seed, cfg.noise_std)
+                        x_np = gatys.init_image(mode, c_img, styles[0], seed, cfg.noise_std)
                     else:
                         x_np = _images.resize_to(np.clip(x_np, 0.0, 1.0), hw)
                     if n_evals <= 0:
@@ -217,7 +217,7 @@ class GatysStylizer:
 
     # ------------------------------------------------------------------ optimisers
     def _record(self, step: int, terms: Dict[str, float]) -> None:
-        common.check_finite(terms["total"], step)
+        runtime.check_finite(terms["total"], step)
         self.history.append({"step": step, **terms})
 
     def _run_adam(self, x_np, content_t, grams, n_evals, step0, callback, bar):

@@ -16,7 +16,7 @@ import warnings
 import numpy as np
 import torch
 
-from resty import common, presets
+from resty import presets, runtime
 
 from . import FastStylizer, GatysStylizer, VGGFeatures, set_tf32
 from .device import autocast
@@ -94,7 +94,7 @@ def main(argv=None):
             ct, sg = g._targets(content, [style], (1.0,))
             x0 = g._tensor(content)
             run = g._run_adam if opt == "adam" else g._run_lbfgs
-            bar = common.Progress(0, False)
+            bar = runtime.Progress(0, False)
             per = timed(lambda: run(x0, ct, sg, n, {"step": 0, "stop": False}, None, bar), dev, 1, warm=1) / n
             emit(kind="gatys", preset=preset, optimizer=opt, mode=mode, size=gs, ms_per_iter=round(per * 1e3, 3),
                  loss_first=h[0], loss_last=h[-1], finite=bool(np.isfinite(out).all()), shape=list(out.shape))
@@ -104,12 +104,12 @@ def main(argv=None):
         g = GatysStylizer("restynet", weights="random:0", device=dev)
         ct, sg = g._targets(content, [style], (1.0,))
         x0 = g._tensor(content)
-        g._run_adam(x0, ct, sg, 3, {"step": 0, "stop": False}, None, common.Progress(0, False))
+        g._run_adam(x0, ct, sg, 3, {"step": 0, "stop": False}, None, runtime.Progress(0, False))
         with warnings.catch_warnings(record=True) as w:
             warnings.simplefilter("always")
             torch.cuda.set_sync_debug_mode("warn")
             try:
-                g._run_adam(x0, ct, sg, 24, {"step": 0, "stop": False}, None, common.Progress(0, False))
+                g._run_adam(x0, ct, sg, 24, {"step": 0, "stop": False}, None, runtime.Progress(0, False))
             finally:
                 torch.cuda.set_sync_debug_mode("default")
         emit(kind="adam_loop_host_syncs", steps=24, syncs_reported=len(w),
@@ -162,7 +162,7 @@ def main(argv=None):
 def _gatys_ms(g, content, style, n, dev, reps=2):
     ct, sg = g._targets(content, [style], (1.0,))
     x0 = g._tensor(content)
-    bar = common.Progress(0, False)
+    bar = runtime.Progress(0, False)
     return timed(lambda: g._run_adam(x0, ct, sg, n, {"step": 0, "stop": False}, None, bar), dev, reps, warm=1) / n
 
 
@@ -174,12 +174,12 @@ def extras(dev, q, content, style, gs, fs):
         g = GatysStylizer("restynet", weights="random:0", device=dev)
         ct, sg = g._targets(content, [style], (1.0,))
         x0 = g._tensor(content)
-        g._run_adam(x0, ct, sg, 3, {"step": 0, "stop": False}, None, common.Progress(0, False))
+        g._run_adam(x0, ct, sg, 3, {"step": 0, "stop": False}, None, runtime.Progress(0, False))
         with warnings.catch_warnings(record=True) as w:
             warnings.simplefilter("always")
             torch.cuda.set_sync_debug_mode("warn")
             try:
-                g._run_adam(x0, ct, sg, 24, {"step": 0, "stop": False}, None, common.Progress(0, False))
+                g._run_adam(x0, ct, sg, 24, {"step": 0, "stop": False}, None, runtime.Progress(0, False))
             finally:
                 torch.cuda.set_sync_debug_mode("default")
         emit(kind="adam_loop_sync_sites", sites=[f"{x.filename.split('/')[-1]}:{x.lineno}" for x in w])

@@ -11,7 +11,7 @@ from typing import Any, Callable, Dict, List, Optional
 import numpy as np
 import torch
 
-from resty import common
+from resty import checkpoints, inference, inputs, runtime, training_data
 from resty import distributed as rdist
 from resty.onnx_runtime import CpuFastPath
 from resty import weights as W
@@ -36,7 +36,7 @@ class _TrainData(torch.utils.data.Dataset):
     """Maps a key ``(step, slot, item index)`` to ``(crop or None, name)``.
 
     The key carries the step and slot so the crop is the pure function
-    ``common.crop_rng(seed, step, slot)`` whichever worker loads it: the batches are the same
+    ``training_data.crop_rng(seed, step, slot)`` whichever worker loads it: the batches are the same
     with 0 or 8 workers, after a resume, and in the TF backend."""
 
     def __init__(self, items: List[Any], image_size: int, seed: int):
@@ -47,8 +47,8 @@ class _TrainData(torch.utils.data.Dataset):
 
     def __getitem__(self, key):
         step, slot, idx = key
-        crop = common.load_training_item(self.items[idx], self.image_size, self.seed, step, slot)
-        return crop, common.item_name(self.items[idx], idx), step, slot
+        crop = training_data.load_training_item(self.items[idx], self.image_size, self.seed, step, slot)
+        return crop, training_data.item_name(self.items[idx], idx), step, slot
 
 
 class _Batches:
@@ -58,7 +58,7 @@ class _Batches:
     order depend on the number of processes; here the global batch of a step is the same
     for any number of processes (and after a resume with a different number)."""
 
-    def __init__(self, sched: common.BatchSchedule, start: int, total: int, shard=(0, 1)):
+    def __init__(self, sched: training_data.BatchSchedule, start: int, total: int, shard=(0, 1)):
         self.sched, self.start, self.total = sched, start, total
         self.lo, self.hi = rdist.shard_bounds(sched.batch_size, *shard)
 
@@ -147,7 +147,7 @@ class FastStylizer:
             pad_channels = 8 if pad_channels is None else pad_channels
         self.precision = autocast_dtype(precision)
         if self.device.type == "cpu":
-            common.warn_cpu_half_precision(precision)
+            runtime.warn_cpu_half_precision(precision)
         self.train_precision = autocast_dtype(train_precision)
         self.channels_last = bool(channels_last)
         self.cuda_graph = bool(cuda_graph)
@@ -226,7 +226,7 @@ class FastStylizer:
     @torch.no_grad()
     def _style_grams(self, style, style_weights, style_size) -> Dict[str, torch.Tensor]:
         loss = self.preset.fast_loss
-        styles, blend = common.prepare_styles(style, style_weights)
+        styles, blend = inputs.prepare_styles(style, style_weights)
         grams: Dict[str, torch.Tensor] = {}
         for s, w in zip(styles, blend):
             if style_size is not None:
@@ -304,7 +304,7 @@ class FastStylizer:
                 m[name] = st["exp_avg"].detach().cpu().numpy()
                 v[name] = st["exp_avg_sq"].detach().cpu().numpy()
                 step = int(float(st["step"]))
-        t.update(common.adam_state_to_tensors(step, m, v))
+        t.update(checkpoints.adam_state_to_tensors(step, m, v))
         return t
 
     def _save_checkpoint(self, ckdir, step, opt, sched, total, settings, keep) -> Path:
@@ -316,17 +316,17 @@ class FastStylizer:
                 "settings": settings, "rng": rng, "history": self.history, "skipped": self.skipped,
                 "skipped_count": self.skipped_count, "preset": self.preset.to_dict(),
                 "backend": "torch", "dtype": str(self.dtype).replace("torch.", "")}
-        return common.save_checkpoint(ckdir, step, self._checkpoint_tensors(opt), meta, keep=keep)
+        return checkpoints.save_checkpoint(ckdir, step, self._checkpoint_tensors(opt), meta, keep=keep)
 
     def _restore(self, path, opt, settings, restore_rng=True) -> int:
-        tensors, meta = common.load_checkpoint(path)
+        tensors, meta = checkpoints.load_checkpoint(path)
         old = meta.get("settings", {})
         diff = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
         if diff:
             raise RestyError(f"{path}: cannot resume: the checkpoint was made with different settings "
                              f"({', '.join(f'{k} {a!r} -> {b!r}' for k, (a, b) in diff.items())})")
         self.net.load_canonical({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
-        step, m, v = common.adam_state_from_tensors(tensors)
+        step, m, v = checkpoints.adam_state_from_tensors(tensors)
         for name, p in self.net.named_parameters():
             if name in m:
                 opt.state[p] = {"step": torch.tensor(float(step)),
@@ -349,7 +349,7 @@ class FastStylizer:
         """Train the transformer on ``images`` (a folder, a list of paths, or an iterable of
         arrays) to reproduce ``style``.  Returns a summary dict (steps, history, skipped, ...).
 
-        Batches are a pure function of ``(seed, step)`` (resty.common.BatchSchedule and
+        Batches are a pure function of ``(seed, step)`` (resty.training_data.BatchSchedule and
         crop_rng), so ``resume=True`` continues from the newest checkpoint in
         ``checkpoint_dir`` to the same weights an uninterrupted run reaches.  Unreadable
         images are skipped and listed in ``skipped``.  ``callback(step, losses, None)``
@@ -365,8 +365,8 @@ class FastStylizer:
         seed = int(tc.seed if seed is None else seed)
         workers = int(tc.num_workers if num_workers is None else num_workers)
         ck_every = int(checkpoint_every or tc.checkpoint_every)
-        items = common.list_training_images(images)
-        sched = common.BatchSchedule(len(items), bs, seed)
+        items = training_data.list_training_images(images)
+        sched = training_data.BatchSchedule(len(items), bs, seed)
         total = sched.total_steps(steps, epochs)
         settings = {"n_items": len(items), "batch_size": sched.batch_size, "image_size": size, "seed": seed,
                     "lr": float(lr if lr is not None else tc.adam.lr)}
@@ -378,10 +378,10 @@ class FastStylizer:
         start = 0
         if not resume:
             self.history, self.skipped, self.skipped_count = [], [], 0
-        elif checkpoint_dir is not None and common.latest_checkpoint(checkpoint_dir) is not None:
+        elif checkpoint_dir is not None and checkpoints.latest_checkpoint(checkpoint_dir) is not None:
             # Under DDP every rank reads the same checkpoint (a shared folder); the torch RNG
             # state in it is rank 0's, so ranks reseed below instead.
-            start = self._restore(common.latest_checkpoint(checkpoint_dir), opt, settings,
+            start = self._restore(checkpoints.latest_checkpoint(checkpoint_dir), opt, settings,
                                   restore_rng=not ctx.enabled)
         net_fn = self._net_fn
         if ctx.enabled:
@@ -431,7 +431,7 @@ class FastStylizer:
                     continue
                 if not np.isfinite(r[0]):
                     flushed += i
-                    raise TrainingError(common.nonfinite_message(float(r[0]), s))
+                    raise TrainingError(runtime.nonfinite_message(float(r[0]), s))
                 self.history.append({"step": s, **{k: float(v) for k, v in zip(L.TERMS, r)}})
             flushed = upto
 
@@ -440,8 +440,8 @@ class FastStylizer:
                 self._save_checkpoint(checkpoint_dir, step, opt, sched, total, settings, tc.keep_checkpoints)
             ctx.barrier()              # nobody reads a checkpoint before rank 0 finished it
 
-        with common.SigtermFlag(checkpoint_dir is not None) as term, \
-                common.Progress(n, progress and main, desc="fit", unit="step") as bar:
+        with runtime.SigtermFlag(checkpoint_dir is not None) as term, \
+                runtime.Progress(n, progress and main, desc="fit", unit="step") as bar:
             for i, (x, skipped, s, bad) in enumerate(loader):
                 weight = None
                 if ctx.enabled:
@@ -458,7 +458,7 @@ class FastStylizer:
                         break
                     gbad = np.flatnonzero(meta[:B].numpy())
                     idx = sched.batch(s)
-                    skipped = [common.item_name(items[idx[j]], idx[j]) for j in gbad]
+                    skipped = [training_data.item_name(items[idx[j]], idx[j]) for j in gbad]
                     n_global = B - len(gbad)
                     n_local = 0 if x is None else x.shape[0]
                     if n_global > 0 and x is None:
@@ -532,7 +532,7 @@ class FastStylizer:
                 "images_seen": seen, "seconds": seconds,
                 "images_per_second": seen / seconds if seconds > 0 else float("nan"),
                 "world_size": W, "rank": ctx.rank,
-                "checkpoint": str(common.latest_checkpoint(checkpoint_dir)) if checkpoint_dir else None}
+                "checkpoint": str(checkpoints.latest_checkpoint(checkpoint_dir)) if checkpoint_dir else None}
 
     # ------------------------------------------------------------------ inference
     @property
@@ -599,7 +599,7 @@ class FastStylizer:
         runs large images in overlapping tiles blended with linear ramps (instance norm then
         sees per-tile statistics; a larger ``overlap`` hides the seams better)."""
         self.net.eval()
-        return common.stylize_images(images, self._run, preserve_color=preserve_color, tile=tile,
+        return inference.stylize_images(images, self._run, preserve_color=preserve_color, tile=tile,
                                      overlap=overlap, batch_size=batch_size)
 
     # ------------------------------------------------------------------ files

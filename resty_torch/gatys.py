@@ -7,7 +7,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from resty import common
+from resty import gatys, inputs, runtime
 from resty.errors import RestyError, TrainingError
 from resty.images import preserve_color as _preserve_color, resize_to
 from resty.presets import Preset, resolve
@@ -80,7 +80,7 @@ class GatysStylizer:
         self.dtype = resolve_dtype(dtype)
         self.precision = autocast_dtype(precision)
         if self.device.type == "cpu":
-            common.warn_cpu_half_precision(precision)
+            runtime.warn_cpu_half_precision(precision)
         self.channels_last = bool(channels_last)
         self.cuda_graph = bool(cuda_graph)
         self.history_size = None if history_size is None else int(history_size)
@@ -127,9 +127,9 @@ class GatysStylizer:
     def loss_terms(self, image, content, style, style_weights=None) -> Dict[str, float]:
         """The loss terms of ``image`` against ``content`` and ``style`` at their own sizes
         (no resizing): ``{'total', 'content', 'style', 'tv'}`` as floats (for parity tests)."""
-        img = common.load_rgb(image)
-        c = common.load_rgb(content)
-        styles, blend = common.prepare_styles(style, style_weights)
+        img = inputs.load_rgb(image)
+        c = inputs.load_rgb(content)
+        styles, blend = inputs.prepare_styles(style, style_weights)
         ct, sg = self._targets(c, styles, blend)
         with torch.no_grad():
             terms = self._loss_fn(self._tensor(img), ct, sg)
@@ -160,19 +160,19 @@ class GatysStylizer:
             raise ValueError(f"optimizer: got {optimizer!r}; allowed: 'adam', 'lbfgs'")
         cfg = cfg.replace(scales=scales, iterations=max(1, iterations))   # validates scales
 
-        _, content_img = common.prepare_content(content, image_size)
-        styles, blend = common.prepare_styles(style, style_weights)
-        plan = common.scale_plan(content_img.shape[:2], scales, iterations)
+        _, content_img = gatys.prepare_content(content, image_size)
+        styles, blend = inputs.prepare_styles(style, style_weights)
+        plan = gatys.scale_plan(content_img.shape[:2], scales, iterations)
         self.history = []
         state = {"step": 0, "stop": False}
         x: Optional[np.ndarray] = None
         result: Optional[torch.Tensor] = None
-        with common.Progress(iterations, progress, desc=f"gatys {optimizer}") as bar:
+        with runtime.Progress(iterations, progress, desc=f"gatys {optimizer}") as bar:
             for hw, n in plan:
                 content_s = content_img if hw == content_img.shape[:2] else resize_to(content_img, hw)
-                styles_s = [common.resize_style(s, hw, style_scale) for s in styles]
+                styles_s = [gatys.resize_style(s, hw, style_scale) for s in styles]
                 if result is None:
-                    x = common.init_image(init, content_s, styles[0], seed, cfg.noise_std)
+                    x = gatys.init_image(init, content_s, styles[0], seed, cfg.noise_std)
                 else:
                     x = resize_to(np.clip(to_hwc(result)[0], 0.0, 1.0), hw)
                 if n == 0:
@@ -226,7 +226,7 @@ class GatysStylizer:
         bad = ~torch.isfinite(hist[lo:hi, 0])
         if bool(bad.any()):
             i = lo + int(bad.nonzero()[0, 0])
-            raise TrainingError(common.nonfinite_message(float(hist[i, 0]), offset + i + 1))
+            raise TrainingError(runtime.nonfinite_message(float(hist[i, 0]), offset + i + 1))
 
     def _run_adam(self, img0, ct, sg, n, state, callback, bar) -> torch.Tensor:
         spec = self.preset.gatys.adam
@@ -273,7 +273,7 @@ class GatysStylizer:
             hist[k] = terms.detach()
             count[0] = k + 1
             total = float(terms[0].detach())   # L-BFGS reads the loss on the host anyway
-            common.check_finite(total, offset + k + 1)
+            runtime.check_finite(total, offset + k + 1)
             if bar.bar is not None:
                 bar.update(1, dict(zip(L.TERMS, hist[k].tolist())))
             if callback is not None and callback(offset + k + 1, dict(zip(L.TERMS, hist[k].tolist())),

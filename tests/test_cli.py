@@ -380,8 +380,8 @@ def test_stylize_half_precision_on_a_cpu_without_it_warns_in_one_line(backend, t
                                                                        capsys, monkeypatch):
     if not _fast_ready(backend):
         pytest.skip(f"{backend} FastStylizer not available")
-    from resty import common
-    monkeypatch.setattr(common, "cpu_flags", lambda: frozenset({"avx", "avx2"}))
+    from resty import runtime
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: frozenset({"avx", "avx2"}))
     rc, _, err = run(["stylize", imgs["content"], "-o", tmp_path / "h.png", "--method", "fast", "--model",
                       trained_model["model"], "--backend", backend, "--weights", "random:0", "--size", "20",
                       "--precision", "bf16"], capsys)

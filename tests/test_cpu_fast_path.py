@@ -103,14 +103,14 @@ def test_fast_cpu_training_stays_in_torch_then_serves_new_weights(tmp_path):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_half_precision_on_a_cpu_without_it_warns(backend, monkeypatch):
     import warnings
-    from resty import common
+    from resty import runtime
     B = BACKENDS[backend]
-    monkeypatch.setattr(common, "cpu_flags", lambda: frozenset({"avx", "avx2"}))
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: frozenset({"avx", "avx2"}))
     with pytest.warns(RuntimeWarning, match="emulated"):
         B.FastStylizer(tiny(), weights="random:0", device="cpu", precision="bf16")
     with pytest.warns(RuntimeWarning, match="emulated"):
         B.GatysStylizer("restynet", weights="random:0", device="cpu", precision="bf16")
-    monkeypatch.setattr(common, "cpu_flags", lambda: frozenset({"avx2", "avx512_bf16"}))
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: frozenset({"avx2", "avx512_bf16"}))
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
         B.FastStylizer(tiny(), weights="random:0", device="cpu", precision="bf16")

@@ -154,8 +154,8 @@ def test_shards_and_tf_config():
 
 # ---------------------------------------------------------------- torch
 def _ckpt_net(ck: Path, step: int):
-    from resty import common
-    tensors, meta = common.load_checkpoint(ck / common.checkpoint_stem(step))
+    from resty import checkpoints
+    tensors, meta = checkpoints.load_checkpoint(ck / checkpoints.checkpoint_stem(step))
     return {k: v for k, v in tensors.items() if k.startswith(("net.", "opt."))}, meta
 
 
@@ -193,15 +193,15 @@ def test_torch_resume_across_nproc_and_sigterm(data, torch_reference, tmp_path):
     ref, _, ref_ck = torch_reference
     ck = tmp_path / "ck"
     import resty_torch as rt
-    from resty import common
+    from resty import checkpoints
     f = rt.FastStylizer(tiny_preset(), weights="random:0", device="cpu", dtype=DTYPE)
     f.fit(str(data), str(data.parent / "style.png"), steps=STEPS, seed=0, num_workers=0,
           checkpoint_dir=str(ck), callback=lambda step, *_: step == 1)
-    assert [s for s, _ in common.list_checkpoints(ck)] == [1]
+    assert [s for s, _ in checkpoints.list_checkpoints(ck)] == [1]
     rc = _launch("torch", ["torch-fit", str(data), str(tmp_path / "term"), "--ckdir", str(ck),
                            "--resume", "--sigterm-at", "3"])
     assert rc != 0                                   # a worker died of SIGTERM
-    assert [s for s, _ in common.list_checkpoints(ck)] == [1, 2, 3]
+    assert [s for s, _ in checkpoints.list_checkpoints(ck)] == [1, 2, 3]
     got, meta = _ckpt_net(ck, 2)
     want, ref_meta = _ckpt_net(ref_ck, 2)
     _assert_close(got, want, "checkpoint at step 2 (2 processes) vs single process")
@@ -230,8 +230,8 @@ def test_tf_multiworker_equals_single_process_and_resumes(data, tf_reference, tm
     ref, ref_summary, ref_ck = tf_reference
     ck = tmp_path / "ck"
     assert _launch("tf", ["tf-fit", str(data), str(tmp_path / "w"), "--ckdir", str(ck), "--stop-at", "2"]) == 0
-    from resty import common
-    assert [s for s, _ in common.list_checkpoints(ck)] == [2]
+    from resty import checkpoints
+    assert [s for s, _ in checkpoints.list_checkpoints(ck)] == [2]
     got, meta = _ckpt_net(ck, 2)
     want, _ = _ckpt_net(ref_ck, 2)
     _assert_close(got, want, "MWMS checkpoint at step 2 vs single process")

@@ -55,7 +55,7 @@ def test_sigterm_checkpoints_says_so_and_resumes(backend, tmp_path):
     assert "DONE" not in r.stdout
     lines = [l for l in r.stderr.splitlines() if l.startswith("resty: terminated (SIGTERM)")]
     assert len(lines) == 1 and "at step 2" in lines[0] and str(ck) in lines[0] and "--resume" in lines[0]
-    from resty.common import latest_checkpoint
+    from resty.checkpoints import latest_checkpoint
     assert latest_checkpoint(ck) is not None and "00000002" in latest_checkpoint(ck).name
     r = subprocess.run([sys.executable, str(script), backend, str(ck), "1"], capture_output=True, text=True,
                        timeout=300)

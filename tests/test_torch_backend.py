@@ -11,7 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import resty_torch as rt  # noqa: E402
-from resty import common, presets, reference as R, weights as W  # noqa: E402
+from resty import checkpoints, gatys, presets, reference as R, weights as W  # noqa: E402
 from resty.errors import ImageError, TrainingError  # noqa: E402
 from resty.specs import GRAM_CONVENTIONS, CONTENT_CONVENTIONS, TV_CONVENTIONS, TransformerSpec, VGGSpec  # noqa: E402
 
@@ -190,7 +190,7 @@ def test_adam_trajectory_matches_reference(gatys64):
     style = _rand(24, 24, 3, seed=13).astype(np.float32)
     out = g.stylize(content, style, iterations=5, seed=4)
     fun = _reference_fun(g, content, style)
-    x = common.init_image("noise", content, None, 4, g.preset.gatys.noise_std).astype(np.float64)
+    x = gatys.init_image("noise", content, None, 4, g.preset.gatys.noise_std).astype(np.float64)
     x = x.transpose(2, 0, 1)[None]
     state, losses = R.AdamState(x.shape), []
     for _ in range(5):
@@ -209,7 +209,7 @@ def test_lbfgs_trajectory_matches_reference():
     style = _rand(24, 24, 3, seed=15).astype(np.float32)
     out = g.stylize(content, style, iterations=30, seed=2)
     fun = _reference_fun(g, content, style)
-    x0 = common.init_image("noise", content, None, 2, g.preset.gatys.noise_std).astype(np.float64)
+    x0 = gatys.init_image("noise", content, None, 2, g.preset.gatys.noise_std).astype(np.float64)
     x, losses = R.lbfgs_minimize(fun, x0.transpose(2, 0, 1)[None], g.preset.gatys.lbfgs, 30,
                                  project=lambda a: np.clip(a, 0, 1))
     got = [h["total"] for h in g.history]
@@ -329,7 +329,7 @@ def test_resume_equals_uninterrupted(photo_dir, tmp_path):
     part = rt.FastStylizer(_fast_preset(), weights="random:0", device=DEV)
     s1 = part.fit(photo_dir, style, steps=6, checkpoint_dir=tmp_path / "ck", callback=lambda s, l, _: s >= 4)
     assert s1["stopped"] and s1["steps"] == 4
-    assert common.latest_checkpoint(tmp_path / "ck").name == "step-00000004.json"
+    assert checkpoints.latest_checkpoint(tmp_path / "ck").name == "step-00000004.json"
     resumed = rt.FastStylizer(_fast_preset(), weights="random:0", device=DEV)
     s2 = resumed.fit(photo_dir, style, steps=6, checkpoint_dir=tmp_path / "ck", resume=True)
     assert s2["start_step"] == 4 and s2["steps"] == 6

@@ -404,7 +404,7 @@ def _nchw(a: np.ndarray, dev):
 def torch_groups(R: Runner, device: str, precision: str, workloads: Sequence[str], s: Dict[str, Any],
                  phase: str = "main"):
     import torch
-    from resty import common
+    from resty import runtime
     from resty_torch import FastStylizer, GatysStylizer, TransformerNet
     from resty_torch.device import autocast, autocast_dtype
     from resty_torch.optim import make_adam
@@ -437,7 +437,7 @@ def torch_groups(R: Runner, device: str, precision: str, workloads: Sequence[str
                 g = GatysStylizer("restynet", weights="random:0", device=dev, precision=amp, **kw)
                 ct, sg = g._targets(content, [style], [1.0])
                 x0 = g._tensor(content)
-                bar = common.Progress(n, False)
+                bar = runtime.Progress(n, False)
 
                 def run():
                     g.history = []
@@ -712,7 +712,7 @@ def torch_groups(R: Runner, device: str, precision: str, workloads: Sequence[str
 # --------------------------------------------------------------------------- TF groups
 def tf_groups(R: Runner, device: str, precision: str, workloads: Sequence[str], s: Dict[str, Any]):
     import tensorflow as tf
-    from resty import common
+    from resty import runtime
     from resty_tf import FastStylizer, GatysStylizer
     from resty_tf.device import resolve_device, set_tf32
     from resty_tf.optim import TorchAdam
