@@ -37,10 +37,10 @@ import tempfile
 from dataclasses import dataclass
 from typing import Dict, Iterator, List, Optional, Tuple
 
-from .errors import BackendUnavailableError, RestyError
+from .errors import BackendUnavailableError, RestyError, one_line
 
-__all__ = ["BACKENDS", "ALIASES", "normalize_name", "get_backend", "is_installed",
-           "available_backends", "framework_version"]
+__all__ = ["BACKENDS", "ALIASES", "normalize_name", "get_backend", "load_backend_module",
+           "is_installed", "available_backends", "framework_version"]
 
 
 @dataclass(frozen=True)
@@ -192,9 +192,11 @@ def _relevant_line(text: str) -> str:
 
 
 def _first_line(text: object, limit: int = 200) -> str:
+    """The first non-blank line of ``text`` made one line by :func:`resty.errors.one_line`, cut
+    to ``limit`` characters: a framework's import error can run to pages."""
     for ln in str(text).splitlines():
-        if ln.strip():
-            ln = " ".join(ln.split())
+        ln = one_line(ln)
+        if ln:
             return ln if len(ln) <= limit else ln[:limit - 3] + "..."
     return ""
 
@@ -275,6 +277,56 @@ def get_backend(name: str):
             raise BackendUnavailableError(_missing_message(b, f"importing {missing} failed: "
                                                               f"{' '.join(str(exc).split())}")) from None
         raise
+
+
+# The source tree's cross-framework test package: it imports both frameworks itself, so it is
+# reached through this registry too (the import order, one-line errors).
+PARITY_PACKAGE = "parity_tests"
+
+
+def load_backend_module(name: str):
+    """Import ``name``, a dotted module of a backend package (``"resty_torch.export"``,
+    ``"resty_tf.baselines"``) or of the parity test package (``"parity_tests.__main__"``), and
+    return it.
+
+    This is the one way the framework-free core reaches framework code: the backend's
+    frameworks are imported first, in the safe order :func:`get_backend` uses (torch and
+    torchvision before TensorFlow).  A backend whose framework is missing, or a module that does
+    not exist, raises a one-line :class:`BackendUnavailableError`; a name outside the backend
+    packages raises :class:`RestyError`.
+    """
+    name = str(name).strip()
+    top = name.split(".")[0]
+    by_package = {b.package: b for b in BACKENDS.values()}
+    if top in by_package:
+        b = by_package[top]
+        get_backend(b.name)
+        what = f"the {b.name} backend"
+    elif top == PARITY_PACKAGE:
+        # parity_tests imports torch, torchvision and TensorFlow itself; importing the installed
+        # ones here first, torch before TensorFlow, keeps the order safe and TensorFlow's start-up
+        # lines off stderr.  A framework that fails is left to the parity report to explain.
+        quiet = _quiet_tensorflow()
+        for b in BACKENDS.values():
+            if all(_has_module(m) for m in b.frameworks):
+                try:
+                    _import_frameworks(b, quiet and "tensorflow" in b.frameworks)
+                except BackendUnavailableError:
+                    pass
+        what = "the parity tests (they ship in the source tree: run from a clone)"
+    else:
+        raise RestyError(f"{name!r} is not a module of a backend package "
+                         f"({', '.join(sorted(by_package))}, {PARITY_PACKAGE})")
+    if name in sys.modules:
+        return sys.modules[name]
+    if not _has_module(name):
+        raise BackendUnavailableError(f"{name} is not available here; it belongs to {what}")
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        missing = getattr(exc, "name", None) or "?"
+        raise BackendUnavailableError(f"{name} could not be imported: module {missing!r} is missing "
+                                      f"({_first_line(exc)})") from None
 
 
 def framework_version(name: str) -> str:
