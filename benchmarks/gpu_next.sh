@@ -1,15 +1,14 @@
 #!/usr/bin/env bash
-# Issue 7's device checks still open after the sessions of 2026-11-28/29 (neither had a GPU),
-# prepared to run once on the lent H200 within its 15 minutes (about 9.7 min of commands; each
-# step has its own timeout and writes under $OUT, so a slow step cannot eat the others' time):
-#   1. Gatys 500 iterations at 512 px with torch.compile inside the captured iteration (untimed so
-#      far), against the tutorial in the same run;
-#   2. the CUDA tests of the fast paths (tests/test_torch_gatys_fast.py and test_torch_fastpath.py
-#      have never passed cleanly on a GPU);
-#   3. the fast-network inference variants (gpu_fast_explore.py), with the untimed io_convs='s2d';
-#   4. training at 256 px (batch 16/32): channels_last end to end (cat reflection pad, fused
-#      norm: the default for channels_last since 2026-11-29) and compile=True, which now compiles
-#      the whole training loss inside the captured step; both untimed.
+# The device checks still open on a GPU, as one run that fits a 15-minute device lease (about
+# 9.7 min of commands). Each step has its own timeout and writes under $OUT, so a slow step cannot
+# eat the others' time:
+#   1. Gatys, 500 iterations at 512 px, with torch.compile inside the captured CUDA-graph
+#      iteration, against the PyTorch tutorial baseline in the same run;
+#   2. the CUDA tests of the fast paths (tests/test_torch_gatys_fast.py, tests/test_torch_fastpath.py);
+#   3. the fast-network inference variants (gpu_fast_explore.py), including io_convs='s2d';
+#   4. training at 256 px (batch 16/32): channels_last end to end (cat reflection pad, fused norm)
+#      and compile=True, which compiles the whole training loss inside the captured step.
+# Results and the reasons behind each step: docs/BENCHMARKS.md.
 # Usage (device tool, timeout_s=600): bash benchmarks/gpu_next.sh   (OUT defaults to ./gpu_next_out)
 set -u
 OUT=${OUT:-gpu_next_out}
