@@ -1,6 +1,8 @@
 """Errors users see: one line, naming the problem. The CLI turns them into exit code 2."""
 class RestyError(Exception):
     """Base class of every error Resty raises on purpose for bad input."""
+class ArgumentError(RestyError, ValueError):
+    """An argument out of its allowed values (a count, a name, a size)."""
 class ImageError(RestyError, ValueError):
     """An image could not be read, is too large, or has an unsupported form."""
 class WeightsError(RestyError, ValueError):

@@ -1,15 +1,36 @@
-"""Gatys et al. 2015, the part both backends share: the run plan (output size, coarse-to-fine
-scales, the iteration schedule, the initial image, style resizing)."""
+"""Gatys et al. 2015, written once for both backends: :class:`GatysStylizerBase` resolves the
+arguments, plans the run (output size, coarse-to-fine scales, iteration schedule, initial
+image, style resizing and blending) and keeps its books (history, callbacks, progress,
+non-finite checks, stopping, colour preservation).  A backend subclasses it and supplies the
+framework operations only: the targets (content features, blended style Grams), one loss
+evaluation, and the optimiser loops (docs/ARCHITECTURE.md)."""
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple
+import contextlib
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .errors import RestyError
-from .images import resize_longest, resize_to
+from .errors import ArgumentError, ImageError, RestyError
+from .images import preserve_color as _preserve_color, resize_longest, resize_to
+from .inputs import ImageLike, load_rgb, prepare_styles
+from .losses import LOSS_TERMS
+from .presets import Preset, resolve
+from .runtime import Progress, check_finite
+from .specs import vgg_truncate
 
-from .inputs import ImageLike, load_rgb
+__all__ = ["GatysStylizerBase", "GatysRun", "StepRecorder", "run_deferred", "output_size", "prepare_content",
+           "style_size_for", "resize_style", "init_image", "split_iterations", "scale_plan", "check_feature_size",
+           "OPTIMIZERS", "SYNC_EVERY"]
+
+OPTIMIZERS = ("adam", "lbfgs")
+
+#: Loops that run on a device read their losses back (and check them for NaN/inf) every this many
+#: steps rather than after each one, so the host does not wait for the device every step; with a
+#: callback they read back every step.
+SYNC_EVERY = 25
+
 
 def output_size(content_hw: Tuple[int, int], image_size: Optional[int]) -> Tuple[int, int]:
     """(H, W) of the result: the content's size, or longest side ``image_size`` keeping the
@@ -98,3 +119,196 @@ def scale_plan(output_hw: Tuple[int, int], scales: Sequence[float], iterations: 
             hw = (_scale_round(h, side, longest), _scale_round(w, side, longest))
         plan.append((hw, n))
     return plan
+
+
+def check_feature_size(hw: Tuple[int, int], what: str, arch: str, layers: Sequence[str]) -> None:
+    """The deepest loss layer needs at least one pixel after the pooling stages before it."""
+    table = vgg_truncate(arch, layers)
+    need = 2 ** sum(1 for layer in table[:-1] if layer.kind == "pool")
+    if min(hw) < need:
+        raise ImageError(f"<{what}>: {hw[0]}×{hw[1]} px at this scale is too small for layer {table[-1].name} "
+                         f"(needs sides >= {need} px); use a larger image_size or fewer coarse scales")
+
+
+# =========================================================================== the run's books
+class StepRecorder:
+    """The books of one ``stylize`` run: every loss evaluation becomes a history row
+    ``{step, size, total, content, style, tv}``; a non-finite total raises TrainingError naming
+    its step; the progress bar and the callback see the newest row.  Backends hand it rows of
+    float64 ``[total, content, style, tv]`` read back from the device."""
+
+    def __init__(self, history: List[Dict[str, Any]], callback: Optional[Callable], bar: Progress):
+        self.history, self.callback, self.bar = history, callback, bar
+        self.step = 0
+        self.size: Tuple[int, int] = (0, 0)
+        self.stopped = False
+
+    def record(self, rows: np.ndarray, image: Callable[[], np.ndarray]) -> bool:
+        """Book ``rows`` (k×4, the k evaluations since the last call); ``image()`` gives the
+        current image (only called for the callback).  Returns True when the callback asked
+        to stop (then :attr:`stopped` is set)."""
+        rows = np.asarray(rows, np.float64).reshape(-1, len(LOSS_TERMS))
+        last: Dict[str, float] = {}
+        for row in rows:
+            self.step += 1
+            check_finite(float(row[0]), self.step)
+            last = dict(zip(LOSS_TERMS, (float(v) for v in row)))
+            self.history.append({"step": self.step, "size": list(self.size), **last})
+        if not len(rows):
+            return False
+        self.bar.update(len(rows), last)
+        if self.callback is not None and self.callback(self.step, dict(last),
+                                                       np.clip(image(), 0.0, 1.0).astype(np.float32)):
+            self.stopped = True
+        return self.stopped
+
+
+def run_deferred(n: int, step: Callable[[int], Any], fetch: Callable[[List[Any]], np.ndarray],
+                 recorder: StepRecorder, image: Callable[[], np.ndarray], every: int = SYNC_EVERY) -> int:
+    """Run ``step(i)`` for i < n, each returning its loss terms as a device handle; every
+    ``every`` steps, at the end, and after every step when there is a callback, ``fetch`` the
+    pending handles (one host sync) into the recorder.  Returns the number of steps done."""
+    pending: List[Any] = []
+    for i in range(n):
+        pending.append(step(i))
+        if recorder.callback is None and (i + 1) % every and i + 1 != n:
+            continue
+        stop = recorder.record(fetch(pending), image)
+        pending = []
+        if stop:
+            return i + 1
+    return n
+
+
+# =========================================================================== the stylizer
+@dataclass(frozen=True)
+class GatysRun:
+    """One ``stylize`` call's settings: the preset's, overridden by its keyword arguments."""
+    iterations: int
+    seed: int
+    image_size: Optional[int]
+    init: str
+    optimizer: str
+    scales: Tuple[float, ...]
+    style_scale: float
+
+
+def _integer(value: Any, name: str, minimum: int) -> int:
+    try:
+        ok = float(value) == int(value)
+    except (TypeError, ValueError, OverflowError):
+        ok = False
+    if not ok or isinstance(value, bool) or int(value) < minimum:
+        raise ArgumentError(f"{name}: got {value!r}; need an integer >= {minimum}")
+    return int(value)
+
+
+class GatysStylizerBase:
+    """What both backends' ``GatysStylizer`` share (the public API is here).  A subclass sets
+    ``self.preset`` and ``self.history`` and supplies:
+
+    * ``_targets(content, styles, blend)``: content features and ``Σ w_i G_i`` of the styles
+      (resty.inputs.blend_grams), computed once per scale;
+    * ``_evaluate(image, targets)``: ``[total, content, style, tv]`` of one image as floats;
+    * ``_optimize(optimizer, image, targets, n, recorder)``: ``n`` evaluations of the named
+      optimiser from ``image`` (H×W×3), every evaluation booked with ``recorder``; returns the
+      optimised image (H×W×3 NumPy);
+    * optionally ``_check_optimizer(name)`` (refuse what the framework cannot run) and
+      ``_device_scope()`` (a context every framework call runs in)."""
+
+    preset: Preset
+    history: List[Dict[str, Any]]
+
+    @staticmethod
+    def _resolve_preset(preset: Any, history_size: Optional[int]) -> Preset:
+        """The preset, with the L-BFGS history overridden by ``history_size`` when given."""
+        p = resolve(preset)
+        if history_size is not None:
+            n = _integer(history_size, "history_size", 1)
+            g = p.gatys
+            p = p.replace(gatys=g.replace(lbfgs=g.lbfgs.replace(history_size=n)))
+        return p
+
+    def _device_scope(self):
+        return contextlib.nullcontext()
+
+    def _check_optimizer(self, name: str) -> None:
+        """Refuse an optimiser setting this backend cannot run (default: all can)."""
+
+    # ------------------------------------------------------------------ arguments
+    def _run_settings(self, iterations=None, seed=None, image_size=None, init=None, optimizer=None, scales=None,
+                      style_scale=None) -> GatysRun:
+        cfg = self.preset.gatys
+        iterations = _integer(cfg.iterations if iterations is None else iterations, "iterations", 0)
+        optimizer = cfg.optimizer if optimizer is None else optimizer
+        if optimizer not in OPTIMIZERS:
+            raise ArgumentError(f"optimizer: got {optimizer!r}; allowed: {', '.join(map(repr, OPTIMIZERS))}")
+        self._check_optimizer(optimizer)
+        # None: the preset's size; 0: the content's own size.
+        size = cfg.image_size if image_size is None else _integer(image_size, "image_size", 0) or None
+        scales = tuple(cfg.scales if scales is None else scales)
+        cfg.replace(scales=scales)          # validates the scales
+        return GatysRun(iterations=iterations, seed=cfg.init_seed if seed is None else _integer(seed, "seed", 0),
+                        image_size=size, init=cfg.init if init is None else init, optimizer=optimizer,
+                        scales=scales, style_scale=cfg.style_scale if style_scale is None else float(style_scale))
+
+    def _check_sizes(self, content_hw, styles) -> None:
+        p = self.preset
+        if p.loss.content_layers:
+            check_feature_size(content_hw, "content", p.vgg.arch, p.loss.content_layers)
+        if p.loss.style_layers:
+            for s in styles:
+                check_feature_size(s.shape[:2], "style", p.vgg.arch, p.loss.style_layers)
+
+    # ------------------------------------------------------------------ public
+    def loss_terms(self, image, content, style, style_weights=None) -> Dict[str, float]:
+        """The loss terms of ``image`` against ``content`` and ``style`` at their own sizes (no
+        resizing): ``{'total', 'content', 'style', 'tv'}`` as floats."""
+        img = load_rgb(image)
+        c = load_rgb(content)
+        styles, blend = prepare_styles(style, style_weights)
+        self._check_sizes(c.shape[:2], styles)
+        with self._device_scope():
+            values = self._evaluate(img, self._targets(c, styles, blend))
+        return dict(zip(LOSS_TERMS, (float(v) for v in values)))
+
+    def stylize(self, content, style, *, iterations=None, seed=None, style_weights=None, image_size=None, init=None,
+                preserve_color=False, callback=None, progress=False, optimizer=None, scales=None,
+                style_scale=None) -> np.ndarray:
+        """Stylise ``content`` with ``style`` (one image, or a list blended by ``style_weights``).
+        Returns H×W×3 float32 in [0, 1] at the content's size, or with longest side
+        ``image_size`` (None: the preset's size; 0: the content's own size).
+
+        ``iterations`` counts loss/gradient evaluations, split over the coarse-to-fine
+        ``scales`` (0 returns the initial image).  ``callback(step, losses, image)`` is called
+        after every evaluation and stops the run by returning True.  A non-finite loss raises
+        TrainingError naming the step; :attr:`history` holds one row per evaluation."""
+        run = self._run_settings(iterations, seed, image_size, init, optimizer, scales, style_scale)
+        _, content_img = prepare_content(content, run.image_size)
+        styles, blend = prepare_styles(style, style_weights)
+        plan = scale_plan(content_img.shape[:2], run.scales, run.iterations)
+        cfg = self.preset.gatys
+        self.history = []
+        x: Optional[np.ndarray] = None
+        with Progress(run.iterations, progress, desc=f"gatys {run.optimizer}") as bar, self._device_scope():
+            recorder = StepRecorder(self.history, callback, bar)
+            for hw, n in plan:
+                content_s = content_img if hw == content_img.shape[:2] else resize_to(content_img, hw)
+                styles_s = [resize_style(s, hw, run.style_scale) for s in styles]
+                if x is None:
+                    x = init_image(run.init, content_s, styles[0], run.seed, cfg.noise_std)
+                else:
+                    x = resize_to(np.clip(x, 0.0, 1.0), hw)
+                if n == 0:
+                    continue
+                self._check_sizes(hw, styles_s)
+                recorder.size = tuple(hw)
+                x = self._optimize(run.optimizer, x, self._targets(content_s, styles_s, blend), n, recorder)
+                if recorder.stopped:
+                    break
+        out = np.clip(x, 0.0, 1.0)
+        if out.shape[:2] != content_img.shape[:2]:      # stopped at a coarse scale
+            out = resize_to(out, content_img.shape[:2])
+        if preserve_color:
+            out = _preserve_color(out, content_img)
+        return out.astype(np.float32)

@@ -21,7 +21,7 @@ under mixed precision, and may divide F by ``sqrt(gram_divisor)`` before the pro
 """
 from __future__ import annotations
 
-from typing import Dict, Tuple
+from typing import Any, Callable, Dict, Mapping, Tuple
 
 from .specs import CONTENT_CONVENTIONS, GRAM_CONVENTIONS, TV_CONVENTIONS
 
@@ -98,3 +98,30 @@ def tv_form(convention: str) -> Tuple[int, str]:
     power = 2 if convention.startswith("squared") else 1
     reduction = "sum" if convention.endswith("sum") else "mean"
     return power, reduction
+
+
+#: The loss terms every backend reports, in this order (a backend's total_loss returns them as
+#: one stacked tensor in this order; histories and callbacks name them).
+LOSS_TERMS = ("total", "content", "style", "tv")
+
+
+def weighted_terms(loss: Any, features: Mapping[str, Any], image: Any, content_targets: Mapping[str, Any],
+                   style_grams: Mapping[str, Any], *, content_loss: Callable, style_loss: Callable,
+                   tv_loss: Callable, zero: Any) -> Tuple[Any, Any, Any, Any]:
+    """``(total, content, style, tv)`` with ``total = α Σ w_l L_content + β Σ λ_l L_style + τ L_tv``
+    (LossSpec ``loss``), composed from one framework's per-layer losses.  A layer of weight 0
+    contributes nothing (it is not evaluated); ``zero`` is that framework's scalar 0 in the
+    loss dtype.  Written once so the oracle and both backends add the same terms in the same
+    order (float addition is not associative)."""
+    content = zero
+    for name, w in zip(loss.content_layers, loss.content_layer_weights):
+        if w:
+            content = content + w * content_loss(features[name], content_targets[name], loss.content)
+    style = zero
+    for name, w in zip(loss.style_layers, loss.style_layer_weights):
+        if w:
+            style = style + w * style_loss(features[name], style_grams[name], loss.gram)
+    content = content * loss.content_weight
+    style = style * loss.style_weight
+    tv = tv_loss(image, loss.tv) * loss.tv_weight if loss.tv_weight else zero
+    return content + style + tv, content, style, tv

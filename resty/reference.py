@@ -7,7 +7,7 @@ module disagree, one of the two translated the shared definition wrongly.
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterable, Mapping, Optional, Tuple, Union
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
@@ -217,16 +217,10 @@ def tv_loss_grad(x: Array, convention: str) -> Array:
 
 def total_loss(features: Mapping[str, Array], image_nchw: Array, loss: LossSpec,
                content_targets: Mapping[str, Array], style_grams: Mapping[str, Array]) -> Dict[str, float]:
-    """α Σ w_l L_content + β Σ λ_l L_style + τ L_tv, with each term reported."""
-    content = sum(w * content_loss(features[l], content_targets[l], loss.content)
-                  for l, w in zip(loss.content_layers, loss.content_layer_weights))
-    style = sum(w * style_loss(features[l], style_grams[l], loss.gram)
-                for l, w in zip(loss.style_layers, loss.style_layer_weights))
-    tv = tv_loss(image_nchw, loss.tv) if loss.tv_weight else 0.0
-    terms = {"content": loss.content_weight * content, "style": loss.style_weight * style,
-             "tv": loss.tv_weight * tv}
-    terms["total"] = terms["content"] + terms["style"] + terms["tv"]
-    return terms
+    """The terms of resty.losses.weighted_terms as a dict of float64 values, by LOSS_TERMS name."""
+    terms = _conv.weighted_terms(loss, features, image_nchw, content_targets, style_grams,
+                                 content_loss=content_loss, style_loss=style_loss, tv_loss=tv_loss, zero=0.0)
+    return dict(zip(_conv.LOSS_TERMS, terms))
 
 
 # --------------------------------------------------------------------------- transformer

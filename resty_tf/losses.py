@@ -9,15 +9,15 @@ near the final loss's magnitude.
 """
 from __future__ import annotations
 
-import math
-from typing import Dict, Mapping
+from typing import Mapping
 
 import tensorflow as tf
 
 from resty import losses as conv
+from resty.losses import LOSS_TERMS, weighted_terms
 from resty.specs import LossSpec
 
-__all__ = ["loss_dtype", "gram", "style_loss", "content_loss", "tv_loss", "total_loss"]
+__all__ = ["loss_dtype", "gram", "style_loss", "content_loss", "tv_loss", "total_loss", "LOSS_TERMS"]
 
 
 def loss_dtype(x) -> tf.DType:
@@ -93,22 +93,10 @@ def tv_loss(x, convention: str):
 
 
 def total_loss(features: Mapping[str, tf.Tensor], image, loss: LossSpec,
-               content_targets: Mapping[str, tf.Tensor], style_grams: Mapping[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
-    """``α Σ w_l L_content + β Σ λ_l L_style + τ L_tv`` with each term (as resty.reference.total_loss).
-
-    ``features`` must hold every content and style layer; the dtype of the result is float64
-    for float64 features, else float32.
-    """
+               content_targets: Mapping[str, tf.Tensor], style_grams: Mapping[str, tf.Tensor]) -> tf.Tensor:
+    """resty.losses.weighted_terms as one tensor ``[total, content, style, tv]`` (LOSS_TERMS), in
+    float64 for float64 features, else float32.  ``features`` must hold every loss layer."""
     dt = loss_dtype(next(iter(features.values())))
-    zero = tf.zeros([], dt)
-    content = zero
-    for l, w in zip(loss.content_layers, loss.content_layer_weights):
-        content = content + w * content_loss(features[l], content_targets[l], loss.content)
-    style = zero
-    for l, w in zip(loss.style_layers, loss.style_layer_weights):
-        style = style + w * style_loss(features[l], style_grams[l], loss.gram)
-    tv = tv_loss(tf.cast(image, dt), loss.tv) if loss.tv_weight else zero
-    terms = {"content": loss.content_weight * content, "style": loss.style_weight * style,
-             "tv": loss.tv_weight * tv}
-    terms["total"] = terms["content"] + terms["style"] + terms["tv"]
-    return terms
+    return tf.stack(weighted_terms(loss, features, image, content_targets, style_grams, content_loss=content_loss,
+                                   style_loss=style_loss, tv_loss=lambda x, c: tv_loss(tf.cast(x, dt), c),
+                                   zero=tf.zeros([], dt)))

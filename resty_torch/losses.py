@@ -11,14 +11,15 @@ so even float32 keeps a wide margin at large images.
 from __future__ import annotations
 
 import math
-from typing import Dict, Mapping
+from typing import Mapping
 
 import torch
 
 from resty import losses as _conv
+from resty.losses import LOSS_TERMS, weighted_terms
 from resty.specs import LossSpec
 
-__all__ = ["gram", "style_loss", "content_loss", "tv_loss", "total_loss", "loss_dtype"]
+__all__ = ["gram", "style_loss", "content_loss", "tv_loss", "total_loss", "loss_dtype", "LOSS_TERMS"]
 
 
 def loss_dtype(t: torch.Tensor) -> torch.dtype:
@@ -121,24 +122,9 @@ def tv_loss(x: torch.Tensor, convention: str) -> torch.Tensor:
 def total_loss(features: Mapping[str, torch.Tensor], image: torch.Tensor, loss: LossSpec,
                content_targets: Mapping[str, torch.Tensor], style_grams: Mapping[str, torch.Tensor]
                ) -> torch.Tensor:
-    """``[total, content, style, tv]`` as one tensor (one object to record per step, so the
-    optimisation loop never has to read four scalars back from the device)."""
+    """resty.losses.weighted_terms as one tensor ``[total, content, style, tv]`` (LOSS_TERMS): one
+    object to record per step, so an optimisation loop never reads four scalars back."""
     ref = next(iter(features.values()))
-    dt = loss_dtype(ref)
-    zero = torch.zeros((), dtype=dt, device=ref.device)
-    content = zero
-    for l, w in zip(loss.content_layers, loss.content_layer_weights):
-        if w:
-            content = content + w * content_loss(features[l], content_targets[l], loss.content)
-    style = zero
-    for l, w in zip(loss.style_layers, loss.style_layer_weights):
-        if w:
-            style = style + w * style_loss(features[l], style_grams[l], loss.gram)
-    content = content * loss.content_weight
-    style = style * loss.style_weight
-    tv = tv_loss(image, loss.tv) * loss.tv_weight if loss.tv_weight else zero
-    return torch.stack([content + style + tv, content, style, tv])
-
-
-TERMS = ("total", "content", "style", "tv")
-__all__.append("TERMS")
+    zero = torch.zeros((), dtype=loss_dtype(ref), device=ref.device)
+    return torch.stack(weighted_terms(loss, features, image, content_targets, style_grams, content_loss=content_loss,
+                                      style_loss=style_loss, tv_loss=tv_loss, zero=zero))
