@@ -1,9 +1,11 @@
 """torch-only weight I/O: the torchvision ``.pth`` reader and the torch.hub downloader.
 
-A ``.pth`` file is a pickle; ``torch.load(..., weights_only=True)`` refuses anything but
-tensors and plain containers, so a malicious file cannot run code.  Both hooks are
-registered with :mod:`resty.weights` when ``resty_torch`` is imported, so ``resolve_weights``
-(and the CLI) can read torchvision files and download into torch.hub's cache.
+:func:`read_pth` is Resty's one ``.pth`` reader.  A ``.pth`` file is a pickle;
+``torch.load(..., weights_only=True)`` refuses anything but tensors and plain containers, so a
+malicious file cannot run code.  Both hooks are registered with :mod:`resty.weights` when
+``resty_torch`` is imported, so ``resolve_weights`` (and the CLI) can read torchvision files and
+download into torch.hub's cache; a process without ``resty_torch`` (the TF backend) reaches
+:func:`read_pth` through :func:`resty.backends.load_backend_module`.
 """
 from __future__ import annotations
 
@@ -14,30 +16,35 @@ import numpy as np
 import torch
 
 from resty import weights as _w
-from resty.errors import WeightsError
+from resty.errors import WeightsError, one_line
 
 __all__ = ["read_pth", "torch_hub_downloader", "register"]
 
 
 def _to_numpy(obj: Any) -> Any:
     if isinstance(obj, torch.Tensor):
-        return obj.detach().cpu().numpy()
+        t = obj.detach().cpu()
+        if t.dtype == torch.bfloat16:    # NumPy has no bfloat16
+            t = t.float()
+        return t.numpy()
     if isinstance(obj, Mapping):
         return {k: _to_numpy(v) for k, v in obj.items()}
     return obj
 
 
 def read_pth(path) -> Dict[str, np.ndarray]:
-    """Read a torch state-dict file into ``{key: np.ndarray}`` without unpickling code."""
+    """Read a torch state-dict file into ``{key: np.ndarray}`` without unpickling code
+    (a ``{"state_dict": ...}`` wrapper is unwrapped)."""
     try:
         state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:   # torch raises pickle/Unpickling/Runtime errors of many kinds
-        raise WeightsError(f"{path}: cannot read the PyTorch file with weights_only=True "
-                           f"({' '.join(str(exc).split())[:200]})") from None
+        raise WeightsError(one_line(f"{path}: cannot read the PyTorch file with weights_only=True "
+                                    f"({one_line(exc)[:200]})")) from None
     if isinstance(state, Mapping) and "state_dict" in state and isinstance(state["state_dict"], Mapping):
         state = state["state_dict"]
     if not isinstance(state, Mapping):
-        raise WeightsError(f"{path}: expected a state dict (a mapping of names to tensors), got {type(state).__name__}")
+        raise WeightsError(one_line(f"{path}: expected a state dict (a mapping of names to tensors), "
+                                    f"got {type(state).__name__}"))
     return {str(k): _to_numpy(v) for k, v in state.items()}
 
 
@@ -55,5 +62,6 @@ def torch_hub_downloader(source) -> Optional[Path]:
 
 
 def register() -> None:
+    """Register :func:`read_pth` and :func:`torch_hub_downloader` with :mod:`resty.weights`."""
     _w.register_pth_reader(read_pth)
     _w.register_downloader(torch_hub_downloader)

@@ -20,6 +20,7 @@ import pytest
 from safetensors.numpy import save_file
 
 from resty import weights as W
+from resty.weights import resolve as W_resolve, sources as W_sources
 from resty.errors import OutputExistsError, WeightsError
 from resty.specs import PREPROCESSING, TransformerSpec, VGGSpec, vgg_layers
 
@@ -55,7 +56,7 @@ def homes(tmp_path, monkeypatch):
     monkeypatch.setenv("RESTY_OFFLINE", "1")
     monkeypatch.setattr(W, "_DOWNLOADERS", [])
     monkeypatch.setattr(W, "_PTH_READER", None)
-    monkeypatch.setattr(W, "_torch_installed", lambda: False)   # the core's own .pth reading off too
+    monkeypatch.setattr(W, "_torch_installed", lambda: False)   # the torch backend's reader out of reach too
     return d
 
 
@@ -66,7 +67,7 @@ def cached_random_vgg(arch, seed, prep="torchvision"):
     return _RANDOM_VGG(arch, seed, prep)
 
 
-_RANDOM_VGG = W.random_vgg     # bound now: a test below replaces W.random_vgg with a spy
+_RANDOM_VGG = W.random_vgg     # bound now: a test below replaces resolve_weights' random_vgg with a spy
 
 
 @functools.lru_cache(maxsize=None)
@@ -451,11 +452,11 @@ def test_from_keras_h5_rejects(tmp_path):
 # --------------------------------------------------------------------------- resolution
 def test_resolve_random_and_bad_strings(tmp_path, homes, monkeypatch):
     calls = []
-    real = W.random_vgg
-    monkeypatch.setattr(W, "random_vgg", lambda *a: calls.append(a) or cached_random_vgg("vgg16", 7, "caffe"))
+    real = W_resolve.random_vgg
+    monkeypatch.setattr(W_resolve, "random_vgg", lambda *a: calls.append(a) or cached_random_vgg("vgg16", 7, "caffe"))
     W.resolve_weights("random:5", "vgg16")
     assert calls == [("vgg16", 5, "torchvision")]
-    monkeypatch.setattr(W, "random_vgg", real)
+    monkeypatch.setattr(W_resolve, "random_vgg", real)
     assert W.resolve_weights(" random:7 ", "vgg16", preprocessing="caffe").fingerprint() == \
         cached_random_vgg("vgg16", 7, "caffe").fingerprint()
     t = W.resolve_weights("random:2", "transformer", spec=SMALL)
@@ -516,7 +517,7 @@ def test_resolve_imagenet_download_fails_one_line(homes, monkeypatch):
         calls.append(url)
         raise WeightsError(f"{url}: download failed (no route to host)")
 
-    monkeypatch.setattr(W, "download", no_network)
+    monkeypatch.setattr(W_sources, "download", no_network)
     with pytest.raises(WeightsError) as e:
         W.resolve_weights("imagenet", "vgg16")
     one_line_naming(e, "could not be downloaded", "no route to host", "resty weights import")
@@ -560,9 +561,39 @@ def test_resolve_imagenet_from_torch_cache_with_reader(homes, monkeypatch):
     assert (homes["resty"] / "weights" / "vgg19-torchvision.safetensors").exists()
 
 
+def test_pth_without_registered_reader_uses_the_torch_backends(homes, monkeypatch, tmp_path):
+    """No reader registered but torch installed: the torch backend's reader, loaded through the
+    backend registry (the core imports no framework itself)."""
+    from resty.weights import importers as W_importers
+
+    state = torchvision_vgg19_state()
+    asked = []
+
+    class FakeWeightsIO:
+        @staticmethod
+        def read_pth(path):
+            return state
+
+    monkeypatch.setattr(W, "_torch_installed", lambda: True)
+    monkeypatch.setattr(W_importers, "load_backend_module", lambda name: asked.append(name) or FakeWeightsIO)
+    pth = tmp_path / "mine.pth"
+    pth.write_bytes(b"PK\x03\x04 stands in for a torch zip")
+    ws = W.resolve_weights(str(pth), "vgg19")
+    assert asked == ["resty_torch.weights_io"]
+    np.testing.assert_array_equal(ws.tensors["conv5_4.weight"], state["features.34.weight"])
+
+    def unavailable(name):
+        raise RuntimeError("the torch backend needs PyTorch:\n pip install 'resty[torch]'")
+
+    monkeypatch.setattr(W_importers, "load_backend_module", unavailable)
+    with pytest.raises(WeightsError) as e:
+        W.resolve_weights(str(pth), "vgg19")
+    one_line_naming(e, pth, "needs torch", "resty weights import")
+
+
 def test_resolve_imagenet_through_registered_downloader(homes, monkeypatch, tmp_path):
     monkeypatch.setenv("RESTY_OFFLINE", "0")
-    monkeypatch.setattr(W, "download", lambda *a, **k: pytest.fail("urllib fallback must not run"))
+    monkeypatch.setattr(W_sources, "download", lambda *a, **k: pytest.fail("urllib fallback must not run"))
     got = []
 
     def keras_like(source):
