@@ -8,15 +8,13 @@ Keras's ``Conv2DTranspose("same")`` is shifted by one pixel against torch.
 """
 from __future__ import annotations
 
-from typing import Sequence, Tuple
-
 import keras
 import tensorflow as tf
 
 from resty.specs import ConvDef, TransformerSpec
 
-__all__ = ["reflection_pad", "zero_pad", "ReflectionPad2D", "InstanceNormalization",
-           "TorchBatchNormalization", "SpecConv", "upsample_nearest2x", "conv2d_forward_grads", "HALF_DTYPES"]
+__all__ = ["reflection_pad", "InstanceNormalization", "TorchBatchNormalization", "SpecConv", "upsample_nearest2x",
+           "conv2d_forward_grads", "HALF_DTYPES"]
 
 HALF_DTYPES = (tf.float16, tf.bfloat16)
 
@@ -29,31 +27,9 @@ def reflection_pad(x, top: int, bottom: int, left: int, right: int):
     return tf.pad(x, [[0, 0], [top, bottom], [left, right], [0, 0]], mode="REFLECT")
 
 
-def zero_pad(x, top: int, bottom: int, left: int, right: int):
-    if not (top or bottom or left or right):
-        return x
-    return tf.pad(x, [[0, 0], [top, bottom], [left, right], [0, 0]])
-
-
 def upsample_nearest2x(x):
     """Nearest-neighbour x2 (each pixel repeated): bitwise identical across frameworks."""
     return tf.repeat(tf.repeat(x, 2, axis=1), 2, axis=2)
-
-
-class ReflectionPad2D(keras.layers.Layer):
-    """Keras 3 has no reflection-pad layer; ``padding = (top, bottom, left, right)``."""
-
-    def __init__(self, padding: Sequence[int], **kwargs):
-        super().__init__(**kwargs)
-        if isinstance(padding, int):
-            padding = (padding,) * 4
-        self.padding = tuple(int(p) for p in padding)
-
-    def call(self, x):
-        return reflection_pad(x, *self.padding)
-
-    def get_config(self):
-        return {**super().get_config(), "padding": self.padding}
 
 
 def _float32_if_half(x):
@@ -135,10 +111,6 @@ class TorchBatchNormalization(keras.layers.Layer):
         return {**super().get_config(), "epsilon": self.epsilon, "momentum": self.momentum}
 
 
-def _pad_spatial(x, a: int, b: int):
-    return tf.pad(x, [[0, 0], [a, b], [a, b], [0, 0]])
-
-
 def _filter_grad(x, dy, kh: int, kw: int):
     """dW[i, j, ci, co] = sum over n, h, w of x[n, h+i, w+j, ci] * dy[n, h, w, co] (stride 1,
     VALID), computed by a *forward* convolution with the batch and channel axes swapped.
@@ -188,11 +160,11 @@ def conv2d_forward_grads(x, kernel, bias=None):
     """A stride-1 VALID NHWC convolution (+ bias) whose gradients are forward convolutions.
 
     Why: TensorFlow's CPU ``Conv2DBackpropFilter`` / ``Conv2DBackpropInput`` kernels are slow
-    for few channels (the transformer's 9x9 output conv with 3 channels: 106 ms and 66 ms at
-    96 px batch 2, 1.0 s and 0.69 s at 256 px batch 4, against 4-5 ms and 51-56 ms as forward
-    convs), and that one layer was a third of a training step.  The same sums, reordered:
-    gradients agree to float rounding (tests/test_tf_conv_grads.py).  Used on the CPU only;
-    cuDNN's backward kernels are the right choice on a GPU."""
+    for few channels (the transformer's 9x9 output conv with 3 channels), enough for that one
+    layer to dominate a CPU training step; forward convolutions computing the same sums,
+    reordered, are much faster, and the gradients agree to float rounding
+    (tests/test_tf_conv_grads.py).  Used on the CPU only; cuDNN's backward kernels are the
+    right choice on a GPU."""
     if bias is None:
         return _conv_fg(x, kernel)
     return _conv_bias_fg(x, kernel, bias)
