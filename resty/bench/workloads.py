@@ -1,21 +1,23 @@
 """The benchmark workloads, the timer and the run loop of ``resty bench``.
 
 Each *group* is one workload at one size on one backend × device × precision.  It holds a
-plain-framework baseline (resty.bench.baselines_torch / baselines_tf) and one or more Resty
-implementations, all set up first and then timed **interleaved** (round robin, the order
+plain-framework baseline (``resty_torch.baselines`` / ``resty_tf.baselines``) and one or more
+Resty implementations, all set up first and then timed **interleaved** (round robin, the order
 rotated every repeat), so every ratio compares runs seconds apart on the same machine.
 Per call: device sync, clock, call, device sync, clock.  Warm-up calls first (cuDNN autotune,
 tf.function tracing, torch.compile).  Reported: median, min, max, spread of N calls, and
-peak memory (CUDA ``max_memory_allocated`` during the calls; on CPU the process RSS peak
-during a warm-up call, sampled from /proc/self/statm, minus the RSS before it).
+peak memory (on a GPU the framework's peak counter during the calls; on the CPU the process
+RSS peak during a warm-up call, sampled from /proc/self/statm, minus the RSS before it).
 
-Frameworks are imported lazily inside functions: ``import resty.bench`` imports none.
-Resty-side timings of single steps use the stylizers' own step code (``_run_adam``,
-``_train_loss``, ``_make_train_step``, ``_infer``): the loops users run, minus file I/O.
+This module imports no framework: the stylizers come from the backend registry
+(:func:`resty.backends.get_backend`) and are timed through their public API only
+(``GatysStylizer(...).stylize``, ``FastStylizer(...).fit`` / ``.stylize``, ``TransformerNet``);
+the framework side of the timing (device set-up, sync, peak memory, the tensor-level inference
+call) and the baselines live in twin modules of each backend, ``<backend>.benchmark`` and
+``<backend>.baselines``, loaded by name (:func:`resty.backends.load_backend_module`).
 """
 from __future__ import annotations
 
-import json
 import os
 import platform
 import statistics
@@ -23,14 +25,15 @@ import tempfile
 import threading
 import time
 import traceback
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from resty import presets as _presets
-from resty.specs import TransformerSpec
+from resty.backends import BACKENDS, get_backend, is_installed, load_backend_module
+from resty.errors import BackendUnavailableError
 
 __all__ = ["BenchConfig", "LIGHT_SPEC", "WORKLOADS", "run_bench", "Impl"]
 
@@ -131,44 +134,42 @@ class Group:
 
 # --------------------------------------------------------------------------- clocks and memory
 class _Device:
-    """Sync and memory probes for one backend × device."""
+    """Sync and memory probes for one backend × device (the backend's ``benchmark`` module)."""
 
     def __init__(self, backend: str, device: str):
         self.backend, self.device = backend, device
         self.gpu = device.startswith("cuda") or device.lower().startswith(("gpu", "/gpu"))
+        self.bk = _bench_module(backend) if self.gpu else None
 
     def sync(self) -> None:
-        if self.backend == "torch" and self.gpu:
-            import torch
-            torch.cuda.synchronize()
-        # TF: each run() reads a value back to the host (.numpy()/float()), which waits.
+        if self.gpu:
+            self.bk.sync()
 
     def reset_peak(self) -> Optional[int]:
-        if not self.gpu:
-            return None
-        if self.backend == "torch":
-            import torch
-            torch.cuda.reset_peak_memory_stats()
-            return torch.cuda.memory_allocated()
-        import tensorflow as tf
-        tf.config.experimental.reset_memory_stats("GPU:0")
-        return tf.config.experimental.get_memory_info("GPU:0")["current"]
+        return self.bk.reset_peak() if self.gpu else None
 
     def peak(self) -> Optional[int]:
-        if not self.gpu:
-            return None
-        if self.backend == "torch":
-            import torch
-            return torch.cuda.max_memory_allocated()
-        import tensorflow as tf
-        return tf.config.experimental.get_memory_info("GPU:0")["peak"]
+        return self.bk.peak() if self.gpu else None
+
+    def release(self) -> None:
+        if self.gpu:
+            self.bk.release()
 
     @property
     def mem_kind(self) -> str:
         if self.gpu:
-            return ("torch.cuda.max_memory_allocated" if self.backend == "torch"
-                    else "tf get_memory_info peak")
+            return self.bk.GPU_MEMORY_KIND
         return "CPU process RSS peak during a warm-up call minus RSS before it (sampled every 2 ms)"
+
+
+def _bench_module(backend: str):
+    """``resty_torch.benchmark`` / ``resty_tf.benchmark`` (twins: the same functions)."""
+    return load_backend_module(f"{BACKENDS[backend].package}.benchmark")
+
+
+def _baselines(backend: str):
+    """``resty_torch.baselines`` / ``resty_tf.baselines`` (twins for the shared workloads)."""
+    return load_backend_module(f"{BACKENDS[backend].package}.baselines")
 
 
 def _rss() -> int:
@@ -280,9 +281,7 @@ class Runner:
         impls = list(g.impls)
         if g.sequential:
             for im in impls:
-                if dev.gpu and g.backend == "torch":
-                    import torch
-                    torch.cuda.empty_cache()
+                dev.release()
                 fns = setup(im)
                 if fns is None:
                     continue
@@ -365,9 +364,7 @@ class Runner:
         live.clear()
         import gc
         gc.collect()
-        if dev.gpu and g.backend == "torch":
-            import torch
-            torch.cuda.empty_cache()
+        dev.release()
         self.log(f"   ({time.time() - t_group:.1f} s)")
         if self.on_group_done:
             self.on_group_done()
@@ -381,39 +378,37 @@ def _images(side: int) -> Tuple[np.ndarray, np.ndarray]:
             resize_to(imgs["brick"], (side, side)).astype(np.float32))
 
 
+def _random_batch(batch: int, side: int, seed: int = 0) -> np.ndarray:
+    """B×side×side×3 float32 in [0, 1) (inference timings do not depend on the values)."""
+    return np.random.default_rng(seed).random((batch, side, side, 3), dtype=np.float32)
+
+
 def _amp(precision: str) -> Optional[str]:
     return {"bf16": "bf16", "fp16": "fp16"}.get(precision)
 
 
+def _train_call(make, images, style, steps: int, batch: int, size: int, **fit_kw) -> Callable[[], float]:
+    """One timed call: ``FastStylizer.fit`` for ``steps`` steps on in-memory images (no data
+    workers: the images are already arrays).  Returns ``steps`` as the call's work factor, so
+    the runner reports a per-step time (the fit's set-up is spread over its steps)."""
+    f = make()
+
+    def run() -> float:
+        f.fit(images, style, steps=steps, batch_size=batch, image_size=size, num_workers=0, **fit_kw)
+        return float(steps)
+    return run
+
+
 # --------------------------------------------------------------------------- torch groups
-def _torch_mode(device: str, precision: str):
-    import torch
-    from resty_torch.device import set_tf32
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        set_tf32(precision != "float32")
-        torch.backends.cudnn.benchmark = False
-    return dev
-
-
-def _nchw(a: np.ndarray, dev):
-    import torch
-    return torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1)[None])).to(dev)
-
-
 def torch_groups(R: Runner, device: str, precision: str, workloads: Sequence[str], s: Dict[str, Any],
                  phase: str = "main"):
-    import torch
-    from resty import runtime
-    from resty_torch import FastStylizer, GatysStylizer, TransformerNet
-    from resty_torch.device import autocast, autocast_dtype
-    from resty_torch.optim import make_adam
-    from . import baselines_torch as B
+    torch_b = get_backend("torch")
+    GatysStylizer, FastStylizer = torch_b.GatysStylizer, torch_b.FastStylizer
+    bk, B = _bench_module("torch"), _baselines("torch")
 
-    dev = _torch_mode(device, precision)
+    dev = bk.prepare(device, precision)
     amp = _amp(precision)
-    ac = autocast_dtype(amp)
-    gpu = dev.type == "cuda" or R.cfg.dry     # dry: the GPU plan on the CPU
+    gpu = device.startswith("cuda") or R.cfg.dry     # dry: the GPU plan on the CPU
     base_note = ("baseline in float32 with TF32 on (the tutorials have no mixed precision)"
                  if amp else "")
     reps, warm = s["repeats"], R.cfg.warmup
@@ -423,40 +418,21 @@ def torch_groups(R: Runner, device: str, precision: str, workloads: Sequence[str
         workloads = [w for w in workloads if w.endswith("-compiled")]
     else:
         workloads = [w for w in workloads if not w.endswith("-compiled")]
-    cnn_cache = {}
-
-    def cnn():
-        if "c" not in cnn_cache:
-            cnn_cache["c"] = B.tutorial_vgg19(dev)
-        return cnn_cache["c"]
 
     # ---------------------------------------------------------------- gatys-step
     def gatys_step_group(variants, workload="gatys-step"):
         def resty_setup(kw):
             def setup():
                 g = GatysStylizer("restynet", weights="random:0", device=dev, precision=amp, **kw)
-                ct, sg = g._targets(content, [style], [1.0])
-                x0 = g._tensor(content)
-                bar = runtime.Progress(n, False)
-
-                def run():
-                    g.history = []
-                    if g.cuda_graph:
-                        g._run_device("adam", x0, ct, sg, n, {"step": 0, "stop": False}, None, bar)
-                    else:
-                        g._run_adam(x0, ct, sg, n, {"step": 0, "stop": False}, None, bar)
-                return run
+                return lambda: g.stylize(content, style, iterations=n, optimizer="adam", image_size=S)
             return setup
 
-        def base_setup():
-            ct, st = _nchw(content, dev), _nchw(style, dev)
-            model, cls, sls = B.tutorial_gatys_model(ct, st, dev, *B.GATYS_DEPTH_LAYERS, cnn=cnn())
-            return lambda: B.tutorial_optimize(model, cls, sls, ct, n, "adam")
-
-        impls = [Impl("baseline", "tutorial (nn.Sequential loss modules)", base_setup,
-                      "PyTorch tutorial structure, Gatys-depth layers, torch.optim.Adam")]
-        impls += [Impl("resty", v, resty_setup(kw), "GatysStylizer('restynet') Adam loop"
-                       + (" (DeviceAdam, one CUDA-graph replay per step)" if kw.get("cuda_graph") else ""))
+        impls = [Impl("baseline", "tutorial (nn.Sequential loss modules)",
+                      lambda: B.gatys_adam(content, style, dev, n),
+                      "PyTorch tutorial structure, Gatys-depth layers, model + targets + torch.optim.Adam steps")]
+        impls += [Impl("resty", v, resty_setup(kw), "GatysStylizer('restynet').stylize(optimizer='adam'), "
+                       "targets included" + (" (DeviceAdam, one CUDA-graph replay per step)"
+                                             if kw.get("cuda_graph") else ""))
                   for v, kw in variants]
         return Group(workload, f"Gatys Adam step {S}px", "torch", device, precision, "ms/iter", n / 1e3, impls,
                      size=S, baseline_note=base_note)
@@ -484,19 +460,11 @@ def torch_groups(R: Runner, device: str, precision: str, workloads: Sequence[str
             return run, (lambda: run(min(N, 3)))
 
         def base_run():
-            ct, st = _nchw(content, dev), _nchw(style, dev)
-            counter: List[int] = []
-
-            def run(iters=N):
-                counter.clear()
-                B.tutorial_gatys(ct, st, iters, "lbfgs", layers=B.GATYS_DEPTH_LAYERS, cnn=cnn(), counter=counter)
-                if counter[0] != iters:
-                    raise RuntimeError(f"the tutorial made {counter[0]} evaluations, expected {iters}")
-            return run, (lambda: run(min(N, 3)))
+            run = B.gatys_run(content, style, dev)
+            return (lambda: run(N)), (lambda: run(min(N, 3)))
 
         g = Group("gatys-run", f"Gatys L-BFGS {N} evals {S}px", "torch", device, precision, "s/run", 1.0,
-                  [Impl("baseline", "tutorial", base_run, "tutorial loop: model + targets + LBFGS (torch defaults, "
-                        "20 iterations per step(); the last step shortened so exactly N closures run)"),
+                  [Impl("baseline", "tutorial", base_run, B.GATYS_RUN_NOTE),
                    Impl("resty", "eager", resty_run, "GatysStylizer.stylize(optimizer='lbfgs'), public API")]
                   + ([Impl("resty", "cuda graph", lambda: resty_run(cuda_graph=True),
                            "GatysStylizer(cuda_graph=True): DeviceLBFGS (history 100), one CUDA-graph "
@@ -508,44 +476,22 @@ def torch_groups(R: Runner, device: str, precision: str, workloads: Sequence[str
 
     # ---------------------------------------------------------------- fast inference
     def fast_group(workload, side, batch, variants, label=None):
-        x = torch.rand(batch, 3, side, side, device=dev)
+        x = _random_batch(batch, side)
 
         def resty_setup(kw):
             def setup():
-                comp_mode = kw.pop("compile_mode", None)
-                f = FastStylizer("restynet", weights="random:0", device=dev, precision=amp, **kw)
-                net = f.net.eval()
-                fn = f._net_fn
-                if f.inference_engine == "onnxruntime":
-                    # fast=True on the CPU: FastStylizer's own batch path (NHWC numpy in and
-                    # out, ONNX Runtime session, transposes and clamp included)
-                    xn = np.ascontiguousarray(x.permute(0, 2, 3, 1).numpy())
-                    return lambda: f._run(xn)
-                if comp_mode:
-                    fn = torch.compile(net, mode=comp_mode, dynamic=False)
-                xi = x.contiguous(memory_format=torch.channels_last) if kw.get("channels_last") else x
-                if kw.get("cuda_graph"):
-                    # FastStylizer.stylize_tensor: one graph replay per call (captured in the
-                    # warm-up call), including the input copy, fp32 cast and clamp.
-                    return lambda: f.stylize_tensor(xi, copy=False)
-
-                def run():
-                    with torch.inference_mode(), autocast(dev, ac):
-                        fn(xi)
-                return run
+                kw2 = dict(kw)
+                comp_mode = kw2.pop("compile_mode", None)
+                f = FastStylizer("restynet", weights="random:0", device=dev, precision=amp, **kw2)
+                # tensor in, tensor out on the device (with cuda_graph one graph replay per call,
+                # captured in the warm-up call); fast=True on the CPU: stylize's ONNX Runtime path
+                return bk.inference_call(f, x, compile_mode=comp_mode)
             return setup
 
-        def base_setup():
-            bnet = B.ExamplesTransformerNet().to(dev).eval()
-            x255 = x * 255
-
-            def run():
-                with torch.inference_mode():
-                    bnet(x255)
-            return run
-
-        impls = [Impl("baseline", "examples (eager)", base_setup, "pytorch/examples TransformerNet, eager float32")]
-        impls += [Impl("resty", v, resty_setup(dict(kw)), "FastStylizer('restynet').net") for v, kw in variants]
+        impls = [Impl("baseline", "examples (eager)", lambda: B.fast_infer(x, dev),
+                      "pytorch/examples TransformerNet, eager float32")]
+        impls += [Impl("resty", v, resty_setup(kw), "FastStylizer('restynet') inference (stylize_tensor; "
+                       "stylize for ONNX Runtime)") for v, kw in variants]
         return Group(workload, label or (f"fast inference {side}px" + (f" batch {batch}" if batch > 1 else "")),
                      "torch", device, precision, "ms/image", batch / 1e3, impls, size=side, batch=batch,
                      baseline_note=base_note)
@@ -566,49 +512,26 @@ def torch_groups(R: Runner, device: str, precision: str, workloads: Sequence[str
     if "fast-train" in workloads and precision != "fp16":
         T, bs = s["train_size"], s["train_batch"]
         tstyle = _images(T)[1]
+        timgs = list(_random_batch(bs, T, seed=1))
 
-        def resty_train():
-            f = FastStylizer("johnson2016", weights="random:0", device=dev, precision=amp)
-            grams = f._style_grams(tstyle, None, None)
-            opt = make_adam(f.net.parameters(), f.preset.training.adam, foreach=None)
-            xb = torch.rand(bs, 3, T, T, device=dev)
-            f.net.train()
-
-            def step():
-                opt.zero_grad(set_to_none=True)
-                terms = f._train_loss(xb, grams)
-                terms[0].backward()
-                opt.step()
-            return step
-
-        def resty_train_graph(channels_last):
+        def resty_train(**kw):
             def setup():
-                # FastStylizer.make_train_step(cuda_graph=True): forward, backward and the
-                # (capturable) Adam update as one CUDA graph, captured in the warm-up call.
-                f = FastStylizer("johnson2016", weights="random:0", device=dev, precision=amp,
-                                 channels_last=channels_last)
-                grams = f._style_grams(tstyle, None, None)
-                opt = make_adam(f.net.parameters(), f.preset.training.adam, foreach=None)
-                xb = torch.rand(bs, 3, T, T, device=dev)
-                if channels_last:
-                    xb = xb.contiguous(memory_format=torch.channels_last)
-                f.net.train()
-                step = f.make_train_step(grams, opt, cuda_graph=True)
-                return lambda: step(xb)
+                return _train_call(lambda: FastStylizer("johnson2016", weights="random:0", device=dev,
+                                                        precision=amp, **kw),
+                                   timgs, tstyle, n, bs, T, **({"cuda_graph": True} if kw.get("cuda_graph") else {}))
             return setup
 
-        def base_train():
-            return B.examples_train_step_factory(dev, bs, T)
-
         g = Group("fast-train", f"fast training {T}px batch {bs}", "torch", device, precision, "img/s", bs,
-                  [Impl("baseline", "examples (VGG16)", base_train, "pytorch/examples training step, random data"),
-                   Impl("resty", "johnson2016 (VGG16)", resty_train, "FastStylizer('johnson2016') step, random data")],
+                  [Impl("baseline", "examples (VGG16)", lambda: B.fast_train(dev, bs, T),
+                        "pytorch/examples training step, random data"),
+                   Impl("resty", "johnson2016 (VGG16)", resty_train(),
+                        f"FastStylizer('johnson2016').fit({n} steps) per call, per-step time, random data")],
                   size=T, batch=bs, higher_is_better=True, baseline_note=base_note)
         if gpu:   # (dry: the same code eagerly on the CPU)
-            g.impls += [Impl("resty", "cuda graph", resty_train_graph(False),
-                             "FastStylizer.make_train_step(cuda_graph=True), random data"),
-                        Impl("resty", "cuda graph+cl", resty_train_graph(True),
-                             "the same step captured, channels_last transformer and VGG")]
+            g.impls += [Impl("resty", "cuda graph", resty_train(cuda_graph=True),
+                             "FastStylizer(cuda_graph=True).fit: each step one captured CUDA graph"),
+                        Impl("resty", "cuda graph+cl", resty_train(cuda_graph=True, channels_last=True),
+                             "the same, channels_last transformer and VGG")]
         R.run_group(g, reps, max(warm, 2))
 
     # ---------------------------------------------------------------- ONNX Runtime, light net (CPU)
@@ -616,16 +539,11 @@ def torch_groups(R: Runner, device: str, precision: str, workloads: Sequence[str
         side = s["onnx_size"]
         from resty.weights import random_transformer
         ws = random_transformer(LIGHT_SPEC, 0)
-        x = np.random.default_rng(0).random((1, 3, side, side), dtype=np.float32)
+        x = _random_batch(1, side)
 
         def torch_light():
-            net = TransformerNet(LIGHT_SPEC, ws, device="cpu").eval()
-            xt = torch.from_numpy(x)
-
-            def run():
-                with torch.inference_mode():
-                    net(xt)
-            return run
+            f = FastStylizer("restynet-light", weights="random:0", device="cpu", transformer_weights=ws)
+            return bk.inference_call(f, x)
 
         def ort_light():
             # resty convert --to onnx (resty.onnx_runtime's exact rewritten graph, checked against
@@ -636,11 +554,13 @@ def torch_groups(R: Runner, device: str, precision: str, workloads: Sequence[str
             tmp = Path(tempfile.mkdtemp(prefix="resty-bench-"))
             path = convert_model(ws, "onnx", tmp / "light.onnx", overwrite=True)
             st = OnnxStylizer(path, optimized_cache=True)
-            return lambda: st.run(x)
+            xn = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+            return lambda: st.run(xn)
 
         g = Group("onnx-light", f"light net {side}px (ONNX Runtime vs torch eager)", "torch", device, precision,
                   "ms/image", 1 / 1e3,
-                  [Impl("baseline", "torch eager (light)", torch_light, "resty_torch TransformerNet(LIGHT_SPEC), eager"),
+                  [Impl("baseline", "torch eager (light)", torch_light,
+                        "resty_torch FastStylizer('restynet-light') net, eager"),
                    Impl("resty", "onnxruntime (light)", ort_light, "the same net exported with resty convert --to onnx (resty.onnx_runtime graph, OnnxStylizer session)")],
                   size=side, baseline_note="baseline here is the same light net in torch eager (what ONNX replaces)",
                   extra={"spec": LIGHT_SPEC.to_dict() if hasattr(LIGHT_SPEC, "to_dict") else str(LIGHT_SPEC),
@@ -656,12 +576,9 @@ def torch_groups(R: Runner, device: str, precision: str, workloads: Sequence[str
             g = GatysStylizer("restynet", weights="random:0", device=dev, precision=amp, **kw)
             return lambda: g.stylize(cm, sm, iterations=3, image_size=M)
 
-        def base_mem():
-            ct, st = _nchw(cm, dev), _nchw(sm, dev)
-            return lambda: B.tutorial_gatys(ct, st, 3, "adam", layers=B.GATYS_DEPTH_LAYERS, cnn=cnn())
-
         g = Group("gatys-memory", f"Gatys {M}px peak memory (3 Adam steps)", "torch", device, precision, "s/run",
-                  1.0, [Impl("baseline", "tutorial", base_mem, "tutorial model + targets + 3 Adam steps"),
+                  1.0, [Impl("baseline", "tutorial", lambda: B.gatys_memory(cm, sm, dev, 3),
+                             "tutorial model + targets + 3 Adam steps"),
                         Impl("resty", "eager", resty_mem, "GatysStylizer.stylize(iterations=3)"),
                         Impl("resty", "checkpoint", lambda: resty_mem(checkpoint=True),
                              "GatysStylizer(checkpoint=True): VGG activation checkpointing per block")],
@@ -678,17 +595,10 @@ def torch_groups(R: Runner, device: str, precision: str, workloads: Sequence[str
                 return lambda: f.stylize(big, tile=t)
             return setup
 
-        def base_full():
-            bnet = B.ExamplesTransformerNet().to(dev).eval()
-
-            def run():
-                with torch.inference_mode():
-                    bnet(torch.from_numpy(big.transpose(2, 0, 1)[None].copy()).to(dev) * 255).cpu()
-            return run
-
         g = Group("fast-tiled", f"fast stylize {M}px (tile {tile}) peak memory", "torch", device, precision,
                   "s/run", 1.0,
-                  [Impl("baseline", "examples, whole image", base_full, "examples net on the whole image, eager float32"),
+                  [Impl("baseline", "examples, whole image", lambda: B.fast_whole_image(big, dev),
+                        "examples net on the whole image, eager float32"),
                    Impl("resty", f"stylize(tile={tile})", resty_tiled(tile), "FastStylizer.stylize, host image in/out"),
                    Impl("resty", "stylize(whole image)", resty_tiled(None), "FastStylizer.stylize without tiling")],
                   size=M, sequential=True, baseline_note=base_note)
@@ -711,21 +621,16 @@ def torch_groups(R: Runner, device: str, precision: str, workloads: Sequence[str
 
 # --------------------------------------------------------------------------- TF groups
 def tf_groups(R: Runner, device: str, precision: str, workloads: Sequence[str], s: Dict[str, Any]):
-    import tensorflow as tf
-    from resty import runtime
-    from resty_tf import FastStylizer, GatysStylizer
-    from resty_tf.device import resolve_device, set_tf32
-    from resty_tf.optim import TorchAdam
-    from . import baselines_tf as B
+    tf_b = get_backend("tf")
+    GatysStylizer, FastStylizer = tf_b.GatysStylizer, tf_b.FastStylizer
+    bk, B = _bench_module("tf"), _baselines("tf")
 
-    tfdev = resolve_device("cpu" if device == "cpu" else "gpu")
-    gpu = "GPU" in tfdev
-    if gpu:
-        set_tf32(precision != "float32")
+    tfdev = bk.prepare(device, precision)
+    gpu = "GPU" in tfdev.upper()
     amp = _amp(precision)
     reps, warm = s["repeats"], R.cfg.warmup
     S, N, n = s["size"], s["iterations"], s["step_iters"]
-    content, style = _images(S)
+    content, style = _images(S) if any(w.startswith("gatys") for w in workloads) else (None, None)
     variants = [("graph", False)] + ([] if R.cfg.quick else [("xla", True)])
     fast_variants = list(variants)
     if not gpu and precision == "float32" and _onnxruntime_available():
@@ -735,93 +640,52 @@ def tf_groups(R: Runner, device: str, precision: str, workloads: Sequence[str], 
     if "gatys-step" in workloads and precision != "fp16":
         def resty_setup(xla):
             def setup():
-                with tf.device(tfdev):
-                    g = GatysStylizer("restynet", weights="random:0", device=tfdev, precision=amp, compile=xla)
-                    ct, sg = g._targets(content, [style], [1.0])
-                    xvar = tf.Variable(g._tensor(content), trainable=True, name="image")
-                    fn = g._adam_step_fn(TorchAdam(g.preset.gatys.adam, [xvar]))   # the traced Adam step
-
-                def run():
-                    with tf.device(tfdev):
-                        for _ in range(n):
-                            t = fn(xvar, ct, sg, True)
-                        float(t["total"])
-                return run
+                g = GatysStylizer("restynet", weights="random:0", device=tfdev, precision=amp, compile=xla)
+                return lambda: g.stylize(content, style, iterations=n, optimizer="adam", image_size=S)
             return setup
 
-        def base_setup():
-            with tf.device(tfdev):
-                tg = B.TutorialGatys(content, style)
-
-            def run():
-                with tf.device(tfdev):
-                    tg.run(n)
-            return run
-
-        impls = [Impl("baseline", "tutorial (GradientTape, keras Adam)", base_setup,
-                      "TF tutorial: Keras VGG19 extractor, tf.function train_step, Gatys-depth layers")]
-        impls += [Impl("resty", v, resty_setup(x), "GatysStylizer('restynet') Adam step function") for v, x in variants]
+        impls = [Impl("baseline", "tutorial (GradientTape, keras Adam)", lambda: B.gatys_adam(content, style, tfdev, n),
+                      "TF tutorial: Keras VGG19 extractor, targets + tf.function train_step, Gatys-depth layers")]
+        impls += [Impl("resty", v, resty_setup(x), "GatysStylizer('restynet').stylize(optimizer='adam'), "
+                       "targets included") for v, x in variants]
         R.run_group(Group("gatys-step", f"Gatys Adam step {S}px", "tf", device, precision, "ms/iter", n / 1e3,
                           impls, size=S, baseline_note=base_note), reps, max(warm, 1))
 
     if "gatys-run" in workloads and precision != "fp16":
         def resty_run():
-            with tf.device(tfdev):
-                g = GatysStylizer("restynet", weights="random:0", device=tfdev, precision=amp)
+            g = GatysStylizer("restynet", weights="random:0", device=tfdev, precision=amp)
 
             def run(iters=N):
                 g.stylize(content, style, iterations=iters, optimizer="lbfgs", image_size=S)
             return run, (lambda: run(min(N, 3)))
 
         def base_run():
-            with tf.device(tfdev):
-                tg = B.TutorialGatys(content, style)
-
-            def run(iters=N):
-                with tf.device(tfdev):
-                    tg.run(iters)
-            return run, (lambda: run(min(N, 3)))
+            run = B.gatys_run(content, style, tfdev)
+            return (lambda: run(N)), (lambda: run(min(N, 3)))
 
         R.run_group(Group("gatys-run", f"Gatys L-BFGS {N} evals {S}px", "tf", device, precision, "s/run", 1.0,
-                          [Impl("baseline", "tutorial Adam (TF core has no L-BFGS)", base_run,
-                                "TF tutorial loop, N Adam steps, extractor and targets prebuilt"),
+                          [Impl("baseline", "tutorial Adam (TF core has no L-BFGS)", base_run, B.GATYS_RUN_NOTE),
                            Impl("resty", "L-BFGS", resty_run, "GatysStylizer.stylize(optimizer='lbfgs'), public API")],
                           size=S, baseline_note=(base_note + "; " if base_note else "") +
                           "TF has no core L-BFGS: baseline is the tutorial's Adam loop with the same number "
-                          "of loss/gradient evaluations, targets precomputed (favours the baseline)"),
+                          "of loss/gradient evaluations (favours the baseline)"),
                     s["run_repeats"], 1)
 
     def fast_group(workload, side, batch):
-        x = tf.random.uniform((batch, side, side, 3), seed=0)
+        x = _random_batch(batch, side)
 
         def resty_setup(xla):
             def setup():
-                if xla == "onnxruntime":
-                    # fast=True on the CPU: FastStylizer's own batch path through ONNX Runtime
+                if xla == "onnxruntime":   # fast=True on the CPU: stylize's ONNX Runtime path
                     f = FastStylizer("restynet", weights="random:0", device=tfdev, fast=True)
-                    xn = x.numpy()
-                    return lambda: f._run(xn)
-                f = FastStylizer("restynet", weights="random:0", device=tfdev, precision=amp, compile=xla)
-                f._run(np.zeros((1, 32, 32, 3), np.float32))   # builds f._infer
-
-                def run():
-                    with tf.device(tfdev):
-                        f._infer(x).numpy()
-                return run
+                else:
+                    f = FastStylizer("restynet", weights="random:0", device=tfdev, precision=amp, compile=xla)
+                return bk.inference_call(f, x)
             return setup
 
-        def base_setup():
-            with tf.device(tfdev):
-                net = B.examples_transformer()
-                x255 = x * 255.0
-
-            def run():
-                with tf.device(tfdev):
-                    net(x255, training=False).numpy()
-            return run
-
-        impls = [Impl("baseline", "examples (Keras eager)", base_setup, "pytorch/examples-shaped Keras net, eager float32")]
-        impls += [Impl("resty", v, resty_setup(x_), "FastStylizer('restynet') inference function")
+        impls = [Impl("baseline", "examples (Keras eager)", lambda: B.fast_infer(x, tfdev),
+                      "pytorch/examples-shaped Keras net, eager float32")]
+        impls += [Impl("resty", v, resty_setup(x_), "FastStylizer('restynet').stylize")
                   for v, x_ in fast_variants]
         return Group(workload, f"fast inference {side}px" + (f" batch {batch}" if batch > 1 else ""), "tf", device,
                      precision, "ms/image", batch / 1e3, impls, size=side, batch=batch, baseline_note=base_note)
@@ -835,33 +699,17 @@ def tf_groups(R: Runner, device: str, precision: str, workloads: Sequence[str], 
     if "fast-train" in workloads and precision != "fp16":
         T, bs = s["train_size"], s["train_batch"]
         tstyle = _images(T)[1]
+        timgs = list(_random_batch(bs, T, seed=1))
 
         def resty_train():
-            with tf.device(tfdev):
-                f = FastStylizer("johnson2016", weights="random:0", device=tfdev, precision=amp)
-                names, variables = f._variables()
-                opt = TorchAdam(f.preset.training.adam, variables)
-                grams = f._style_grams(tstyle, None, None)
-                step = f._make_train_step(opt, variables, grams, T)
-                xb = tf.random.uniform((bs, T, T, 3), seed=1)
-
-            def run():
-                with tf.device(tfdev):
-                    step(xb).numpy()
-            return run
-
-        def base_train():
-            with tf.device(tfdev):
-                r = B.examples_train_step_factory(bs, T)
-
-            def run():
-                with tf.device(tfdev):
-                    r()
-            return run
+            return _train_call(lambda: FastStylizer("johnson2016", weights="random:0", device=tfdev, precision=amp),
+                               timgs, tstyle, n, bs, T)
 
         R.run_group(Group("fast-train", f"fast training {T}px batch {bs}", "tf", device, precision, "img/s", bs,
-                          [Impl("baseline", "examples-style Keras (VGG16)", base_train, "Keras VGG16 loss, keras Adam, tf.function"),
-                           Impl("resty", "johnson2016 (VGG16)", resty_train, "FastStylizer('johnson2016') train step")],
+                          [Impl("baseline", "examples-style Keras (VGG16)", lambda: B.fast_train(tfdev, bs, T),
+                                "Keras VGG16 loss, keras Adam, tf.function"),
+                           Impl("resty", "johnson2016 (VGG16)", resty_train,
+                                f"FastStylizer('johnson2016').fit({n} steps) per call, per-step time")],
                           size=T, batch=bs, higher_is_better=True, baseline_note=base_note), reps, max(warm, 2))
 
 
@@ -896,21 +744,10 @@ def environment(backends: Sequence[str]) -> Dict[str, Any]:
                     break
     except OSError:
         pass
-    if "torch" in backends:
+    for b in backends:
         try:
-            import torch
-            env["torch"] = torch.__version__
-            env["torch_threads"] = torch.get_num_threads()
-            if torch.cuda.is_available():
-                env["cuda_device"] = torch.cuda.get_device_name(0)
-                env["cuda"] = torch.version.cuda
-        except ImportError:
-            pass
-    if "tf" in backends:
-        try:
-            import tensorflow as tf
-            env["tensorflow"] = tf.__version__
-        except ImportError:
+            env.update(_bench_module(b).environment())
+        except BackendUnavailableError:
             pass
     try:
         import onnxruntime
@@ -921,10 +758,14 @@ def environment(backends: Sequence[str]) -> Dict[str, Any]:
 
 
 def _available(backend: str) -> Optional[str]:
-    import importlib.util
-    mod = {"torch": "torch", "tf": "tensorflow"}[backend]
-    if importlib.util.find_spec(mod) is None:
-        return f"{backend}: {mod} is not installed"
+    """Why ``backend`` cannot run here (its framework missing or broken), or None.  Loading it
+    here, torch before tf, also fixes the safe framework import order for the whole run."""
+    if not is_installed(backend):
+        return f"{backend}: {BACKENDS[backend].label} is not installed"
+    try:
+        _bench_module(backend)
+    except BackendUnavailableError as exc:
+        return f"{backend}: {exc}"
     return None
 
 
@@ -936,26 +777,17 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> Dict[str,
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     R = Runner(cfg, log)
-    backends = [b for b in cfg.backends]
+    backends = [b for b in BACKENDS if b in cfg.backends]   # torch first: the safe import order
     for b in list(backends):
         why = _available(b)
         if why:
             R.note(f"skipped backend {why}")
             backends.remove(b)
-    if "torch" in backends:   # import order: torch and torchvision before tensorflow
-        import torch  # noqa: F401
-        import torch._dynamo  # noqa: F401
-        try:
-            import torchvision  # noqa: F401
-        except ImportError:
-            R.note("torchvision is not installed: the plain-PyTorch Gatys/training baselines will fail")
     devices = list(cfg.devices) if cfg.devices else None
     if devices is None:
         devices = ["cpu"]
-        if "torch" in backends:
-            import torch
-            if torch.cuda.is_available():
-                devices.append("cuda")
+        if "torch" in backends and _bench_module("torch").gpu_available():
+            devices.append("cuda")
     doc: Dict[str, Any] = {}
 
     def write():
@@ -973,16 +805,9 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> Dict[str,
                                                               ["tf32", "bf16", "fp16", "float32"])
         wl = list(cfg.workloads) if cfg.workloads else [w for w in WORKLOADS if gpu or w not in GPU_ONLY]
         for backend in backends:
-            if backend == "torch" and device.startswith("cuda"):
-                import torch
-                if not torch.cuda.is_available():
-                    R.note("skipped torch on cuda: torch sees no CUDA GPU")
-                    continue
-            if backend == "tf" and device.startswith("cuda"):
-                import tensorflow as tf
-                if not tf.config.list_logical_devices("GPU"):
-                    R.note("skipped tf on cuda: TensorFlow sees no GPU")
-                    continue
+            if device.startswith("cuda") and not _bench_module(backend).gpu_available():
+                R.note(f"skipped {backend} on cuda: {BACKENDS[backend].label} sees no GPU")
+                continue
             for prec in precs:
                 if prec not in PRECISIONS:
                     R.note(f"unknown precision {prec!r} (known: {', '.join(PRECISIONS)})")

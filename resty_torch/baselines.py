@@ -1,13 +1,21 @@
-"""Plain-PyTorch baselines, written the way the tutorials write them, for ratio reporting.
+"""Plain-PyTorch baselines, written the way the tutorials write them, for ``resty bench``'s ratios.
 
 Gatys: torchvision VGG19 features, per-layer loss modules inserted into an nn.Sequential
 (the PyTorch "Neural Transfer" tutorial's structure), optimising the image with Adam or L-BFGS.
 Fast: the pytorch/examples fast_neural_style TransformerNet in eager float32.
 These are measured seconds apart from Resty on the same machine, so every Resty figure is
 also a ratio.  Random weights: timings do not depend on the values.
+
+The bench (``resty.bench.workloads``, framework-free) reaches this module by name through
+``resty.backends.load_backend_module``; the functions at the end (``gatys_adam``,
+``gatys_run``, ``fast_infer``, ``fast_train``) have twins of the same name and meaning in
+``resty_tf.baselines``: NumPy images in, a callable that does one timed call out.
 """
 from __future__ import annotations
 
+from typing import Callable, Dict, List
+
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -241,3 +249,90 @@ def examples_train_step_factory(device, batch, size):
         opt.step()
         return loss
     return step
+
+
+# ----------------------------------------------------------------------------- the bench's entry points
+_CNN: Dict[str, nn.Module] = {}
+
+
+def _cnn(device) -> nn.Module:
+    """One tutorial VGG19 per device for the whole bench run: the tutorial builds it once and
+    reuses it for every image pair, and so does Resty's stylizer."""
+    key = str(device)
+    if key not in _CNN:
+        _CNN.clear()   # one device at a time: free the previous device's copy
+        _CNN[key] = tutorial_vgg19(device)
+    return _CNN[key]
+
+
+def _nchw(a: np.ndarray, device) -> torch.Tensor:
+    """H×W×3 (or B×H×W×3) float32 NumPy -> NCHW tensor on ``device``."""
+    a = np.asarray(a, np.float32)
+    a = a[None] if a.ndim == 3 else a
+    return torch.from_numpy(np.ascontiguousarray(a.transpose(0, 3, 1, 2))).to(device)
+
+
+def gatys_adam(content: np.ndarray, style: np.ndarray, device, steps: int) -> Callable[[], object]:
+    """One call: the tutorial's model and targets built, then ``steps`` Adam steps (Gatys-depth
+    layers), as one ``GatysStylizer.stylize(..., optimizer="adam")`` call does."""
+    ct, st = _nchw(content, device), _nchw(style, device)
+
+    def run():
+        tutorial_gatys(ct, st, steps, "adam", layers=GATYS_DEPTH_LAYERS, cnn=_cnn(device))
+    return run
+
+
+def gatys_run(content: np.ndarray, style: np.ndarray, device) -> Callable[[int], object]:
+    """``run(iters)``: the tutorial's L-BFGS run with exactly ``iters`` evaluations (model and
+    targets included); raises when another count was made."""
+    ct, st = _nchw(content, device), _nchw(style, device)
+    counter: List[int] = []
+
+    def run(iters: int):
+        counter.clear()
+        tutorial_gatys(ct, st, iters, "lbfgs", layers=GATYS_DEPTH_LAYERS, cnn=_cnn(device), counter=counter)
+        if counter[0] != iters:
+            raise RuntimeError(f"the tutorial made {counter[0]} evaluations, expected {iters}")
+    return run
+
+
+GATYS_RUN_NOTE = ("tutorial loop: model + targets + LBFGS (torch defaults, 20 iterations per step(); "
+                  "the last step shortened so exactly N closures run)")
+
+
+def fast_infer(images: np.ndarray, device) -> Callable[[], object]:
+    """One eager float32 call of the pytorch/examples net on ``images`` (B×H×W×3 in [0, 1]),
+    the input already on the device in the examples' 0..255 units."""
+    net = ExamplesTransformerNet().to(device).eval()
+    x255 = _nchw(images, device) * 255
+
+    def run():
+        with torch.inference_mode():
+            net(x255)
+    return run
+
+
+def fast_train(device, batch: int, size: int) -> Callable[[], object]:
+    """One pytorch/examples training step (random data)."""
+    step = examples_train_step_factory(device, batch, size)
+
+    def run():   # no return value: the bench reads a float returned by a call as its work factor
+        step()
+    return run
+
+
+def gatys_memory(content: np.ndarray, style: np.ndarray, device, steps: int = 3) -> Callable[[], object]:
+    """The tutorial model + targets + ``steps`` Adam steps (the GPU peak-memory workload)."""
+    ct, st = _nchw(content, device), _nchw(style, device)
+    return lambda: tutorial_gatys(ct, st, steps, "adam", layers=GATYS_DEPTH_LAYERS, cnn=_cnn(device))
+
+
+def fast_whole_image(image: np.ndarray, device) -> Callable[[], object]:
+    """The examples net on a whole host image: copy in, run, copy out (the tiled-inference
+    workload's baseline)."""
+    net = ExamplesTransformerNet().to(device).eval()
+
+    def run():
+        with torch.inference_mode():
+            net(_nchw(image, device) * 255).cpu()
+    return run

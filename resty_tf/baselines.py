@@ -8,11 +8,19 @@ Fast: a plain Keras transformer shaped like pytorch/examples' TransformerNet (re
 by ``tf.pad``, Conv2D, instance norm as ``GroupNormalization(groups=-1)``, nearest ×2
 upsampling), called eagerly in float32; a training step with a Keras VGG16 loss network.
 Random weights (``weights=None``): timings do not depend on the values.
-Imported lazily (the core package imports no framework).
+
+The bench (``resty.bench.workloads``, framework-free) reaches this module by name through
+``resty.backends.load_backend_module``; the functions at the end (``gatys_adam``,
+``gatys_run``, ``fast_infer``, ``fast_train``) have twins of the same name and meaning in
+``resty_torch.baselines``: NumPy images in, a callable that does one timed call out.
+``device`` is a TensorFlow device string ("/CPU:0", "/GPU:0").
 """
 from __future__ import annotations
 
 import os
+from typing import Callable
+
+import numpy as np
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
@@ -73,6 +81,7 @@ class TutorialGatys:
         self.style_targets = self.extractor(style)["style"]
         self.content_targets = self.extractor(content)["content"]
         self.content = content
+        self.style_image = style
         self.image = tf.Variable(content)
         self.opt = keras.optimizers.Adam(learning_rate=0.02, beta_1=0.99, epsilon=1e-1)
         ns, nc = len(style_layers), len(content_layers)
@@ -98,6 +107,12 @@ class TutorialGatys:
             image.assign(tf.clip_by_value(image, 0.0, 1.0))
             return loss
         self.train_step = train_step
+
+    def targets(self) -> None:
+        """Recompute the style and content targets (the tutorial does this once per image pair;
+        the bench does it per call, as one stylize call does)."""
+        self.extractor(self.style_image)
+        self.extractor(self.content)
 
     def run(self, n: int) -> float:
         self.image.assign(self.content)
@@ -182,4 +197,64 @@ def examples_train_step_factory(batch: int, size: int):
 
     def run():
         return float(step())   # host read = device sync
+    return run
+
+
+# ----------------------------------------------------------------------------- the bench's entry points
+
+def _tutorial(content: np.ndarray, style: np.ndarray, device: str) -> TutorialGatys:
+    with tf.device(device):
+        return TutorialGatys(np.asarray(content, np.float32), np.asarray(style, np.float32))
+
+
+def gatys_adam(content: np.ndarray, style: np.ndarray, device: str, steps: int) -> Callable[[], object]:
+    """One call: the tutorial's targets computed, then ``steps`` of its Adam ``train_step``, as
+    one ``GatysStylizer.stylize(..., optimizer="adam")`` call does (the extractor is built and
+    traced once, as the tutorial does)."""
+    tg = _tutorial(content, style, device)
+
+    # (no return value: the bench reads a float returned by a call as its work factor)
+    def run():
+        with tf.device(device):
+            tg.targets()
+            tg.run(steps)
+    return run
+
+
+def gatys_run(content: np.ndarray, style: np.ndarray, device: str) -> Callable[[int], object]:
+    """``run(iters)``: the tutorial's loop with ``iters`` Adam steps (TensorFlow has no core
+    L-BFGS), targets computed per call."""
+    tg = _tutorial(content, style, device)
+
+    def run(iters: int):
+        with tf.device(device):
+            tg.targets()
+            tg.run(iters)
+    return run
+
+
+GATYS_RUN_NOTE = "TF tutorial loop, N Adam steps (TF core has no L-BFGS), extractor prebuilt, targets per call"
+
+
+def fast_infer(images: np.ndarray, device: str) -> Callable[[], object]:
+    """One eager float32 call of the examples-shaped Keras net on ``images`` (B×H×W×3 in
+    [0, 1]), the input already on the device in the examples' 0..255 units."""
+    with tf.device(device):
+        net = examples_transformer()
+        x255 = tf.constant(np.asarray(images, np.float32)) * 255.0
+
+    def run():
+        with tf.device(device):
+            net(x255, training=False).numpy()   # host read = device sync
+    return run
+
+
+def fast_train(device: str, batch: int, size: int) -> Callable[[], object]:
+    """One examples-style Keras training step (random data)."""
+    with tf.device(device):
+        step = examples_train_step_factory(batch, size)
+
+    def run():
+        with tf.device(device):
+            step()
     return run
