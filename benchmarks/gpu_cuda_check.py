@@ -1,4 +1,4 @@
-"""Run both methods on a GPU and time them: ``python -m resty_torch.cuda_check [--quick] [--device D]``.
+"""Run both methods on a GPU and time them: ``python benchmarks/gpu_cuda_check.py [--quick] [--device D]``.
 
 Prints one JSON line per measurement (and writes them to ``--out`` if given):
 correctness on the device (float64 features against the CPU, a Gatys run at 512 px, a fit),
@@ -10,17 +10,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 import warnings
+from pathlib import Path
 
-import numpy as np
-import torch
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # run from a checkout
 
-from resty import presets, runtime
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
-from . import FastStylizer, GatysStylizer, VGGFeatures, set_tf32
-from .device import autocast
-from .optim import make_adam
+from resty import runtime  # noqa: E402
+from resty.gatys import StepRecorder  # noqa: E402
+from resty_torch import FastStylizer, GatysStylizer, VGGFeatures, set_tf32  # noqa: E402
+from resty_torch.device import autocast  # noqa: E402
+from resty_torch.optim import make_adam  # noqa: E402
 
 RECORDS = []
 
@@ -47,6 +51,19 @@ def timed(fn, dev, reps, warm=2):
 
 
 MODES = (("float32", False, None), ("tf32", True, None), ("bf16", False, "bf16"))
+
+
+def gatys_loop(g, optimizer, content, style, n):
+    """A function running ``n`` iterations of ``g``'s optimiser loop from the content, the
+    targets computed once beforehand (as inside ``stylize``)."""
+    targets = g._targets(content, [style], (1.0,))
+    x0 = g._tensor(content)
+    run = g._run_adam if optimizer == "adam" else g._run_lbfgs
+
+    def loop():
+        img = x0.detach().clone().requires_grad_(True)
+        run(img, targets, n, StepRecorder([], None, runtime.Progress(0, False)))
+    return loop
 
 
 def main(argv=None):
@@ -91,29 +108,24 @@ def main(argv=None):
             out = g.stylize(content, style, iterations=n, image_size=gs, init="content" if opt == "adam" else "noise")
             h = [x["total"] for x in g.history]
             # Time the optimisation loop alone (targets precomputed, as inside stylize).
-            ct, sg = g._targets(content, [style], (1.0,))
-            x0 = g._tensor(content)
-            run = g._run_adam if opt == "adam" else g._run_lbfgs
-            bar = runtime.Progress(0, False)
-            per = timed(lambda: run(x0, ct, sg, n, {"step": 0, "stop": False}, None, bar), dev, 1, warm=1) / n
+            per = timed(gatys_loop(g, opt, content, style, n), dev, 1, warm=1) / n
             emit(kind="gatys", preset=preset, optimizer=opt, mode=mode, size=gs, ms_per_iter=round(per * 1e3, 3),
                  loss_first=h[0], loss_last=h[-1], finite=bool(np.isfinite(out).all()), shape=list(out.shape))
     # No host sync inside the Adam loop: count synchronisations torch reports (CUDA only).
     if dev.type == "cuda":
         set_tf32(False)
         g = GatysStylizer("restynet", weights="random:0", device=dev)
-        ct, sg = g._targets(content, [style], (1.0,))
-        x0 = g._tensor(content)
-        g._run_adam(x0, ct, sg, 3, {"step": 0, "stop": False}, None, runtime.Progress(0, False))
+        gatys_loop(g, "adam", content, style, 3)()
+        loop = gatys_loop(g, "adam", content, style, 24)
         with warnings.catch_warnings(record=True) as w:
             warnings.simplefilter("always")
             torch.cuda.set_sync_debug_mode("warn")
             try:
-                g._run_adam(x0, ct, sg, 24, {"step": 0, "stop": False}, None, runtime.Progress(0, False))
+                loop()
             finally:
                 torch.cuda.set_sync_debug_mode("default")
         emit(kind="adam_loop_host_syncs", steps=24, syncs_reported=len(w),
-             note="expected: only the final NaN check and history copy")
+             note="expected: only the deferred loss read-backs (resty.gatys.run_deferred)")
 
     # 3. Fast network inference at fs px.
     for mode, tf32, prec in MODES:
@@ -160,10 +172,7 @@ def main(argv=None):
 
 
 def _gatys_ms(g, content, style, n, dev, reps=2):
-    ct, sg = g._targets(content, [style], (1.0,))
-    x0 = g._tensor(content)
-    bar = runtime.Progress(0, False)
-    return timed(lambda: g._run_adam(x0, ct, sg, n, {"step": 0, "stop": False}, None, bar), dev, reps, warm=1) / n
+    return timed(gatys_loop(g, "adam", content, style, n), dev, reps, warm=1) / n
 
 
 def extras(dev, q, content, style, gs, fs):
@@ -172,14 +181,13 @@ def extras(dev, q, content, style, gs, fs):
     if dev.type == "cuda":
         set_tf32(False)
         g = GatysStylizer("restynet", weights="random:0", device=dev)
-        ct, sg = g._targets(content, [style], (1.0,))
-        x0 = g._tensor(content)
-        g._run_adam(x0, ct, sg, 3, {"step": 0, "stop": False}, None, runtime.Progress(0, False))
+        gatys_loop(g, "adam", content, style, 3)()
+        loop = gatys_loop(g, "adam", content, style, 24)
         with warnings.catch_warnings(record=True) as w:
             warnings.simplefilter("always")
             torch.cuda.set_sync_debug_mode("warn")
             try:
-                g._run_adam(x0, ct, sg, 24, {"step": 0, "stop": False}, None, runtime.Progress(0, False))
+                loop()
             finally:
                 torch.cuda.set_sync_debug_mode("default")
         emit(kind="adam_loop_sync_sites", sites=[f"{x.filename.split('/')[-1]}:{x.lineno}" for x in w])
