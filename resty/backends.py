@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import importlib
 import importlib.util
-import json
 import os
 import re
 import sys
@@ -367,15 +366,6 @@ def _atomic_dir(target, overwrite: bool, write) -> None:
         shutil.rmtree(tmpdir, ignore_errors=True)
 
 
-def _canonical_from(net, ws):
-    """A transformer WeightSet with ``net``'s tensors and ``ws``'s description."""
-    import dataclasses
-
-    import numpy as np
-    tensors = {k: np.asarray(v) for k, v in net.state_dict_canonical().items()}
-    return dataclasses.replace(ws, tensors=tensors)
-
-
 def _check_close(got, want, what: str, tol: float = 1e-3) -> float:
     import numpy as np
     got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
@@ -421,7 +411,6 @@ def convert_model(ws, to: str, out, *, overwrite: bool = False, opset: int = 17,
     import numpy as np
 
     from .errors import OutputExistsError
-    from .images import atomic_path
     from .weights import save_weights
 
     if to not in CONVERT_TARGETS:
@@ -432,109 +421,71 @@ def convert_model(ws, to: str, out, *, overwrite: bool = False, opset: int = 17,
     if os.path.lexists(out) and not overwrite:
         raise OutputExistsError(f"{out}: already exists (pass --overwrite to replace it)")
     name = out.name.lower()
-    probes = _probe_inputs()
-
-    if to in ("torch", "onnx"):
-        torch_b = get_backend("torch")
-        import torch
-        net = torch_b.TransformerNet(ws.spec, weights=ws, device="cpu")
-        net.eval()
-        with torch.no_grad():
-            ref = [net(torch.from_numpy(p)).numpy() for p in probes]
-        if to == "torch":
-            if name.endswith(".safetensors"):
-                return save_weights(out, _canonical_from(net, ws), overwrite=overwrite)
-            if not name.endswith((".pt", ".pth")):
-                raise RestyError(f"{out}: for --to torch use a .pt/.pth (state dict) or .safetensors file")
-            payload = {"state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()},
-                       "spec": ws.spec.to_json(), "extra": json.dumps(ws.extra, sort_keys=True),
-                       "format": "resty-transformer-torch"}
-            with atomic_path(out, overwrite=overwrite) as tmp:
-                torch.save(payload, tmp)
-            back = torch.load(out, weights_only=True)
-            net2 = torch_b.TransformerNet(ws.spec, weights=None, device="cpu")
-            net2.load_state_dict(back["state_dict"])
-            net2.eval()
-            with torch.no_grad():
-                _check_close(net2(torch.from_numpy(probes[0])).numpy(), ref[0], str(out), tol=0.0)
-            return out
-        if not name.endswith(".onnx"):
-            raise RestyError(f"{out}: for --to onnx use a .onnx file")
-        import warnings
+    if to == "torch" and not name.endswith((".safetensors", ".pt", ".pth")):
+        raise RestyError(f"{out}: for --to torch use a .pt/.pth (state dict) or .safetensors file")
+    if to == "tf" and not name.endswith((".safetensors", ".weights.h5")):
+        raise RestyError(f"{out}: for --to tf use a .weights.h5 (Keras weights) or .safetensors file")
+    if to in ("onnx", "keras") and not name.endswith(f".{to}"):
+        raise RestyError(f"{out}: for --to {to} use a .{to} file")
+    ort = None
+    if to == "onnx":
+        if onnx_graph not in ("auto", "resty", "torch"):
+            raise RestyError(f"unknown onnx_graph {onnx_graph!r}; allowed: auto, resty, torch")
         try:
             import onnxruntime as ort
         except ImportError:
             raise BackendUnavailableError("ONNX export is checked with onnxruntime: "
                                           "pip install 'resty[onnx]'") from None
 
+    # The framework side (the network, its files and exports) lives in the backend's twin
+    # module; here: the checks, atomic writes and ONNX Runtime, the same for every target.
+    backend = "torch" if to in ("torch", "onnx") else "tf"
+    ex = load_backend_module(f"{BACKENDS[backend].package}.export").Exporter(
+        ws, _preset_of(ws) if backend == "tf" else None)
+    probes = _probe_inputs()
+    ref = ex.outputs(probes)
+
+    if to in ("torch", "tf"):
+        if name.endswith(".safetensors"):
+            return save_weights(out, ex.canonical(), overwrite=overwrite)
+
+        def write(path):
+            ex.save_native(path)
+            _check_close(ex.load_native(path)(probes[0]), ref[0], str(out), tol=0.0)
+
+        _atomic_dir(out, overwrite, write)
+        return out
+
+    if to == "onnx":
         from . import onnx_runtime as _ox
-        if onnx_graph not in ("auto", "resty", "torch"):
-            raise RestyError(f"unknown onnx_graph {onnx_graph!r}; allowed: auto, resty, torch")
         use_resty = onnx_graph == "resty" or (onnx_graph == "auto" and _ox.supports(ws.spec))
 
         def write(path):
             if use_resty:   # resty's own graph: the same function, rewritten for ONNX Runtime's CPU kernels
                 path.write_bytes(_ox.build_onnx_model(ws, opset=int(opset)).SerializeToString())
-                sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-                for p, r in zip(probes, ref):
-                    _check_close(sess.run(None, {"image": p})[0], r, f"{out} (onnxruntime)", tol=_ox.tolerance(r))
-                return
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                kwargs = dict(input_names=["image"], output_names=["stylized"], opset_version=int(opset),
-                              dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"},
-                                            "stylized": {0: "batch", 2: "height", 3: "width"}})
-                try:
-                    torch.onnx.export(net, (torch.from_numpy(probes[0]),), str(path), dynamo=False, **kwargs)
-                except TypeError:   # torch without the dynamo switch
-                    torch.onnx.export(net, (torch.from_numpy(probes[0]),), str(path), **kwargs)
+            else:
+                ex.export("onnx", path, opset=int(opset), probe=probes[0])
             sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
             for p, r in zip(probes, ref):
-                _check_close(sess.run(None, {"image": p})[0], r, f"{out} (onnxruntime)", tol=1e-3 * max(1.0, float(np.abs(r).max())))
+                tol = _ox.tolerance(r) if use_resty else 1e-3 * max(1.0, float(np.abs(r).max()))
+                _check_close(sess.run(None, {"image": p})[0], r, f"{out} (onnxruntime)", tol=tol)
 
         _atomic_dir(out, overwrite, write)
         return out
 
-    tf_b = get_backend("tf")
-    import keras
-    import tensorflow as tf
-    fs = tf_b.FastStylizer(_preset_of(ws), weights="random:0", device="cpu", transformer_weights=ws)
-    net = fs.net
-    nhwc = [np.transpose(p, (0, 2, 3, 1)) for p in probes]
-    ref = [np.asarray(net(tf.constant(x))) for x in nhwc]
-    if to == "tf":
-        if name.endswith(".safetensors"):
-            return save_weights(out, _canonical_from(net, ws), overwrite=overwrite)
-        if not name.endswith(".weights.h5"):
-            raise RestyError(f"{out}: for --to tf use a .weights.h5 (Keras weights) or .safetensors file")
-
-        def write(path):
-            net.save_weights(str(path))
-            net2 = tf_b.TransformerNet(ws.spec, weights=None)
-            net2(tf.constant(nhwc[0]))
-            net2.load_weights(str(path))
-            _check_close(np.asarray(net2(tf.constant(nhwc[0]))), ref[0], str(out), tol=0.0)
-
-        _atomic_dir(out, overwrite, write)
-        return out
     if to == "keras":
-        if not name.endswith(".keras"):
-            raise RestyError(f"{out}: for --to keras use a .keras file")
-
         def write(path):
-            fs.export(str(path), format="keras")
-            back = keras.saving.load_model(str(path))
-            _check_close(np.asarray(back(tf.constant(nhwc[1]))), ref[1], str(out), tol=1e-5)
+            ex.export("keras", path)
+            _check_close(ex.load_export(path, "keras")(probes[1]), ref[1], str(out), tol=1e-5)
 
         _atomic_dir(out, overwrite, write)
         return out
 
     def write(path):   # savedmodel: serving_default(images: B×H×W×3 float32 [0, 1]) -> stylized, clamped
-        fs.export(str(path), format="savedmodel")
-        fn = tf.saved_model.load(str(path)).signatures["serving_default"]
-        for x, r in zip(nhwc, ref):
-            got = fn(images=tf.constant(x))["stylized"].numpy()
-            _check_close(got, np.clip(r, 0.0, 1.0), f"{out} (reloaded SavedModel)", tol=1e-4)
+        ex.export("savedmodel", path)
+        back = ex.load_export(path, "savedmodel")
+        for p, r in zip(probes, ref):
+            _check_close(back(p), np.clip(r, 0.0, 1.0), f"{out} (reloaded SavedModel)", tol=1e-4)
 
     _atomic_dir(out, overwrite, write)
     return out
