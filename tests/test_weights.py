@@ -591,6 +591,25 @@ def test_pth_without_registered_reader_uses_the_torch_backends(homes, monkeypatc
     one_line_naming(e, pth, "needs torch", "resty weights import")
 
 
+def test_hook_state_read_and_replaced_through_the_package(monkeypatch):
+    """The backend hooks live in the submodules that use them; the package reads and replaces
+    them there, so patching ``resty.weights._PTH_READER`` (as the fixtures do) takes effect."""
+    from resty.weights import importers as W_importers
+
+    def reader(path):
+        return {}
+
+    monkeypatch.setattr(W, "_PTH_READER", None)
+    W.register_pth_reader(reader)
+    assert W._PTH_READER is reader and W_importers._pth_reader() is reader
+    monkeypatch.setattr(W, "_PTH_READER", None)
+    monkeypatch.setattr(W, "_torch_installed", lambda: False)
+    assert W_importers._PTH_READER is None and W_importers._pth_reader() is None
+    monkeypatch.setattr(W, "_DOWNLOADERS", [])
+    W.register_downloader(reader)
+    assert W_sources._DOWNLOADERS == [reader] and W._DOWNLOADERS is W_sources._DOWNLOADERS
+
+
 def test_resolve_imagenet_through_registered_downloader(homes, monkeypatch, tmp_path):
     monkeypatch.setenv("RESTY_OFFLINE", "0")
     monkeypatch.setattr(W_sources, "download", lambda *a, **k: pytest.fail("urllib fallback must not run"))
