@@ -7,9 +7,13 @@ the same exception type and the same one-line message.  A test that fails for on
 is a difference between the backends, to be fixed in the backend (or the shared core), never
 by loosening the test.
 
-Seeded random VGG weights ("random:0"), a VGG cut at relu3_1 and images of 20-48 px keep it fast.
+Seeded random VGG weights ("random:0"), a VGG cut at relu3_1 and images of 20-64 px keep it fast.
+RESTY_TEST_DEVICE=cuda runs the torch backend's stylizers on that GPU (TF32 off), as in
+test_torch_backend.py; everything else runs on the CPU.
 """
 from __future__ import annotations
+
+import os
 
 import numpy as np
 import pytest
@@ -37,7 +41,14 @@ def _backend(name):
 @pytest.fixture(scope="module", params=BACKENDS)
 def B(request):
     """The backend module under test (resty_torch or resty_tf)."""
-    return _backend(request.param)
+    mod = _backend(request.param)
+    if _device(mod).startswith("cuda"):
+        mod.set_tf32(False)
+    return mod
+
+
+def _device(B) -> str:
+    return os.environ.get("RESTY_TEST_DEVICE", "cpu") if B.__name__ == "resty_torch" else "cpu"
 
 
 def _rand(*shape, seed=0):
@@ -75,12 +86,12 @@ def _gatys_preset():
 
 @pytest.fixture(scope="module")
 def gatys(B):
-    return B.GatysStylizer(_gatys_preset(), weights="random:0", device="cpu")
+    return B.GatysStylizer(_gatys_preset(), weights="random:0", device=_device(B))
 
 
 @pytest.fixture(scope="module")
 def gatys64(B):
-    return B.GatysStylizer(_gatys_preset(), weights="random:0", device="cpu", dtype="float64")
+    return B.GatysStylizer(_gatys_preset(), weights="random:0", device=_device(B), dtype="float64")
 
 
 CONTENT = _rand(30, 20, 3, seed=1)     # H×W = 30×20: portrait, odd aspect
@@ -125,7 +136,8 @@ def test_gatys_image_size_rules(gatys, image_size, hw):
 
 
 def test_gatys_too_small_image_is_an_image_error(gatys):
-    msg = _raises(ImageError, gatys.stylize, _rand(3, 3, 3), STYLE, iterations=1, image_size=0)
+    # style_scale=4: the style (resized to 4 × the output's longest side) is large enough, only the content is not
+    msg = _raises(ImageError, gatys.stylize, _rand(3, 3, 3), STYLE, iterations=1, image_size=0, style_scale=4.0)
     assert msg == ("<content>: 3×3 px at this scale is too small for layer relu3_1 (needs sides >= 4 px); "
                    "use a larger image_size or fewer coarse scales")
     msg = _raises(ImageError, gatys.stylize, CONTENT, _rand(30, 30, 3), iterations=1, image_size=0,
@@ -267,20 +279,22 @@ FAST_STYLE = _rand(32, 32, 3, seed=5)
 @pytest.fixture(scope="module")
 def fast(B):
     """A stylizer with seeded random transformer weights (nothing trained): for inference/files."""
-    return B.FastStylizer(_fast_preset(), weights="random:0", device="cpu", transformer_weights="random:4")
+    return B.FastStylizer(_fast_preset(), weights="random:0", device=_device(B), transformer_weights="random:4")
 
 
 @pytest.fixture(scope="module")
 def trainer(B):
     """One stylizer for the short fit() calls (each call starts a new run)."""
-    return B.FastStylizer(_fast_preset(), weights="random:0", device="cpu")
+    return B.FastStylizer(_fast_preset(), weights="random:0", device=_device(B))
 
 
 def test_fit_zero_steps_does_nothing(trainer):
+    trainer.fit(ARRAYS, FAST_STYLE, steps=1)      # a previous run must not leak into the next one
     before = trainer.net.state_dict_canonical()
     s = trainer.fit(ARRAYS, FAST_STYLE, steps=0)
     assert set(s) == SUMMARY_KEYS, sorted(set(s) ^ SUMMARY_KEYS)
-    assert s["steps"] == 0 and s["total_steps"] == 0 and s["history"] == [] and not s["stopped"]
+    assert s["steps"] == 0 and s["total_steps"] == 0 and s["start_step"] == 0 and not s["stopped"]
+    assert s["history"] == [] and trainer.history == [] and s["images_seen"] == 0
     after = trainer.net.state_dict_canonical()
     assert all(np.array_equal(before[k], after[k]) for k in before)
 
@@ -289,9 +303,10 @@ def test_fit_negative_steps_is_an_error(trainer):
     assert _raises(RestyError, trainer.fit, ARRAYS, FAST_STYLE, steps=-1) == "steps: got -1; need an integer >= 0"
 
 
-def test_fit_zero_batch_size_is_an_error(trainer):
-    msg = _raises(RestyError, trainer.fit, ARRAYS, FAST_STYLE, steps=1, batch_size=0)
-    assert msg == "batch_size: got 0; need an integer >= 1"
+@pytest.mark.parametrize("batch_size", [0, -1])
+def test_fit_bad_batch_size_is_an_error(trainer, batch_size):
+    msg = _raises(RestyError, trainer.fit, ARRAYS, FAST_STYLE, steps=1, batch_size=batch_size)
+    assert msg == f"batch_size: got {batch_size}; need an integer >= 1"
 
 
 def test_fit_folder_without_images_is_an_error(trainer, tmp_path):
@@ -323,15 +338,16 @@ def test_fit_callback_stops_at_step_k(trainer):
 
 def test_fit_skips_corrupt_saves_loads_stylizes(B, photo_dir, tmp_path):
     """(was in both backend files)"""
-    f = B.FastStylizer(_fast_preset(), weights="random:0", device="cpu")
+    f = B.FastStylizer(_fast_preset(), weights="random:0", device=_device(B))
     before = f.net.state_dict_canonical()
-    s = f.fit(photo_dir, FAST_STYLE, steps=4, num_workers=1)
+    s = f.fit(str(photo_dir), FAST_STYLE, steps=4, batch_size=2, image_size=32, checkpoint_dir=tmp_path / "ck",
+              checkpoint_every=2, num_workers=2)
     assert s["steps"] == 4 and len(s["history"]) == 4
     assert s["skipped"] == [str(photo_dir / "broken.jpg")] and s["skipped_count"] >= 1
     assert all(np.isfinite(h["total"]) for h in s["history"] if "total" in h)
     assert any(not np.array_equal(before[k], v) for k, v in f.net.state_dict_canonical().items())
     path = f.save(tmp_path / "model.safetensors")
-    g = B.FastStylizer.load(path, weights="random:0", device="cpu")
+    g = B.FastStylizer.load(path, weights="random:0", device=_device(B))
     assert g.preset.transformer == f.preset.transformer and g.preset.name == "contract-fast"
     x = _rand(37, 53, 3, seed=4)
     y1, y2 = f.stylize(x), g.stylize(x)
@@ -341,9 +357,39 @@ def test_fit_skips_corrupt_saves_loads_stylizes(B, photo_dir, tmp_path):
     assert isinstance(batch, list) and [b.shape for b in batch] == [(37, 53, 3), (33, 41, 3)]
     tiled = g.stylize(_rand(60, 64, 3, seed=5), tile=32, overlap=8)
     assert tiled.shape == (60, 64, 3) and np.isfinite(tiled).all()
+    assert g.stylize(x, tile=24, overlap=8).shape == (37, 53, 3)
     arr = g.stylize(np.stack([x, x]), batch_size=2)
     assert isinstance(arr, np.ndarray) and arr.shape == (2, 37, 53, 3)
     np.testing.assert_allclose(arr[0], y1, atol=1e-5)
+
+
+def test_interrupted_fit_resumed_equals_uninterrupted(B, photo_dir, tmp_path):
+    """A run stopped by its callback at step 2 and resumed (a fresh stylizer, as a new process
+    would be) ends with the weights and losses of the uninterrupted run (was in both backend
+    files)."""
+    from resty import checkpoints
+    kw = dict(steps=4, batch_size=2, image_size=32, num_workers=1, checkpoint_every=2)
+    a = B.FastStylizer(_fast_preset(), weights="random:0", device=_device(B))
+    ra = a.fit(str(photo_dir), FAST_STYLE, checkpoint_dir=tmp_path / "a", **kw)
+    b = B.FastStylizer(_fast_preset(), weights="random:0", device=_device(B))
+    rb = b.fit(str(photo_dir), FAST_STYLE, checkpoint_dir=tmp_path / "b", callback=lambda s, l, _: s == 2, **kw)
+    assert rb["stopped"] and rb["steps"] == 2
+    assert checkpoints.latest_checkpoint(tmp_path / "b").name == "step-00000002.json"
+    c = B.FastStylizer(_fast_preset(), weights="random:0", device=_device(B))
+    rc = c.fit(str(photo_dir), FAST_STYLE, checkpoint_dir=tmp_path / "b", resume=True, **kw)
+    assert rc["start_step"] == 2 and rc["steps"] == 4 and not rc["stopped"]
+    wa, wc = a.net.state_dict_canonical(), c.net.state_dict_canonical()
+    totals = [h["total"] for h in rc["history"]], [h["total"] for h in ra["history"]]
+    if _device(B) == "cpu":
+        for k in wa:
+            np.testing.assert_array_equal(wc[k], wa[k], err_msg=k)
+        assert totals[0] == totals[1]
+    else:
+        # CUDA backward kernels (reflection-pad and nearest-upsample backward use atomics) are not
+        # bitwise repeatable, so two uninterrupted runs differ too: float32 rounding there.
+        for k in wa:
+            np.testing.assert_allclose(wc[k], wa[k], rtol=1e-4, atol=1e-6 * max(1.0, np.abs(wa[k]).max()), err_msg=k)
+        np.testing.assert_allclose(totals[0], totals[1], rtol=1e-5)
 
 
 def test_stylize_list_and_batch_array(fast):

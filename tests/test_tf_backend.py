@@ -15,7 +15,6 @@ tf = pytest.importorskip("tensorflow")
 keras = pytest.importorskip("keras")
 
 import resty_tf  # noqa: E402
-from resty import images as I  # noqa: E402
 from resty import reference as R  # noqa: E402
 from resty.errors import TrainingError  # noqa: E402
 from resty.presets import get as get_preset  # noqa: E402
@@ -209,7 +208,7 @@ def _gatys_loss_fn(dtype="float64"):
 
     def fun(x):
         terms, grad = fn(tf.convert_to_tensor(x), ct, grams)
-        return terms["total"], grad
+        return terms[0], grad
     x0 = common_noise((1, 20, 20, 3))
     return fun, x0
 
@@ -250,21 +249,6 @@ def test_lbfgs_trajectory_matches_reference():
 
 
 # ----------------------------------------------------------------------------- Gatys
-def test_gatys_lowers_loss_and_keeps_odd_size():
-    g = GatysStylizer(tiny_preset(), weights="random:0", device="cpu")
-    c = rng.random((37, 53, 3)).astype(np.float32)
-    s = rng.random((30, 30, 3)).astype(np.float32)
-    steps = []
-    out = g.stylize(c, s, iterations=12, callback=lambda i, l, img: steps.append((i, img.shape)))
-    assert out.shape == (37, 53, 3) and out.dtype == np.float32
-    assert 0.0 <= out.min() and out.max() <= 1.0
-    assert g.history[-1]["total"] < g.history[0]["total"] * 0.8
-    assert [i for i, _ in steps] == list(range(1, 13)) and steps[0][1] == (37, 53, 3)
-    # image_size resizes (longest side), coarse-to-fine ends at that size.
-    out2 = g.stylize(c, s, iterations=4, image_size=48, scales=(0.5, 1.0), optimizer="adam")
-    assert out2.shape == (34, 48, 3) and len(g.history) == 4
-
-
 def test_gatys_multi_style_blends_grams():
     g = GatysStylizer(tiny_preset(), weights="random:0", device="cpu", dtype="float64")
     c = rng.random((24, 24, 3))
@@ -276,15 +260,6 @@ def test_gatys_multi_style_blends_grams():
     assert mixed != only_a["style"]
     out = g.stylize(c, [a, b], style_weights=[0.3, 0.7], iterations=3, optimizer="adam")
     assert out.shape == (24, 24, 3)
-
-
-def test_gatys_preserve_color():
-    g = GatysStylizer(tiny_preset(), weights="random:0", device="cpu")
-    c = rng.random((24, 32, 3)).astype(np.float32)
-    s = rng.random((24, 24, 3)).astype(np.float32)
-    plain = g.stylize(c, s, iterations=3, optimizer="adam", seed=1)
-    kept = g.stylize(c, s, iterations=3, optimizer="adam", seed=1, preserve_color=True)
-    np.testing.assert_allclose(kept, I.preserve_color(plain, c), atol=1e-6)
 
 
 def test_gatys_nan_raises_training_error_naming_the_step():
@@ -306,56 +281,6 @@ def test_gatys_nan_raises_training_error_naming_the_step():
 
 
 # ----------------------------------------------------------------------------- fast
-@pytest.fixture(scope="module")
-def photo_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("photos")
-    r = np.random.default_rng(11)
-    for i in range(6):
-        I.save_image(r.random((36 + 3 * i, 44, 3)), d / f"img{i}.png")
-    (d / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
-    return d
-
-
-STYLE = np.random.default_rng(5).random((32, 32, 3)).astype(np.float32)
-
-
-def test_fit_skips_corrupt_saves_loads_stylizes(photo_dir, tmp_path):
-    f = FastStylizer(tiny_fast_preset(), weights="random:0", device="cpu")
-    before = f.net.state_dict_canonical()
-    r = f.fit(str(photo_dir), STYLE, steps=4, batch_size=2, image_size=32,
-              checkpoint_dir=tmp_path / "ck", checkpoint_every=2, num_workers=2)
-    assert r["steps"] == 4 and len(r["history"]) == 4
-    assert r["skipped"] == [str(photo_dir / "broken.jpg")] and r["skipped_count"] >= 1
-    assert all(np.isfinite(h["total"]) for h in r["history"] if "total" in h)
-    assert any(not np.array_equal(before[k], v) for k, v in f.net.state_dict_canonical().items())
-    path = f.save(tmp_path / "m.safetensors")
-    g = FastStylizer.load(path, weights="random:0", device="cpu")
-    img = rng.random((37, 53, 3)).astype(np.float32)
-    y = g.stylize(img)
-    assert y.shape == (37, 53, 3) and y.dtype == np.float32
-    np.testing.assert_array_equal(y, f.stylize(img))
-    ys = g.stylize([img, img[:20, :30]], preserve_color=True)
-    assert [a.shape for a in ys] == [(37, 53, 3), (20, 30, 3)]
-    tiled = g.stylize(img, tile=24, overlap=8)
-    assert tiled.shape == (37, 53, 3)
-
-
-def test_interrupted_fit_resumed_equals_uninterrupted(photo_dir, tmp_path):
-    kw = dict(steps=4, batch_size=2, image_size=32, num_workers=1, checkpoint_every=2)
-    a = FastStylizer(tiny_fast_preset(), weights="random:0", device="cpu")
-    ra = a.fit(str(photo_dir), STYLE, checkpoint_dir=tmp_path / "a", **kw)
-    b = FastStylizer(tiny_fast_preset(), weights="random:0", device="cpu")
-    rb = b.fit(str(photo_dir), STYLE, checkpoint_dir=tmp_path / "b", callback=lambda s, l, _: s == 2, **kw)
-    assert rb["stopped"] and rb["steps"] == 2
-    c = FastStylizer(tiny_fast_preset(), weights="random:0", device="cpu")   # a fresh process, in effect
-    rc = c.fit(str(photo_dir), STYLE, checkpoint_dir=tmp_path / "b", resume=True, **kw)
-    assert rc["start_step"] == 2 and rc["steps"] == 4
-    wa, wc = a.net.state_dict_canonical(), c.net.state_dict_canonical()
-    for k in wa:
-        np.testing.assert_allclose(wc[k], wa[k], rtol=1e-6, atol=1e-7)
-    assert [h["total"] for h in rc["history"]] == pytest.approx([h["total"] for h in ra["history"]], rel=1e-6)
-
-
 def test_export_savedmodel_and_keras_reload_same_output(tmp_path):
     f = FastStylizer(tiny_fast_preset(), weights="random:0", device="cpu", transformer_weights="random:4")
     x = rng.random((1, 37, 53, 3)).astype(np.float32)

@@ -11,7 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import resty_torch as rt  # noqa: E402
-from resty import checkpoints, gatys, presets, reference as R, weights as W  # noqa: E402
+from resty import gatys, presets, reference as R, weights as W  # noqa: E402
 from resty.errors import ImageError, TrainingError  # noqa: E402
 from resty.specs import GRAM_CONVENTIONS, CONTENT_CONVENTIONS, TV_CONVENTIONS, TransformerSpec, VGGSpec  # noqa: E402
 
@@ -224,18 +224,6 @@ def gatys32():
     return rt.GatysStylizer(_tiny_preset(), weights="random:0", device=DEV)
 
 
-def test_gatys_lowers_loss_and_keeps_odd_size(gatys32):
-    content = (_rand(37, 53, 3, seed=16) * 255).astype(np.uint8)
-    style = _rand(40, 30, 3, seed=17).astype(np.float32)
-    steps = []
-    out = gatys32.stylize(content, style, iterations=20, image_size=53,
-                          callback=lambda s, l, im: steps.append((s, l["total"], im.shape)) and None)
-    assert out.shape == (37, 53, 3) and out.dtype == np.float32 and 0 <= out.min() and out.max() <= 1
-    h = [x["total"] for x in gatys32.history]
-    assert h[-1] < 0.7 * h[0]
-    assert [s for s, _, _ in steps] == list(range(1, 21)) and steps[0][2] == (37, 53, 3)
-
-
 def test_gatys_multi_style_preserve_color_coarse_to_fine(gatys32):
     content = _rand(37, 53, 3, seed=18).astype(np.float32)
     styles = [_rand(30, 30, 3, seed=19).astype(np.float32), _rand(20, 44, 3, seed=20).astype(np.float32)]
@@ -254,13 +242,6 @@ def test_gatys_multi_style_preserve_color_coarse_to_fine(gatys32):
     a = gatys32.stylize(content, styles, style_weights=[1, 0], iterations=3, image_size=32, init="content")
     b = gatys32.stylize(content, styles, style_weights=[0, 1], iterations=3, image_size=32, init="content")
     assert np.abs(a - b).max() > 1e-4
-
-
-def test_gatys_callback_stops():
-    g = rt.GatysStylizer(_tiny_preset("lbfgs"), weights="random:0", device=DEV)
-    out = g.stylize(_rand(24, 24, 3).astype(np.float32), _rand(24, 24, 3, seed=1).astype(np.float32),
-                    iterations=30, callback=lambda s, l, im: s >= 4)
-    assert len(g.history) == 4 and out.shape == (24, 24, 3)
 
 
 def test_gatys_nonfinite_loss_names_the_step():
@@ -289,64 +270,6 @@ def _fast_preset():
                      transformer=p.transformer.replace(channels=(8, 16, 16), residual_blocks=1),
                      training=p.training.replace(image_size=32, batch_size=2, num_workers=0, log_every=2,
                                                  checkpoint_every=2, keep_checkpoints=3))
-
-
-@pytest.fixture(scope="module")
-def photo_dir(tmp_path_factory):
-    from PIL import Image
-    d = tmp_path_factory.mktemp("photos")
-    rng = np.random.default_rng(0)
-    for i in range(5):
-        Image.fromarray((rng.random((36 + 3 * i, 45, 3)) * 255).astype(np.uint8)).save(d / f"p{i}.png")
-    (d / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
-    return d
-
-
-def test_fit_skips_corrupt_saves_loads_stylizes(photo_dir, tmp_path):
-    f = rt.FastStylizer(_fast_preset(), weights="random:0", device=DEV)
-    summary = f.fit(photo_dir, _rand(40, 40, 3, seed=3).astype(np.float32), steps=4, num_workers=1)
-    assert summary["steps"] == 4 and len(summary["history"]) == 4
-    assert summary["skipped"] == [str(photo_dir / "broken.jpg")] and summary["skipped_count"] >= 1
-    assert all(np.isfinite(h["total"]) for h in summary["history"] if "total" in h)
-    path = f.save(tmp_path / "model.safetensors")
-    g = rt.FastStylizer.load(path, weights="random:0", device=DEV)
-    assert g.preset.transformer == f.preset.transformer and g.preset.name == "tiny-fast"
-    x = _rand(37, 53, 3, seed=4).astype(np.float32)
-    y1, y2 = f.stylize(x), g.stylize(x)
-    assert y1.shape == (37, 53, 3) and np.array_equal(y1, y2)
-    batch = g.stylize([x, x[:33, :41]], preserve_color=True)
-    assert [b.shape for b in batch] == [(37, 53, 3), (33, 41, 3)]
-    tiled = g.stylize(_rand(60, 64, 3, seed=5).astype(np.float32), tile=32, overlap=8)
-    assert tiled.shape == (60, 64, 3) and np.isfinite(tiled).all()
-    arr = g.stylize(np.stack([x, x]), batch_size=2)
-    assert arr.shape == (2, 37, 53, 3) and np.allclose(arr[0], y1, atol=1e-5)
-
-
-def test_resume_equals_uninterrupted(photo_dir, tmp_path):
-    style = _rand(40, 40, 3, seed=3).astype(np.float32)
-    full = rt.FastStylizer(_fast_preset(), weights="random:0", device=DEV)
-    full.fit(photo_dir, style, steps=6)
-    part = rt.FastStylizer(_fast_preset(), weights="random:0", device=DEV)
-    s1 = part.fit(photo_dir, style, steps=6, checkpoint_dir=tmp_path / "ck", callback=lambda s, l, _: s >= 4)
-    assert s1["stopped"] and s1["steps"] == 4
-    assert checkpoints.latest_checkpoint(tmp_path / "ck").name == "step-00000004.json"
-    resumed = rt.FastStylizer(_fast_preset(), weights="random:0", device=DEV)
-    s2 = resumed.fit(photo_dir, style, steps=6, checkpoint_dir=tmp_path / "ck", resume=True)
-    assert s2["start_step"] == 4 and s2["steps"] == 6
-    a, b = full.net.state_dict_canonical(), resumed.net.state_dict_canonical()
-    if DEV == "cpu":
-        assert all(np.array_equal(a[k], b[k]) for k in a), "resumed weights differ from the uninterrupted run"
-    else:
-        # CUDA backward kernels (reflection-pad and nearest-upsample backward use atomics) are not
-        # bitwise repeatable even under use_deterministic_algorithms, so two *uninterrupted* runs
-        # differ too; resume is checked to float32 rounding there.
-        for k in a:
-            np.testing.assert_allclose(a[k], b[k], rtol=1e-4, atol=1e-6 * max(1.0, np.abs(a[k]).max()), err_msg=k)
-    totals = ([h.get("total") for h in full.history], [h.get("total") for h in resumed.history])
-    if DEV == "cpu":
-        assert totals[0] == totals[1]
-    else:
-        np.testing.assert_allclose(totals[0], totals[1], rtol=1e-5)
 
 
 def test_fit_on_arrays_and_resume_settings_checked(tmp_path):
