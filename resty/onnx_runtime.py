@@ -22,20 +22,21 @@ directly from the canonical weights (no torch needed):
 * the input scale (x255) and output scale (/255) folded into the first and last conv.
 
 All of these are exact rewrites: they reorder float32 additions (and sum a few weights first),
-nothing else; :func:`check_against_torch` measures the difference to resty_torch.
+nothing else; :func:`check_against_reference` measures the difference to the float64 NumPy
+reference network (:mod:`resty.reference`), which the parity tests hold both backends to.
 
 :class:`OnnxStylizer` builds an ONNX Runtime session tuned for the CPU (all graph optimisations,
 including the NCHWc layout transform; one intra-op thread per core), optionally caching the
 optimised graph next to the model so later sessions start fast, and stylizes HxWx3 images.
 :func:`quantize_int8` makes a separate, approximate int8 (QDQ, static, calibrated) variant.
 
-onnx / onnxruntime are imported lazily; this module never imports torch at import time.
+onnx / onnxruntime are imported lazily; this module imports no framework and no backend.
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -43,7 +44,8 @@ from .errors import BackendUnavailableError, RestyError
 from .rewrites import (_dcr_to_crd, _phase_stride_weights, space_to_depth_weights, subpixel_weights,  # noqa: F401
                        transposed_subpixel_weights)
 
-__all__ = ["build_onnx_model", "export_onnx", "OnnxStylizer", "make_session", "check_against_torch",
+__all__ = ["build_onnx_model", "export_onnx", "OnnxStylizer", "make_session", "check_against_reference",
+           "reference_outputs",
            "quantize_int8", "psnr", "cpu_fast_path_unavailable", "CpuFastPath"]
 
 PathLike = Union[str, os.PathLike]
@@ -279,13 +281,14 @@ def supports(spec) -> bool:
 
 
 # ----------------------------------------------------------------------------- checking
-def torch_reference(ws, inputs: Sequence[np.ndarray]) -> List[np.ndarray]:
-    """resty_torch's TransformerNet (float32, CPU) on NCHW float32 inputs (imports torch)."""
-    from .backends import get_backend
-    import torch
-    net = get_backend("torch").TransformerNet(ws.spec, weights=ws, device="cpu").eval()
-    with torch.no_grad():
-        return [net(torch.from_numpy(np.ascontiguousarray(x, np.float32))).numpy() for x in inputs]
+def reference_outputs(ws, inputs: Sequence[np.ndarray]) -> List[np.ndarray]:
+    """:func:`resty.reference.transformer_forward` (float64 NumPy, the oracle the parity tests
+    hold both backends to) on NCHW inputs -> NCHW outputs, not clamped.  No framework: the
+    graph is checked without importing a backend."""
+    from .reference import transformer_forward
+    return [np.ascontiguousarray(transformer_forward(np.transpose(np.asarray(x, np.float64), (0, 2, 3, 1)),
+                                                     ws.tensors, ws.spec).transpose(0, 3, 1, 2))
+            for x in inputs]
 
 
 def tolerance(ref: np.ndarray) -> float:
@@ -294,30 +297,36 @@ def tolerance(ref: np.ndarray) -> float:
     return 1e-3 * max(1.0, float(np.max(np.abs(ref))))
 
 
-def check_against_torch(model, ws, inputs: Optional[Sequence[np.ndarray]] = None, *, what: str = "ONNX model",
-                        session=None) -> float:
+def check_against_reference(model, ws, inputs: Optional[Sequence[np.ndarray]] = None, *,
+                            what: str = "ONNX model", session=None,
+                            reference: Optional[Callable[[Sequence[np.ndarray]], List[np.ndarray]]] = None,
+                            ) -> float:
     """Run ``model`` (path, bytes or ModelProto) with ONNX Runtime on ``inputs`` (default: two
-    small probes, one with sides that are not multiples of 4) and compare with resty_torch.
+    small probes, one with sides that are not multiples of 4) and compare with ``reference``
+    (a function of the inputs; default :func:`reference_outputs`, the NumPy oracle; a backend's
+    network also fits, e.g. ``resty_torch.export.Exporter(ws).outputs``).
     Raises :class:`RestyError` beyond :func:`tolerance`; returns the largest difference."""
     if inputs is None:
         rng = np.random.default_rng(0)
         inputs = [rng.random((1, 3, 29, 19), dtype=np.float32), rng.random((2, 3, 36, 44), dtype=np.float32)]
     sess = session or make_session(model, threads=1)
+    refs = reference(inputs) if reference is not None else reference_outputs(ws, inputs)
     worst = 0.0
-    for x, r in zip(inputs, torch_reference(ws, inputs)):
+    for x, r in zip(inputs, refs):
         y = sess.run(None, {sess.get_inputs()[0].name: np.ascontiguousarray(x, np.float32)})[0]
+        r = np.asarray(r)
         if y.shape != r.shape:
             raise RestyError(f"{what}: gives shape {y.shape}, expected {r.shape}")
         err = float(np.max(np.abs(y.astype(np.float64) - r)))
         if not err <= tolerance(r):
-            raise RestyError(f"{what}: differs from resty_torch by {err:.3g} (> {tolerance(r):g})")
+            raise RestyError(f"{what}: differs from the reference network by {err:.3g} (> {tolerance(r):g})")
         worst = max(worst, err)
     return worst
 
 
 def export_onnx(ws, out: PathLike, *, overwrite: bool = False, opset: int = 17, check: bool = True, **build):
     """Write :func:`build_onnx_model` of ``ws`` to ``out`` atomically; with ``check`` (default),
-    verify it against resty_torch first (needs torch).  Returns the path."""
+    verify it against the NumPy reference network first.  Returns the path."""
     from .errors import OutputExistsError
     from .images import atomic_path
     out = Path(out)
@@ -326,7 +335,7 @@ def export_onnx(ws, out: PathLike, *, overwrite: bool = False, opset: int = 17, 
     model = build_onnx_model(ws, opset=opset, **build)
     data = model.SerializeToString()
     if check:
-        check_against_torch(data, ws, what=str(out))
+        check_against_reference(data, ws, what=str(out))
     with atomic_path(out, overwrite=overwrite) as tmp:
         Path(tmp).write_bytes(data)
     return out

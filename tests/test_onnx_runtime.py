@@ -86,13 +86,19 @@ def test_depth_to_space_as_conv_transpose_is_bit_exact():
 
 
 # ------------------------------------------------------------------ the whole graph against resty_torch
+def _torch(ws):
+    """resty_torch's network on NCHW inputs, reached as the core reaches it (the registry)."""
+    from resty.backends import load_backend_module
+    return load_backend_module("resty_torch.export").Exporter(ws).outputs
+
+
 @pytest.mark.parametrize("flags", [dict(subpixel=False, out_conv="plain"), dict(), dict(out_conv="s2d"),
                                    dict(subpixel=False)], ids=["plain", "default", "s2d", "no-subpixel"])
 def test_graph_equals_torch(flags):
     pytest.importorskip("torch")
     ws = random_transformer(LIGHT, 0)
     model = ox.build_onnx_model(ws, **flags)
-    err = ox.check_against_torch(model, ws, _inputs())
+    err = ox.check_against_reference(model, ws, _inputs(), reference=_torch(ws))
     assert err < 1e-4      # float32 rounding (measured ~3e-6 on outputs of magnitude ~1)
 
 
@@ -101,7 +107,21 @@ def test_graph_equals_torch_other_specs(activation):
     pytest.importorskip("torch")
     spec = LIGHT.replace(channels=(8, 16, 24), residual_blocks=2, output_activation=activation, kernel_out=5)
     ws = random_transformer(spec, 1)
-    assert ox.check_against_torch(ox.build_onnx_model(ws), ws, _inputs(2)) < 1e-4
+    assert ox.check_against_reference(ox.build_onnx_model(ws), ws, _inputs(2), reference=_torch(ws)) < 1e-4
+
+
+@pytest.mark.parametrize("flags", [dict(), dict(subpixel=False, out_conv="plain")], ids=["default", "plain"])
+def test_graph_equals_the_numpy_reference(flags):
+    """The default check needs no framework: the float64 NumPy network of resty.reference."""
+    ws = random_transformer(LIGHT.replace(residual_blocks=2), 0)
+    assert ox.check_against_reference(ox.build_onnx_model(ws, **flags), ws, _inputs(2)) < 1e-4
+
+
+def test_check_flags_a_wrong_graph():
+    ws = random_transformer(LIGHT.replace(residual_blocks=2), 0)
+    other = random_transformer(LIGHT.replace(residual_blocks=2), 1)
+    with pytest.raises(RestyError, match="differs from the reference network"):
+        ox.check_against_reference(ox.build_onnx_model(other), ws, _inputs(2))
 
 
 def test_unsupported_spec_is_refused():
@@ -134,9 +154,9 @@ def test_graph_equals_torch_transposed_conv_spec(crop):
     ws = random_transformer(spec, 2)
     model = ox.build_onnx_model(ws)
     assert "ConvTranspose" in {n.op_type for n in model.graph.node}      # the DepthToSpace-as-conv only
-    assert ox.check_against_torch(model, ws, _inputs(3)) < 1e-4
+    assert ox.check_against_reference(model, ws, _inputs(3), reference=_torch(ws)) < 1e-4
     plain = ox.build_onnx_model(ws, subpixel=False)                      # ONNX's own ConvTranspose
-    assert ox.check_against_torch(plain, ws, _inputs(3)) < 1e-4
+    assert ox.check_against_reference(plain, ws, _inputs(3), reference=_torch(ws)) < 1e-4
 
 
 def test_convert_model_uses_the_fast_graph(tmp_path):
@@ -186,7 +206,7 @@ def test_stylizer_matches_torch_and_takes_images(exported):
     ws, path = exported
     s = ox.OnnxStylizer(path, threads=1)
     img = np.random.default_rng(4).random((37, 50, 3), dtype=np.float32)
-    ref = ox.torch_reference(ws, [img.transpose(2, 0, 1)[None]])[0][0].transpose(1, 2, 0)
+    ref = _torch(ws)([img.transpose(2, 0, 1)[None]])[0][0].transpose(1, 2, 0)
     out = s.stylize(img)
     assert out.shape == img.shape and out.dtype == np.float32
     assert out.min() >= 0.0 and out.max() <= 1.0
