@@ -274,7 +274,7 @@ def get_backend(name: str):
         missing = getattr(exc, "name", None)
         if missing and missing.split(".")[0] in b.frameworks + (b.package,) and missing != b.package:
             raise BackendUnavailableError(_missing_message(b, f"importing {missing} failed: "
-                                                              f"{' '.join(str(exc).split())}")) from None
+                                                              f"{one_line(exc)}")) from None
         raise
 
 
@@ -316,7 +316,7 @@ def load_backend_module(name: str):
     else:
         raise RestyError(f"{name!r} is not a module of a backend package "
                          f"({', '.join(sorted(by_package))}, {PARITY_PACKAGE})")
-    if name in sys.modules:
+    if sys.modules.get(name) is not None:
         return sys.modules[name]
     if not _has_module(name):
         raise BackendUnavailableError(f"{name} is not available here; it belongs to {what}")

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import List, Optional, Sequence
 
 from . import __version__
-from .errors import BackendUnavailableError, OutputExistsError, RestyError
+from .errors import BackendUnavailableError, OutputExistsError, RestyError, one_line
 
 __all__ = ["main", "build_parser", "UsageError"]
 
@@ -41,10 +41,6 @@ OUTPUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
 class UsageError(RestyError):
     """A command-line argument that makes no sense (exit status 2)."""
-
-
-def _one_line(text: object) -> str:
-    return " ".join(str(text).split())
 
 
 def _say(*parts: object) -> None:
@@ -121,7 +117,7 @@ def _preset_name(text: str) -> str:
         try:
             presets.resolve(text)
         except (ValueError, TypeError) as exc:
-            raise argparse.ArgumentTypeError(_one_line(exc)) from None
+            raise argparse.ArgumentTypeError(one_line(exc)) from None
         return text
     if text not in presets.names():
         raise argparse.ArgumentTypeError(f"unknown preset {text!r}; known presets: {', '.join(presets.names())}")
@@ -134,7 +130,7 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message):  # noqa: D401  (argparse API)
         hint = f" (see `{self.prog} --help`)"
-        self.exit(EXIT_USAGE, f"{PROG}: error: {_one_line(message)}{hint}\n")
+        self.exit(EXIT_USAGE, f"{PROG}: error: {one_line(message)}{hint}\n")
 
 
 _WEIGHTS_HELP = ("loss-network (VGG) weights: 'imagenet' (cached ImageNet weights; see `resty weights`), "
@@ -745,22 +741,22 @@ def _parity_parser(module) -> Optional[argparse.ArgumentParser]:
 
 
 def cmd_parity(args) -> int:
-    import importlib
+    from .backends import load_backend_module
     rest = list(args.args or [])
     if rest and rest[0] == "--":
         rest = rest[1:]
     if not rest:
         rest = ["--report"]
     try:
-        # import_module, not `import parity_tests.__main__`: the latter imports the package first
-        module = importlib.import_module("parity_tests.__main__")
-    except ImportError as exc:
+        # Through the registry: the frameworks in the safe order, a missing package one line.
+        module = load_backend_module("parity_tests.__main__")
+    except ImportError as exc:   # BackendUnavailableError is one
         if {"-h", "--help"} & set(rest):
             _say(f"usage: {PROG} parity [OPTIONS]\n\n{_PARITY_DESCRIPTION}\n\nThe options are those of "
                  f"`python -m parity_tests --help`, which ships in the source tree and is not available "
-                 f"here ({_one_line(exc)}).")
+                 f"here ({one_line(exc)}).")
             return 0
-        raise RestyError(f"the parity tests are not available here ({_one_line(exc)}); they ship in the "
+        raise RestyError(f"the parity tests are not available here ({one_line(exc)}); they ship in the "
                          "source tree: run `python -m parity_tests --report` from a clone") from None
     parser = _parity_parser(module)
     if parser is not None:
@@ -775,7 +771,7 @@ def cmd_parity(args) -> int:
         only = list(getattr(ns, "only", None) or [])
         if only and not (getattr(ns, "list", False) or getattr(ns, "tolerances", False)):
             try:
-                known = [q.key for q in importlib.import_module("parity_tests.cases").build()]
+                known = [q.key for q in load_backend_module("parity_tests.cases").build()]
             except Exception:   # noqa: BLE001 - the report itself will say what is wrong
                 known = None
             unknown = [k for k in only if known is not None and k not in known]
@@ -801,10 +797,10 @@ def cmd_demo(args) -> int:
 
 # =========================================================================== main
 def _error(message: object) -> int:
-    message = _one_line(message)
+    message = one_line(message)
     if "not cached" in message and "random:" not in message:
         message += "; or run offline with seeded random VGG weights: --weights random:0"
-    print(f"{PROG}: error: {_one_line(message)}", file=sys.stderr, flush=True)
+    print(f"{PROG}: error: {one_line(message)}", file=sys.stderr, flush=True)
     return EXIT_USAGE
 
 
@@ -876,7 +872,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if "out of memory" in str(exc).lower() or "OutOfMemory" in type(exc).__name__ \
                 or "ResourceExhausted" in type(exc).__name__:
             return _error("out of memory; try a smaller --size or --batch-size, or --device cpu")
-        print(f"{PROG}: internal error: {type(exc).__name__}: {_one_line(exc)} "
+        print(f"{PROG}: internal error: {type(exc).__name__}: {one_line(exc)} "
               f"(set RESTY_DEBUG=1 for the traceback; please report it)", file=sys.stderr, flush=True)
         return 1
 
