@@ -22,7 +22,7 @@ from resty.errors import RestyError
 from .transformer import TransformerNet
 
 NATIVE_SUFFIXES = (".pt", ".pth")            # what save_native writes
-NATIVE_FORMAT = "resty-transformer-torch"    # the payload's "format" field
+_NATIVE_FORMAT = "resty-transformer-torch"    # the payload's "format" field
 EXPORT_FORMATS = ("onnx",)
 
 
@@ -50,7 +50,7 @@ class Exporter:
         ``weights_only=True``)."""
         payload = {"state_dict": {k: v.detach().cpu() for k, v in self.net.state_dict().items()},
                    "spec": self.ws.spec.to_json(), "extra": json.dumps(self.ws.extra, sort_keys=True),
-                   "format": NATIVE_FORMAT}
+                   "format": _NATIVE_FORMAT}
         torch.save(payload, str(path))
 
     def load_native(self, path) -> Callable[[np.ndarray], np.ndarray]:

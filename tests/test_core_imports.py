@@ -201,3 +201,55 @@ def test_importing_every_core_module_imports_no_framework():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert int(r.stdout.strip()) == len(modules)
+
+
+# --------------------------------------------------------------------------- the registry's way in
+def test_load_backend_module_refuses_names_outside_the_backends():
+    from resty.backends import load_backend_module
+    from resty.errors import BackendUnavailableError, RestyError
+    with pytest.raises(RestyError, match="not a module of a backend package"):
+        load_backend_module("os.path")
+    with pytest.raises(BackendUnavailableError, match="parity_tests.no_such_module is not available") as info:
+        load_backend_module("parity_tests.no_such_module")
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["resty_torch.export", "resty_tf.export"])
+def test_load_backend_module_imports_a_backend_module(name):
+    from resty import backends
+    if not backends.is_installed(name.split("_")[1].split(".")[0]):
+        pytest.skip(f"{name}: framework not installed")
+    mod = backends.load_backend_module(name)
+    assert mod.__name__ == name and hasattr(mod, "Exporter")
+    with pytest.raises(backends.BackendUnavailableError, match="is not available here"):
+        backends.load_backend_module(name.split(".")[0] + ".no_such_module")
+
+
+def _public_names(path: Path) -> Dict[str, Set[str]]:
+    """Top-level public functions, classes and constants of a module, and each class's methods."""
+    out: Dict[str, Set[str]] = {"": set()}
+    for st in ast.parse(path.read_text(encoding="utf-8")).body:
+        if isinstance(st, (ast.FunctionDef, ast.ClassDef)) and not st.name.startswith("_"):
+            out[""].add(st.name)
+            if isinstance(st, ast.ClassDef):
+                out[st.name] = {f.name for f in st.body if isinstance(f, ast.FunctionDef)
+                                and not f.name.startswith("_")}
+        elif isinstance(st, ast.Assign):
+            out[""] |= {t.id for t in st.targets if isinstance(t, ast.Name) and not t.id.startswith("_")}
+    return out
+
+
+@pytest.mark.parametrize("module, shared", [
+    ("benchmark", None),                     # every name: the bench calls them for either backend
+    ("export", None),
+    ("baselines", {"gatys_adam", "gatys_run", "fast_infer", "fast_train", "GATYS_RUN_NOTE"}),
+])
+def test_backend_twins_have_the_same_names(module, shared):
+    """The modules the core loads by name exist in both backends with the same names (read
+    with ast: no framework needed)."""
+    t = _public_names(ROOT / "resty_torch" / f"{module}.py")
+    f = _public_names(ROOT / "resty_tf" / f"{module}.py")
+    if shared is None:
+        assert t == f
+    else:
+        assert shared <= t[""] and shared <= f[""]
