@@ -1,8 +1,11 @@
 """Lazy access to the framework backends, by name.
 
 ``get_backend("torch")`` returns the ``resty_torch`` module, ``get_backend("tf")`` the
-``resty_tf`` module; both expose the same names (docs/BACKEND_API.md).  Nothing here imports
-a framework until a backend is asked for, so ``import resty`` (and ``resty presets``,
+``resty_tf`` module; both expose the same names (docs/BACKEND_API.md).
+``load_backend_module("resty_torch.export")`` imports one module of a backend package (or of
+``parity_tests``) the same way.  This module is the core's only way to a framework or a backend
+(tests/test_core_imports.py holds every other core module to that).  Nothing here imports a
+framework until a backend is asked for, so ``import resty`` (and ``resty presets``,
 ``resty weights ...``) stays framework-free.
 
 Two things every caller would otherwise get wrong:

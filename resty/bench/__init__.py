@@ -5,8 +5,10 @@
                 [--iterations N] [--repeats N] [--budget-s S]
     python -m resty.bench ...          (the same, without the CLI)
 
-Writes DIR/bench.md (table), DIR/bench.json and DIR/bench.png (chart).  Importing this
-package imports no framework; the workloads import torch / TensorFlow when they run.
+Writes DIR/bench.md (table), DIR/bench.json and DIR/bench.png (chart).  This package imports
+no framework: the workloads reach the backends through the registry (resty.backends) when they
+run, and the framework side of the timing lives in each backend's ``benchmark`` and
+``baselines`` modules.
 """
 from __future__ import annotations
 
