@@ -14,7 +14,7 @@ import numpy as np
 
 from .errors import ArgumentError, ImageError, RestyError
 from .images import preserve_color as _preserve_color, resize_longest, resize_to
-from .inputs import ImageLike, load_rgb, prepare_styles
+from .inputs import ImageLike, integer_arg, load_rgb, prepare_styles
 from .losses import LOSS_TERMS
 from .presets import Preset, resolve
 from .runtime import Progress, check_finite
@@ -193,16 +193,6 @@ class GatysRun:
     style_scale: float
 
 
-def _integer(value: Any, name: str, minimum: int) -> int:
-    try:
-        ok = float(value) == int(value)
-    except (TypeError, ValueError, OverflowError):
-        ok = False
-    if not ok or isinstance(value, bool) or int(value) < minimum:
-        raise ArgumentError(f"{name}: got {value!r}; need an integer >= {minimum}")
-    return int(value)
-
-
 class GatysStylizerBase:
     """What both backends' ``GatysStylizer`` share (the public API is here).  A subclass sets
     ``self.preset`` and ``self.history`` and supplies:
@@ -224,7 +214,7 @@ class GatysStylizerBase:
         """The preset, with the L-BFGS history overridden by ``history_size`` when given."""
         p = resolve(preset)
         if history_size is not None:
-            n = _integer(history_size, "history_size", 1)
+            n = integer_arg(history_size, "history_size", 1)
             g = p.gatys
             p = p.replace(gatys=g.replace(lbfgs=g.lbfgs.replace(history_size=n)))
         return p
@@ -239,26 +229,25 @@ class GatysStylizerBase:
     def _run_settings(self, iterations=None, seed=None, image_size=None, init=None, optimizer=None, scales=None,
                       style_scale=None) -> GatysRun:
         cfg = self.preset.gatys
-        iterations = _integer(cfg.iterations if iterations is None else iterations, "iterations", 0)
+        iterations = integer_arg(cfg.iterations if iterations is None else iterations, "iterations", 0)
         optimizer = cfg.optimizer if optimizer is None else optimizer
         if optimizer not in OPTIMIZERS:
             raise ArgumentError(f"optimizer: got {optimizer!r}; allowed: {', '.join(map(repr, OPTIMIZERS))}")
         self._check_optimizer(optimizer)
         # None: the preset's size; 0: the content's own size.
-        size = cfg.image_size if image_size is None else _integer(image_size, "image_size", 0) or None
+        size = cfg.image_size if image_size is None else integer_arg(image_size, "image_size", 0) or None
         scales = tuple(cfg.scales if scales is None else scales)
         cfg.replace(scales=scales)          # validates the scales
-        return GatysRun(iterations=iterations, seed=cfg.init_seed if seed is None else _integer(seed, "seed", 0),
+        return GatysRun(iterations=iterations, seed=cfg.init_seed if seed is None else integer_arg(seed, "seed", 0),
                         image_size=size, init=cfg.init if init is None else init, optimizer=optimizer,
                         scales=scales, style_scale=cfg.style_scale if style_scale is None else float(style_scale))
 
     def _check_sizes(self, content_hw, styles) -> None:
+        """Every image goes through VGG up to the deepest loss layer."""
         p = self.preset
-        if p.loss.content_layers:
-            check_feature_size(content_hw, "content", p.vgg.arch, p.loss.content_layers)
-        if p.loss.style_layers:
-            for s in styles:
-                check_feature_size(s.shape[:2], "style", p.vgg.arch, p.loss.style_layers)
+        check_feature_size(content_hw, "content", p.vgg.arch, p.loss.all_layers)
+        for s in styles:
+            check_feature_size(s.shape[:2], "style", p.vgg.arch, p.loss.all_layers)
 
     # ------------------------------------------------------------------ public
     def loss_terms(self, image, content, style, style_weights=None) -> Dict[str, float]:

@@ -8,7 +8,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .errors import ImageError, RestyError
+from .errors import ArgumentError, ImageError, RestyError
 from .images import load_image
 
 ImageLike = Any  # a path, a PIL image, or an array (see resty.images.load_image)
@@ -77,3 +77,15 @@ def blend_grams(styles: Sequence[Any], weights: Sequence[float],
         for name, g in grams_of(style).items():
             out[name] = g * w if name not in out else out[name] + g * w
     return out
+
+
+def integer_arg(value: Any, name: str, minimum: int) -> int:
+    """``value`` as an int, or a one-line ArgumentError naming the argument (a bool, a float
+    with a fraction, text or a number below ``minimum`` is refused)."""
+    try:
+        ok = float(value) == int(value)
+    except (TypeError, ValueError, OverflowError):
+        ok = False
+    if not ok or isinstance(value, bool) or int(value) < minimum:
+        raise ArgumentError(f"{name}: got {value!r}; need an integer >= {minimum}")
+    return int(value)

@@ -10,7 +10,7 @@ import threading
 from typing import Mapping, Optional
 
 
-from .errors import TrainingError
+from .errors import ArgumentError, TrainingError
 
 # =========================================================================== errors, progress
 # CPU features that give a half precision native arithmetic (x86 Linux /proc/cpuinfo names).
@@ -134,3 +134,22 @@ class SigtermFlag:
                   "(fit(..., resume=True)) to continue", file=sys.stderr, flush=True)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             os.kill(os.getpid(), signal.SIGTERM)
+
+
+#: The dtypes a run can hold its weights and images in; half precisions are ``precision``.
+DTYPES = ("float32", "float64")
+#: Mixed precisions (autocast in torch, a Keras mixed policy in TF).
+PRECISIONS = (None, "bf16", "fp16")
+
+
+def check_dtype(dtype: str, precision: Optional[str] = None) -> str:
+    """``dtype`` when it and ``precision`` make a valid pair, else a one-line error (the same in
+    both backends)."""
+    if dtype not in DTYPES:
+        raise ArgumentError(f"dtype: got {dtype!r}; allowed: 'float32', 'float64' (use precision='bf16'/'fp16' "
+                            "for mixed precision)")
+    if precision not in PRECISIONS:
+        raise ArgumentError(f"precision: got {precision!r}; allowed: None, 'bf16', 'fp16'")
+    if precision is not None and dtype == "float64":
+        raise ArgumentError("precision: mixed precision needs dtype='float32' (got dtype='float64')")
+    return dtype

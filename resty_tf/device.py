@@ -27,11 +27,10 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from resty.errors import RestyError  # noqa: E402
+from resty.runtime import PRECISIONS, DTYPES, check_dtype  # noqa: E402,F401
 
 __all__ = ["resolve_device", "set_tf32", "dtype_policy", "assert_compute_dtype", "DTYPES", "PRECISIONS"]
 
-DTYPES = ("float32", "float64")
-PRECISIONS = (None, "bf16", "fp16")
 _MIXED = {"bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
 
 
@@ -76,13 +75,8 @@ def set_tf32(enabled: bool) -> None:
 
 def dtype_policy(dtype: str = "float32", precision=None) -> keras.DTypePolicy:
     """The Keras dtype policy for a model: float32, float64, or a mixed half policy."""
-    if dtype not in DTYPES:
-        raise RestyError(f"dtype: got {dtype!r}; allowed: {', '.join(map(repr, DTYPES))}")
-    if precision not in PRECISIONS:
-        raise RestyError(f"precision: got {precision!r}; allowed: None, 'bf16', 'fp16'")
+    check_dtype(dtype, precision)
     if precision is not None:
-        if dtype == "float64":
-            raise RestyError("precision: mixed precision needs dtype='float32' (got dtype='float64')")
         return keras.DTypePolicy(_MIXED[precision])
     return keras.DTypePolicy(dtype)
 

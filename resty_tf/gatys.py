@@ -101,7 +101,8 @@ class GatysStylizer(GatysStylizerBase):
                 with tf.GradientTape() as tape:
                     tape.watch(x)
                     terms = self._terms(x, content_t, grams)
-                return terms, tape.gradient(terms[0], x)
+                    total = terms[0]         # sliced under the tape, so the slice is differentiated
+                return terms, tape.gradient(total, x)
         else:
             # Content features and (unweighted) style Grams of one image, traced per image size
             # (eager VGG costs about twice the traced forward pass).
@@ -126,12 +127,13 @@ class GatysStylizer(GatysStylizerBase):
             opt = TorchAdam(cfg.adam, [xvar])
 
             @tf.function(jit_compile=self.jit_compile, autograph=False)
-            def step_fn(content_t, grams):
+            def step_fn(var, content_t, grams):
                 with tf.GradientTape() as tape:
-                    terms = self._terms(xvar, content_t, grams)
-                opt.apply([tape.gradient(terms[0], xvar)])
+                    terms = self._terms(var, content_t, grams)
+                    total = terms[0]
+                opt.apply([tape.gradient(total, var)])
                 if cfg.clamp:
-                    xvar.assign(tf.clip_by_value(xvar, 0.0, 1.0))
+                    var.assign(tf.clip_by_value(var, 0.0, 1.0))
                 return terms
             entry = (xvar, opt, step_fn)
             if len(self._adam_cache) >= 4:            # a few sizes (coarse-to-fine scales) at most
@@ -141,7 +143,7 @@ class GatysStylizer(GatysStylizerBase):
             entry[0].assign(x0)
             entry[1].reset()                          # a fresh Adam state for every run
         xvar, _, step_fn = entry
-        run_deferred(n, lambda i: step_fn(*targets), _rows, recorder, lambda: xvar.numpy()[0])
+        run_deferred(n, lambda i: step_fn(xvar, *targets), _rows, recorder, lambda: xvar.numpy()[0])
         return xvar.numpy()[0]
 
     def _run_lbfgs(self, x0, targets, n, recorder) -> np.ndarray:

@@ -7,6 +7,7 @@ from typing import Optional, Union
 import torch
 
 from resty.errors import RestyError
+from resty.runtime import check_dtype
 
 __all__ = ["resolve_device", "resolve_dtype", "autocast_dtype", "autocast", "set_tf32", "get_tf32"]
 
@@ -31,10 +32,7 @@ def resolve_device(device: Union[None, str, torch.device] = None) -> torch.devic
 def resolve_dtype(dtype: Union[str, torch.dtype] = "float32") -> torch.dtype:
     if isinstance(dtype, torch.dtype) and dtype in _DTYPES.values():
         return dtype
-    if dtype in _DTYPES:
-        return _DTYPES[dtype]
-    raise RestyError(f"dtype: got {dtype!r}; allowed: 'float32', 'float64' (use precision='bf16'/'fp16' "
-                     "for mixed precision)")
+    return _DTYPES[check_dtype(dtype)]
 
 
 def autocast_dtype(precision: Optional[str]) -> Optional[torch.dtype]:
