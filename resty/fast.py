@@ -176,6 +176,13 @@ class FastStylizerBase:
         self.skipped_count = 0
         self.step = 0
 
+    @property
+    def vgg(self):
+        """The loss network, built on first use: a trained model stylises without it."""
+        if getattr(self, "_vgg", None) is None:
+            self._vgg = self._build_vgg()
+        return self._vgg
+
     def _writes_files(self) -> bool:
         return True
 
@@ -404,6 +411,9 @@ class FastStylizerBase:
         return obj
 
     # ------------------------------------------------------------------ backend operations
+    def _build_vgg(self):
+        raise NotImplementedError
+
     def _grams_of(self, style: np.ndarray) -> Dict[str, Any]:
         raise NotImplementedError
 

@@ -113,3 +113,19 @@ def load_training_item(item: Any, image_size: int, seed: int, step: int, slot: i
         return resize_short_then_crop(img, image_size, crop_rng(seed, step, slot))
     except (ImageError, OSError):
         return None
+
+
+def load_step_slots(items: List[Any], schedule: "BatchSchedule", image_size: int, seed: int, step: int,
+                    lo: int = 0, hi: Optional[int] = None) -> Tuple[List[np.ndarray], np.ndarray]:
+    """The readable crops of slots ``lo .. hi-1`` of the global batch of ``step`` (0-based), and
+    the mask (batch_size,) of its unreadable slots."""
+    idx = schedule.batch(step)
+    hi = len(idx) if hi is None else min(hi, len(idx))
+    crops, bad = [], np.zeros(schedule.batch_size, np.bool_)
+    for slot in range(lo, hi):
+        crop = load_training_item(items[idx[slot]], image_size, seed, step, slot)
+        if crop is None:
+            bad[slot] = True
+        else:
+            crops.append(crop)
+    return crops, bad

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict
 
 import numpy as np
 import tensorflow as tf
@@ -20,7 +20,7 @@ from resty import distributed as rdist
 from resty.errors import RestyError
 from resty.fast import FastStylizerBase, StepOutcome, TrainingPlan, TrainingSession
 from resty.runtime import warn_cpu_half_precision
-from resty.training_data import load_training_item
+from resty.training_data import load_step_slots
 
 from . import distributed as tdist
 from . import losses as L
@@ -74,13 +74,11 @@ class _TrainingSession(TrainingSession):
 
     def start(self, style_grams, start_step: int) -> None:
         owner, plan = self.owner, self.plan
-        args = (plan.items, plan.schedule, plan.image_size, plan.seed, start_step, plan.total_steps,
-                plan.num_workers)
         if owner.strategy is None:
             self.train_step = owner._make_train_step(self.opt, self.variables, style_grams, plan.image_size)
-            self.dataset = owner._dataset(*args, plan.batch_size)
+            self.dataset = owner._pipeline(plan, start_step)
         else:
-            self.dataset = owner._dist_dataset(*args)
+            self.dataset = owner._dist_pipeline(plan, start_step)
             self.train_step = owner._make_dist_step(self.opt, self.variables, style_grams,
                                                     self.dataset.element_spec, plan.batch_size)
 
@@ -93,12 +91,9 @@ class _TrainingSession(TrainingSession):
                 step = int(strategy.experimental_local_results(elem[3])[0])
                 yield step, self.train_step(elem)          # (global terms, global mask + [N])
                 continue
-            x, bad, step = elem
+            x, bad, n, step = elem
             bad = [int(j) for j in np.flatnonzero(bad.numpy())]
-            if x.shape[0] == 0:
-                yield int(step), (None, bad, 0)
-            else:
-                yield int(step), (self.train_step(x), bad, int(x.shape[0]))
+            yield int(step), (self.train_step(x) if int(n) else None, bad, int(n))
 
     def resolve(self, handles):
         out = []
@@ -151,7 +146,6 @@ class FastStylizer(FastStylizerBase):
         self._init_books(fast, on_cpu, {f"precision={precision!r}": precision is not None,
                                         f"dtype={dtype!r}": dtype != "float32",
                                         "compile=True was asked for": bool(compile)})
-        self._vgg: Optional[VGGFeatures] = None
         self._infer = None
 
     # ------------------------------------------------------------------ helpers
@@ -159,15 +153,12 @@ class FastStylizer(FastStylizerBase):
         """Where variables are created: the strategy's scope (mirrored variables), if any."""
         return self.strategy.scope() if self.strategy is not None else contextlib.nullcontext()
 
-    @property
-    def vgg(self) -> VGGFeatures:
-        if self._vgg is None:
-            p = self.preset
-            with self._scope():
-                self._vgg = VGGFeatures(p.vgg.arch, self.weights, p.vgg.pooling, layers=p.fast_loss.all_layers,
-                                        dtype=self.dtype, device=self.device, preprocessing=p.preprocessing_name,
-                                        precision=self.precision)
-        return self._vgg
+    def _build_vgg(self) -> VGGFeatures:
+        p = self.preset
+        with self._scope():
+            return VGGFeatures(p.vgg.arch, self.weights, p.vgg.pooling, layers=p.fast_loss.all_layers,
+                               dtype=self.dtype, device=self.device, preprocessing=p.preprocessing_name,
+                               precision=self.precision)
 
     def _grams_of(self, style: np.ndarray) -> Dict[str, tf.Tensor]:
         loss = self.preset.fast_loss
@@ -185,92 +176,58 @@ class FastStylizer(FastStylizerBase):
     def _training_session(self, plan: TrainingPlan) -> _TrainingSession:
         return _TrainingSession(self, plan)
 
-    def _dataset(self, items, sched, size, seed, start, total, workers, max_bs):
-        """tf.data over the steps ``start .. total-1``: each element is one whole batch
-        ``(crops (n, S, S, 3), bad-slot mask (max_bs,), step)``; unreadable items are left out
-        of the crops and flagged in the mask."""
+    def _pipeline(self, plan: TrainingPlan, start: int, replicas: int = 1, first: int = 0, per_pipeline: int = 1):
+        """tf.data over the steps ``start .. total-1``: for every step, one element per replica
+        this pipeline feeds, ``(crops (n, S, S, 3), mask of the global batch's unreadable slots
+        (this replica's slots only), readable count n, step)``.  Replica ``r`` of ``R`` gets the
+        contiguous slots ``shard_bounds(B, r, R)`` of the global batch, so the union over
+        replicas is exactly the single-process batch of that step.  With nothing readable the
+        element holds one zero image and count 0 (weight 0 in the loss)."""
+        size, B, workers = plan.image_size, plan.batch_size, plan.num_workers
         np_dtype = self.tf_dtype.as_numpy_dtype
 
-        def load(step):
-            step = int(step)
-            idx = sched.batch(step)
-            crops, bad = [], np.zeros(max_bs, np.bool_)
-            for slot, i in enumerate(idx):
-                c = load_training_item(items[i], size, seed, step, slot)
-                if c is None:
-                    bad[slot] = True
-                else:
-                    crops.append(c)
-            x = np.stack(crops).astype(np_dtype) if crops else np.zeros((0, size, size, 3), np_dtype)
-            return x, bad
+        def load(e):
+            step, k = divmod(int(e), per_pipeline)
+            step += start
+            lo, hi = rdist.shard_bounds(B, first + k, replicas)
+            crops, bad = load_step_slots(plan.items, plan.schedule, size, plan.seed, step, lo, hi)
+            x = np.stack(crops).astype(np_dtype) if crops else np.zeros((1, size, size, 3), np_dtype)
+            return x, bad, np.int32(len(crops)), np.int64(step)
 
-        def tf_load(step):
-            x, bad = tf.numpy_function(load, [step], [self.tf_dtype, tf.bool], stateful=False)
+        def tf_load(e):
+            x, bad, n, step = tf.numpy_function(load, [e], [self.tf_dtype, tf.bool, tf.int32, tf.int64],
+                                                stateful=False)
             x.set_shape([None, size, size, 3])
-            bad.set_shape([max_bs])
-            return x, bad, step
+            bad.set_shape([B])
+            n.set_shape([])
+            step.set_shape([])
+            return x, bad, n, step
 
-        ds = tf.data.Dataset.range(start, total)
-        if workers:
-            # Parallel decoding, results kept in step order (deterministic=True).
-            ds = ds.map(tf_load, num_parallel_calls=workers, deterministic=True)
-        else:
-            ds = ds.map(tf_load)
+        # Parallel decoding, results kept in step order (deterministic=True).
+        ds = tf.data.Dataset.range(0, (plan.total_steps - start) * per_pipeline)
+        ds = ds.map(tf_load, num_parallel_calls=workers or None, deterministic=True)
         opts = tf.data.Options()
         opts.threading.private_threadpool_size = max(1, workers) if workers else 0
-        return ds.with_options(opts).prefetch(max(2, workers))
+        opts.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+        return ds.with_options(opts).prefetch(max(2, workers) * per_pipeline)
 
-    def _dist_dataset(self, items, sched, size, seed, start, total, workers):
-        """The distributed pipeline: ``distribute_datasets_from_function``, each input pipeline
-        yielding, for every step, one element per local replica: ``(crops, bad-slot mask of
-        the global batch (this replica's slots only), readable count, step)``.  Replica ``r``
-        of ``R`` gets the contiguous slots ``shard_bounds(B, r, R)`` of the global batch, so the
-        union over replicas is exactly the single-process batch of that step.  A replica with
-        nothing readable gets one zero image and count 0 (weight 0 in the loss)."""
-        np_dtype = self.tf_dtype.as_numpy_dtype
-        B = sched.batch_size
-
+    def _dist_pipeline(self, plan: TrainingPlan, start: int):
+        """The pipelines of a strategy (``distribute_datasets_from_function``)."""
         def dataset_fn(ictx: tf.distribute.InputContext):
-            R = ictx.num_replicas_in_sync
-            rpp = R // ictx.num_input_pipelines          # replicas fed by this pipeline
-            first = ictx.input_pipeline_id * rpp
-
-            def load(e):
-                step, k = divmod(int(e), rpp)
-                step += start
-                lo, hi = rdist.shard_bounds(B, first + k, R)
-                idx = sched.batch(step)
-                crops, bad = [], np.zeros(B, np.bool_)
-                for slot in range(lo, min(hi, len(idx))):
-                    c = load_training_item(items[idx[slot]], size, seed, step, slot)
-                    if c is None:
-                        bad[slot] = True
-                    else:
-                        crops.append(c)
-                n = len(crops)
-                x = np.stack(crops).astype(np_dtype) if crops else np.zeros((1, size, size, 3), np_dtype)
-                return x, bad, np.int32(n), np.int64(step)
-
-            def tf_load(e):
-                x, bad, n, step = tf.numpy_function(load, [e], [self.tf_dtype, tf.bool, tf.int32, tf.int64],
-                                                    stateful=False)
-                x.set_shape([None, size, size, 3])
-                bad.set_shape([B])
-                n.set_shape([])
-                step.set_shape([])
-                return x, bad, n, step
-
-            ds = tf.data.Dataset.range(0, (total - start) * rpp)
-            if workers:
-                ds = ds.map(tf_load, num_parallel_calls=workers, deterministic=True)
-            else:
-                ds = ds.map(tf_load)
-            opts = tf.data.Options()
-            opts.threading.private_threadpool_size = max(1, workers) if workers else 0
-            opts.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
-            return ds.with_options(opts).prefetch(max(2, workers) * rpp)
-
+            per_pipeline = ictx.num_replicas_in_sync // ictx.num_input_pipelines
+            return self._pipeline(plan, start, ictx.num_replicas_in_sync, ictx.input_pipeline_id * per_pipeline,
+                                  per_pipeline)
         return self.strategy.distribute_datasets_from_function(dataset_fn)
+
+    def _loss_and_grads(self, x, grams, variables, factor=None):
+        """The terms of the batch ``x`` and the gradients of ``total · factor``."""
+        loss = self.preset.fast_loss
+        fx = {k: tf.stop_gradient(v) for k, v in self.vgg(x).items() if k in loss.content_layers}
+        with tf.GradientTape() as tape:
+            y = self.net(x, training=True)
+            terms = L.total_loss(self.vgg(y), y, loss, fx, grams)
+            objective = terms[0] if factor is None else terms[0] * tf.cast(factor, terms.dtype)
+        return terms, tape.gradient(objective, variables)
 
     def _make_dist_step(self, opt: TorchAdam, variables, grams, element_spec, B: int):
         """One global step under the strategy: each replica computes the loss of its shard
@@ -278,8 +235,7 @@ class FastStylizer(FastStylizerBase):
         are summed over replicas (= the gradient of the global batch mean, exactly what one
         process computes), and the one Adam update is applied to the mirrored variables.
         Returns ``(global mean loss terms, global bad-slot mask + [N])`` on the host side."""
-        loss = self.preset.fast_loss
-        vgg, net, strategy = self.vgg, self.net, self.strategy
+        strategy = self.strategy
         SUM = tf.distribute.ReduceOp.SUM
         if self.precision == "fp16":
             raise RestyError("precision='fp16' (dynamic loss scaling) is not supported with a distribution "
@@ -290,12 +246,7 @@ class FastStylizer(FastStylizerBase):
             meta = ctx.all_reduce(SUM, tf.concat([tf.cast(bad, tf.float64), tf.cast(n, tf.float64)[None]], 0))
             total_n = meta[B]
             w = tf.cast(n, tf.float64) / tf.maximum(total_n, 1.0)
-            fx = {l: tf.stop_gradient(v) for l, v in vgg(x).items() if l in loss.content_layers}
-            with tf.GradientTape() as tape:
-                y = net(x, training=True)
-                terms = L.total_loss(vgg(y), y, loss, fx, grams)
-                objective = terms[0] * tf.cast(w, terms[0].dtype)
-            g = tape.gradient(objective, variables)
+            terms, g = self._loss_and_grads(x, grams, variables, w)
             g = ctx.all_reduce(SUM, g)
             tv = ctx.all_reduce(SUM, tf.cast(terms, tf.float64) * w)
             return g, tv, meta
@@ -319,8 +270,6 @@ class FastStylizer(FastStylizerBase):
         return step
 
     def _make_train_step(self, opt: TorchAdam, variables, grams, size: int):
-        loss = self.preset.fast_loss
-        vgg, net = self.vgg, self.net
         fp16 = self.precision == "fp16"
         scale = tf.Variable(2.0 ** 15, trainable=False, dtype=tf.float32) if fp16 else None
         self._loss_scale = scale
@@ -331,12 +280,7 @@ class FastStylizer(FastStylizerBase):
         @tf.function(jit_compile=self.jit_compile, autograph=False,
                      input_signature=[tf.TensorSpec([None, size, size, 3], self.tf_dtype)])
         def step(x):
-            fx = {l: tf.stop_gradient(v) for l, v in vgg(x).items() if l in loss.content_layers}
-            with tf.GradientTape() as tape:
-                y = net(x, training=True)
-                terms = L.total_loss(vgg(y), y, loss, fx, grams)
-                objective = terms[0] * scale if fp16 else terms[0]
-            g = tape.gradient(objective, variables)
+            terms, g = self._loss_and_grads(x, grams, variables, scale)
             if fp16:
                 # Dynamic loss scaling: float16 gradients underflow without it.  A step with
                 # non-finite gradients is skipped and the scale halved (torch's GradScaler).

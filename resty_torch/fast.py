@@ -230,35 +230,9 @@ class FastStylizer(FastStylizerBase):
     """Feed-forward style transfer (Johnson et al. 2016 with instance norm) in PyTorch.
 
     The VGG loss network is only built when :meth:`fit` needs it, so a trained model loads and
-    stylises without ImageNet weights.
-
-    Speed options (none changes the float32/float64 default path):
-
-    * ``precision="bf16"|"fp16"``: autocast; instance norm then takes the fused
-      float32-statistics path (TransformerNet.configure, ``norm_impl="auto"``).
-    * ``channels_last=True``: NHWC activations (tensor-core convolutions without transposes);
-      the net's reflection pads and instance norms then keep that layout.
-    * ``cuda_graph=True``: on CUDA, :meth:`stylize` / :meth:`stylize_tensor` capture the
-      network once per input shape (resty_torch.cudagraph) and replay it: no per-kernel CPU
-      launch cost.  :meth:`fit` runs its training step (forward, backward, capturable Adam)
-      as one captured graph too (single process, bf16 or float32; fp16 needs a GradScaler,
-      which syncs, and DDP needs its hooks: both fall back to the eager step).  On the CPU
-      the same code runs eagerly.
-    * ``compile=True`` or a torch.compile mode (``"default"``, ``"max-autotune-no-cudagraphs"``;
-      with ``cuda_graph`` the CUDA-graph modes of torch.compile are refused, resty captures):
-      inference compiles the network; training compiles the whole loss (network, VGG, Gram
-      matrices and loss terms) as one function (not under DDP, which keeps the eager loss).
-    * ``pad_channels=8``: the 3-channel input/output convolutions padded to 8 channels with
-      zero weights (exact); ``io_convs="s2d"``: those convolutions on pixel_unshuffle'd maps;
-      ``norm_impl``, ``pad_impl``: see TransformerNet.configure.
-    * ``fast=True``: on CUDA, fp16 autocast for inference (unless ``precision`` is given; bf16's
-      output error is several times fp16's) and bf16 for :meth:`fit` (fp16 training needs a
-      GradScaler, whose host sync cannot be captured), ``pad_channels=8`` and ``cuda_graph``.
-      On the CPU, :meth:`stylize` runs through ONNX Runtime (resty.onnx_runtime.CpuFastPath,
-      the same net as an exact rewritten float32 graph, rebuilt when the weights change) when
-      onnxruntime is installed and the options allow (``inference_engine`` says which ran,
-      ``fast_path_note`` why not); :meth:`fit` and :meth:`stylize_tensor` stay in torch.
-    """
+    stylises without ImageNet weights.  The speed options (``precision``, ``channels_last``,
+    ``cuda_graph``, ``compile``, ``pad_channels``, ``io_convs``, ``norm_impl``, ``pad_impl``,
+    ``fast``) are described in docs/BACKEND_API.md; none changes the default path's results."""
 
     backend_name = "torch"
     engine_name = "torch"
@@ -315,30 +289,20 @@ class FastStylizer(FastStylizerBase):
             "channels_last=True was asked for": self.channels_last})
         # Inference: one captured graph per (shape, dtype, train/eval mode); eager on the CPU.
         self._infer = GraphedFunction(self._infer_impl, enabled=self.cuda_graph, warmup=3 if compile else 2)
-        self._vgg: Optional[VGGFeatures] = None
 
     # ------------------------------------------------------------------ helpers
-    @property
-    def vgg(self) -> VGGFeatures:
-        if self._vgg is None:
-            p = self.preset
-            ws = loss_network_weights(self.weights, p)
-            self._vgg = VGGFeatures(p.vgg.arch, ws, p.vgg.pooling, layers=p.fast_loss.all_layers,
-                                    dtype=self.dtype, device=self.device)
-            if self.channels_last:
-                self._vgg.to(memory_format=torch.channels_last)
-        return self._vgg
+    def _build_vgg(self) -> VGGFeatures:
+        p = self.preset
+        vgg = VGGFeatures(p.vgg.arch, loss_network_weights(self.weights, p), p.vgg.pooling,
+                          layers=p.fast_loss.all_layers, dtype=self.dtype, device=self.device)
+        return vgg.to(memory_format=torch.channels_last) if self.channels_last else vgg
 
     def _autocast(self, precision="inference"):
-        """Autocast for code that may be captured in a CUDA graph: on CUDA the weight-cast
-        cache is off (a cached cast must not outlive the capture that allocated it; each
-        weight is cast once per forward here anyway, so the cache saves nothing).
-        ``precision``: "inference" (self.precision), "train" (self.train_precision)."""
+        """Autocast (``precision``: "inference" or "train") for code that may be captured in a
+        CUDA graph: there the weight-cast cache is off (a cached cast must not outlive the
+        capture that allocated it)."""
         dt = self.train_precision if precision == "train" else self.precision
-        if dt is None:
-            return autocast(self.device, None)
-        return torch.autocast(device_type=self.device.type, dtype=dt,
-                              cache_enabled=self.device.type != "cuda")
+        return autocast(self.device, dt, cache=self.device.type != "cuda")
 
     def _tensor(self, a: np.ndarray) -> torch.Tensor:
         return to_nchw(a, self.device, self.dtype, self.channels_last)
@@ -371,17 +335,11 @@ class FastStylizer(FastStylizerBase):
 
     def make_train_step(self, grams, opt: torch.optim.Optimizer, net_fn=None, cuda_graph: Optional[bool] = None,
                         warmup: int = 3) -> Callable[[torch.Tensor], torch.Tensor]:
-        """``step(x) -> terms``: one training step on the batch ``x`` (NCHW RGB [0, 1] on
-        :attr:`device`): zero the gradients, the loss (:meth:`_train_loss`), backward, and
-        ``opt.step()``; returns the detached ``[total, content, style, tv]``.
-
-        With ``cuda_graph`` (default: ``self.cuda_graph``) on CUDA the whole step is one
-        captured graph per batch shape (resty_torch.cudagraph): ``opt`` must then be a
-        torch.optim.Adam (it is switched to ``capturable``), its state is created before the
-        capture, and the warm-up steps are undone (parameters, buffers and optimizer state
-        restored), so the first call is the first real step.  The returned ``terms`` is then
-        the graph's static output: copy it before the next call.  No loss scaling: use bf16 or
-        float32 here (fp16 needs a GradScaler, whose inf check syncs with the host)."""
+        """``step(x) -> [total, content, style, tv]`` (detached): one Adam step on the NCHW batch
+        ``x``.  With ``cuda_graph`` on CUDA the step is one captured graph per batch shape:
+        ``opt`` must be a torch.optim.Adam (made ``capturable``), the warm-up steps are undone,
+        so the first call is the first real step, and the result is the graph's static output
+        (copy it before the next call).  No loss scaling: bf16 or float32 only."""
         cuda_graph = self.cuda_graph if cuda_graph is None else bool(cuda_graph)
 
         def step(x: torch.Tensor) -> torch.Tensor:

@@ -51,23 +51,9 @@ class GatysStylizer(GatysStylizerBase):
     def __init__(self, preset="gatys2015", weights="imagenet", device=None, dtype="float32",
                  precision=None, compile=False, channels_last=False, cuda_graph=False,
                  checkpoint=False, history_size=None, fast=False):
-        """``precision`` 'bf16'/'fp16' runs VGG in mixed precision (Grams and losses stay float32).
-
-        Speed and memory options (same results up to float rounding):
-
-        * ``cuda_graph=True``: the optimiser state lives on the device (:class:`DeviceAdam`,
-          :class:`DeviceLBFGS`: no host round trip per iteration) and, on CUDA, one whole
-          iteration (VGG forward, backward, update) is captured in a CUDA graph and replayed.
-          On the CPU the same device optimisers run eagerly.  With ``compile=True`` too, the
-          torch.compile'd loss is what gets captured.
-        * ``checkpoint=True``: activation checkpointing per VGG block; peak memory of about one
-          block's activations for ~1 extra forward per iteration (large images).
-        * ``history_size``: L-BFGS history (default: the preset's).  With ``cuda_graph`` it is
-          preallocated, 2·history·pixels·3 floats (100 pairs at 2048 px: 10 GB).
-        * ``fast=True``: ``cuda_graph`` plus, on CUDA, ``channels_last``.  Precision is left to
-          the caller: bf16 with Adam at lr 1e-3 does not descend (its rounding noise is larger
-          than the steps); L-BFGS is fine in bf16.
-        """
+        """``precision`` 'bf16'/'fp16' runs VGG in mixed precision (Grams and losses stay
+        float32); ``cuda_graph``, ``checkpoint``, ``history_size``, ``channels_last``, ``compile``
+        and ``fast`` trade memory and speed (docs/BACKEND_API.md), not results."""
         if fast:
             cuda_graph = True
             channels_last = channels_last or resolve_device(device).type == "cuda"
