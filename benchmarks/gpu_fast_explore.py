@@ -1,4 +1,4 @@
-"""Explore the fast paths of the Johnson feed-forward network on one GPU (issue 7).
+"""Explore the fast paths of the Johnson feed-forward network on one GPU.
 
 Targets (one H200): stylize one 1024 px image in <= 1.5 ms; train at 256 px, batch 16,
 VGG16 loss network, at >= 1500 images/s.

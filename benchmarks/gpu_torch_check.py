@@ -1,4 +1,4 @@
-"""One prepared GPU check for resty_torch (issue 3) with plain-PyTorch baselines (issue 7).
+"""One prepared GPU check for resty_torch with plain-PyTorch baselines.
 
 Runs both methods on CUDA at 512 px, then times, in float32 (TF32 off), TF32 and bf16:
 Gatys ms per iteration (Adam and L-BFGS) at 512 px, fast-network inference ms at 1024 px, and

@@ -1,7 +1,7 @@
 """Cross-framework parity tests: resty_torch vs resty_tf vs the NumPy float64 oracle.
 
 Importing this package fixes the framework import order for the whole process: torch and
-torchvision are imported *before* TensorFlow (DESIGN.md §3: torch, then tensorflow, then
+torchvision are imported *before* TensorFlow (docs/ARCHITECTURE.md, pitfalls: torch, then tensorflow, then
 torchvision segfaulted).  ``parity_tests/conftest.py`` imports this package, and pytest loads
 the conftest of every ``testpaths`` entry at start-up, so the order holds for the whole
 ``python3 -m pytest`` run, including ``tests/``.

@@ -1,4 +1,4 @@
-"""The quantities compared across torch, TF and the NumPy oracle (issue 5).
+"""The quantities compared across torch, TF and the NumPy oracle.
 
 Every quantity computes the same thing on each side from the same seeded random inputs
 (random, asymmetric: non-square images, odd sizes, batches > 1) and returns NumPy arrays in the
@@ -33,7 +33,7 @@ from . import env
 from .compare import Missing, Quantity
 
 SEED = 20240
-IMG_HW = (24, 40)          # most checks (issue 5: small, non-square)
+IMG_HW = (24, 40)          # most checks (small, non-square)
 VGG_HW = (33, 45)          # every VGG layer down to pool5 stays non-empty; odd sizes from the start
 SMALL_SPEC = TransformerSpec(channels=(4, 6, 8), residual_blocks=2)
 
@@ -638,7 +638,7 @@ def zero_gradient_params(spec: TransformerSpec):
     with conv + instance norm; up1 is nearest ×2 + reflection pad + conv + instance norm, which
     maps a constant to a constant and normalises it away).  Their computed gradients are
     rounding noise (measured 3e-11 in float64) and Adam's first step turns noise into ±lr, so
-    they are left out of element-wise gradient/update comparisons (like DESIGN §3's conv bias
+    they are left out of element-wise gradient/update comparisons (like ARCHITECTURE.md, pitfalls's conv bias
     before a norm) and compared inside the whole-network gradient instead."""
     if spec.norm != "instance" or spec.upsampling != "nearest_conv":
         return ()

@@ -2,7 +2,7 @@
 
 pytest loads the conftest of every ``testpaths`` entry before collecting anything, so importing
 :mod:`parity_tests` here imports torch and torchvision before TensorFlow for the whole run
-(DESIGN.md §3: the other order segfaults), including ``tests/``.
+(docs/ARCHITECTURE.md, pitfalls: the other order segfaults), including ``tests/``.
 """
 from __future__ import annotations
 

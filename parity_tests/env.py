@@ -1,6 +1,6 @@
 """The numerical environment parity runs in, set up once and asserted.
 
-* TF32 off in both frameworks (DESIGN.md §3: on an H200 TF32 gives ~1e-3 feature error,
+* TF32 off in both frameworks (docs/ARCHITECTURE.md, pitfalls: on an H200 TF32 gives ~1e-3 feature error,
   which would swamp the float32 tier).  torch: the new ``fp32_precision = "ieee"`` API when
   this torch has it, else the legacy ``allow_tf32`` flags, never both (torch warns/errs when
   the two are mixed).  TF: ``enable_tensor_float_32_execution(False)``.

@@ -3,7 +3,7 @@
 Each mutation returns a list of ``(label, expect_pass, ItemResult)``: controls (the right
 convention, expected to pass) and mutants (the pitfall, expected to fail), built from framework
 primitives and the backends' layers, with random asymmetric inputs and non-square kernels.
-The pitfalls are those measured in DESIGN.md §3.
+The pitfalls are those measured in docs/ARCHITECTURE.md, pitfalls.
 """
 from __future__ import annotations
 
@@ -186,7 +186,7 @@ def conv_transpose_same(dtype: str) -> List[Result]:
 # --------------------------------------------------------------------------- Adam epsilon-hat
 def keras_adam(dtype: str) -> List[Result]:
     """Keras's Adam adds epsilon before the bias correction ("epsilon hat"): after ONE step
-    from identical gradients its update differs from torch's (DESIGN §3: 1.8e-3)."""
+    from identical gradients its update differs from torch's (ARCHITECTURE.md, pitfalls: 1.8e-3)."""
     import keras
     torch = _torch()
     from resty import reference

@@ -1,4 +1,4 @@
-"""Every quantity, in both tiers: torch vs TF vs the NumPy float64 oracle (issue 5).
+"""Every quantity, in both tiers: torch vs TF vs the NumPy float64 oracle.
 
 A row fails on a difference beyond its tolerance (parity_tests/tolerances.py) or an error; a
 side whose backend or hook is missing skips with the hook's name."""

@@ -5,7 +5,7 @@ arrays of shape H×W×3 with values in [0, 1] (RGB). Doing this once, in the cor
 Pillow is deliberate: TensorFlow's JPEG decoder differs from Pillow on most pixels and
 ``tf.image.resize`` does not antialias while torchvision does, so letting each framework
 decode or resize would make the two backends disagree before the first convolution
-(DESIGN.md section 3).
+(docs/ARCHITECTURE.md, pitfalls).
 
 Conventions
 -----------

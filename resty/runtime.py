@@ -31,8 +31,8 @@ def cpu_flags() -> Optional[frozenset]:
 
 def cpu_half_precision_warning(precision: Optional[str], flags: Optional[frozenset] = None) -> Optional[str]:
     """A one-line warning for a half precision asked for on a CPU without native support for
-    it (x86 without AVX512-BF16/AMX): the frameworks then emulate it, measured ~200x slower than
-    float32 for the fast network on a 2-core AVX2 machine.  None when fine or unknown."""
+    it (x86 without AVX512-BF16/AMX): the frameworks then emulate it, orders of magnitude slower
+    than float32.  None when fine or unknown."""
     if precision not in _NATIVE_HALF_FLAGS:
         return None
     flags = cpu_flags() if flags is None else flags

@@ -4,7 +4,7 @@ TensorFlow places operations on the first GPU automatically when it sees one; Re
 the choice explicit (``device=None`` -> ``/GPU:0`` if any GPU is visible, else ``/CPU:0``)
 so that a run says where it ran, and so that ``device="cpu"`` really pins everything there.
 
-Precision follows DESIGN.md section 3:
+Precision follows docs/ARCHITECTURE.md, pitfalls:
 
 * float64 is requested per layer through a Keras ``DTypePolicy("float64")``.  Keras's global
   ``keras.config.set_floatx`` is *not* used: it is silently ignored by layers that were

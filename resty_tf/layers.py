@@ -2,7 +2,7 @@
 
 All layers are NHWC.  Every convolution here is padded *explicitly* and then run with
 ``padding="valid"``: Keras's ``"same"`` pads (0, 1) for stride 2 where torch pads (1, 1),
-which gives the same shapes and an O(1) error (DESIGN.md section 3).  The transposed
+which gives the same shapes and an O(1) error (docs/ARCHITECTURE.md, pitfalls).  The transposed
 convolution computes the full ``2H+1`` VALID output and crops ``spec.transpose_crop``;
 Keras's ``Conv2DTranspose("same")`` is shifted by one pixel against torch.
 """

@@ -3,7 +3,7 @@
 * :class:`TorchAdam` is ``resty.reference.adam_step`` (torch.optim.Adam's formula, or Keras's
   epsilon-hat placement when ``AdamSpec.epsilon_hat``) with its moments as ``tf.Variable``s,
   updated inside ``tf.function``.  Keras's own Adam is not used: its epsilon placement moves
-  the weights by 1.8e-3 (relative) after one step even in float64 (DESIGN.md section 3).
+  the weights by 1.8e-3 (relative) after one step even in float64 (docs/ARCHITECTURE.md, pitfalls).
 * :func:`lbfgs_minimize` is ``resty.reference.lbfgs_minimize`` (torch.optim.LBFGS without line
   search) ported op by op.  Vectors and the history stay on the device; the scalar tests that
   steer the algorithm (``ys > 1e-10``, tolerances) are read on the host, as torch reads them.

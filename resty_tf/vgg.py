@@ -158,8 +158,8 @@ def _conv3x3(x, kernel, kernel_flipped, bias):
     plus bias, whose input gradient is itself a forward convolution (the kernel rotated by 180°,
     in/out channels swapped).
 
-    TensorFlow's CPU Conv2DBackpropInput is up to 2x slower than Conv2D on the deep VGG
-    layers (12x12x512 at a 96 px input); the forward kernels are its best-tuned path.
+    TensorFlow's CPU Conv2DBackpropInput is slower than Conv2D on the deep VGG layers; the
+    forward kernels are its best-tuned path.
     ``kernel_flipped`` is ``kernel`` rotated by 180° with in/out channels swapped.  The loss
     network is frozen: no gradient flows to the kernels or the bias.
     """

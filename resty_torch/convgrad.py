@@ -1,9 +1,8 @@
 """A stride-1 convolution whose backward pass is made of forward convolutions (CPU training).
 
-Why: on the CPU, torch's (oneDNN's) convolution backward is slow for few channels.  For the
-transformer's 9x9 output conv (32 -> 3 channels) at 256 px, batch 4, the input gradient took
-~1.6 s and the weight gradient 0.32 s; as forward convolutions they take 83 ms and 177 ms, and a
-whole training step went from 8.3 s to ~5 s.  The same sums in another order: gradients agree
+Why: on the CPU, torch's (oneDNN's) convolution backward is slow for few channels (the
+transformer's 9x9 output conv, 32 -> 3 channels), several times slower than the same sums as
+forward convolutions (benchmarks/ measures it).  The same sums in another order: gradients agree
 with autograd's to float rounding (tests/test_torch_conv_grads.py).
 
     dx = conv2d(pad(dy, k-1), W rotated by 180 degrees, in/out channels swapped)

@@ -59,7 +59,7 @@ def _new_api() -> bool:
 def set_tf32(enabled: bool) -> None:
     """Allow (or forbid) TF32 for float32 matmuls and convolutions on Ampere+ GPUs.
 
-    TF32 gives ~1e-3 relative feature error (DESIGN.md section 3): parity runs turn it off,
+    TF32 gives ~1e-3 relative feature error (docs/ARCHITECTURE.md, pitfalls): parity runs turn it off,
     speed runs may turn it on.  Sets the legacy ``allow_tf32`` flags: torch keeps the new
     per-backend ``fp32_precision`` in step with them, whereas setting ``fp32_precision``
     makes every later read of ``allow_tf32`` raise ("mix of the legacy and new APIs") --
