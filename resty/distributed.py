@@ -318,3 +318,17 @@ def strip_option(argv: Sequence[str], name: str) -> List[str]:
         elif not a.startswith(name + "="):
             out.append(a)
     return out
+
+
+class SingleProcess:
+    """The distributed context of a run in one process: what a backend's context offers
+    (resty_torch.distributed.DistContext, resty_tf.distributed.StrategyContext), as no-ops."""
+    rank = 0
+    world_size = 1
+    is_main = True
+
+    def barrier(self) -> None:
+        pass
+
+    def any(self, flag: bool) -> bool:
+        return bool(flag)

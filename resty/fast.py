@@ -23,6 +23,7 @@ from .inference import stylize_images
 from .inputs import blend_grams, integer_arg, prepare_styles
 from .losses import LOSS_TERMS
 from .presets import Preset, get as get_preset, resolve
+from .distributed import SingleProcess
 from .runtime import Progress, SigtermFlag, nonfinite_message
 from .training_data import BatchSchedule, item_name, list_training_images
 from .weights import WeightSet, load_weights, save_weights
@@ -85,9 +86,9 @@ class TrainingSession:
     start_step)``, then iterates ``steps(term)`` and reads finished steps back with
     ``resolve``; ``optimizer_state``/``rng_state`` when it writes a checkpoint."""
 
-    is_main = True
-    world_size = 1
-    rank = 0
+    #: The process group: ``rank``, ``world_size``, ``is_main``, ``barrier()``, ``any(flag)``
+    #: (True on every process when ``flag`` is True on any).
+    dist: Any = SingleProcess()
     #: Whether SIGTERM can stop this run cleanly (every process must agree on the step).
     handles_sigterm = True
 
@@ -125,12 +126,6 @@ class TrainingSession:
     def load_rng_state(self, rng: Mapping[str, Any]) -> None:
         pass
 
-    def barrier(self) -> None:
-        pass
-
-    def any(self, flag: bool) -> bool:
-        """True on every process when ``flag`` is True on any."""
-        return bool(flag)
 
 
 class FastStylizerBase:
@@ -282,12 +277,12 @@ class FastStylizerBase:
                 return {k: last[k] for k in LOSS_TERMS if k in last}
 
             def checkpoint(step: int) -> None:
-                if session.is_main:
+                if session.dist.is_main:
                     self._save_checkpoint(plan, step, session)
-                session.barrier()          # nobody reads a checkpoint before it is complete
+                session.dist.barrier()          # nobody reads a checkpoint before it is complete
 
             with SigtermFlag(ckdir is not None and session.handles_sigterm) as term, \
-                    Progress(max(0, total - start), progress and session.is_main, desc="fit", unit="step") as bar:
+                    Progress(max(0, total - start), progress and session.dist.is_main, desc="fit", unit="step") as bar:
                 for s, handle in session.steps(term):
                     done = s + 1
                     pending.append((done, handle))
@@ -304,7 +299,7 @@ class FastStylizerBase:
                     if due_ck:
                         checkpoint(done)
                         last_ck = done
-                    if callback is not None and session.any(bool(callback(done, last_terms(), None))):
+                    if callback is not None and session.dist.any(bool(callback(done, last_terms(), None))):
                         stopped = True         # every process stops at the same step
                         break
                 flush()
@@ -318,7 +313,7 @@ class FastStylizerBase:
                 "history": self.history, "skipped": list(self.skipped), "skipped_count": self.skipped_count,
                 "images_seen": seen, "seconds": seconds,
                 "images_per_second": seen / seconds if seconds > 0 else float("nan"),
-                "world_size": session.world_size, "rank": session.rank,
+                "world_size": session.dist.world_size, "rank": session.dist.rank,
                 "checkpoint": str(latest_checkpoint(ckdir)) if ckdir else None}
 
     # ------------------------------------------------------------------ checkpoints

@@ -14,7 +14,7 @@ import numpy as np
 
 from .errors import ArgumentError, ImageError, RestyError
 from .images import preserve_color as _preserve_color, resize_longest, resize_to
-from .inputs import ImageLike, integer_arg, load_rgb, prepare_styles
+from .inputs import ImageLike, blend_grams, integer_arg, load_rgb, prepare_styles
 from .losses import LOSS_TERMS
 from .presets import Preset, resolve
 from .runtime import Progress, check_finite
@@ -197,8 +197,8 @@ class GatysStylizerBase:
     """What both backends' ``GatysStylizer`` share (the public API is here).  A subclass sets
     ``self.preset`` and ``self.history`` and supplies:
 
-    * ``_targets(content, styles, blend)``: content features and ``Σ w_i G_i`` of the styles
-      (resty.inputs.blend_grams), computed once per scale;
+    * ``_content_features(image)``: the content layers' features of one image (H×W×3);
+    * ``_grams_of(image)``: the style layers' Gram matrices of one image;
     * ``_evaluate(image, targets)``: ``[total, content, style, tv]`` of one image as floats;
     * ``_optimize(optimizer, image, targets, n, recorder)``: ``n`` evaluations of the named
       optimiser from ``image`` (H×W×3), every evaluation booked with ``recorder``; returns the
@@ -241,6 +241,12 @@ class GatysStylizerBase:
         return GatysRun(iterations=iterations, seed=cfg.init_seed if seed is None else integer_arg(seed, "seed", 0),
                         image_size=size, init=cfg.init if init is None else init, optimizer=optimizer,
                         scales=scales, style_scale=cfg.style_scale if style_scale is None else float(style_scale))
+
+    def _targets(self, content: np.ndarray, styles: Sequence[np.ndarray], blend: Sequence[float]):
+        """Content features and the blend ``Σ w_i G_i`` of the styles' Grams, once per scale."""
+        loss = self.preset.loss
+        return (self._content_features(content) if loss.content_layers else {},
+                blend_grams(styles if loss.style_layers else [], blend, self._grams_of))
 
     def _check_sizes(self, content_hw, styles) -> None:
         """Every image goes through VGG up to the deepest loss layer."""

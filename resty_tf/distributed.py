@@ -19,7 +19,7 @@ import tensorflow as tf
 from resty.distributed import process_info
 from resty.errors import RestyError
 
-__all__ = ["resolve_strategy", "should_checkpoint", "barrier", "any_replica", "world_size"]
+__all__ = ["resolve_strategy", "should_checkpoint", "barrier", "any_replica", "world_size", "StrategyContext"]
 
 _MWMS: Optional[tf.distribute.Strategy] = None
 
@@ -93,3 +93,20 @@ def barrier(strategy: Optional[tf.distribute.Strategy]) -> None:
 
 def _multi_worker(strategy) -> bool:
     return bool(getattr(strategy.extended, "_in_multi_worker_mode", lambda: False)())
+
+
+class StrategyContext:
+    """A strategy (or None: one process) seen as resty_torch.distributed.DistContext is by the
+    training driver: this process's rank, the replicas, the main process, barrier, any."""
+
+    def __init__(self, strategy: Optional[tf.distribute.Strategy]):
+        self.strategy = strategy
+        self.rank = process_info().rank
+        self.world_size = world_size(strategy)
+        self.is_main = should_checkpoint(strategy)
+
+    def barrier(self) -> None:
+        barrier(self.strategy)
+
+    def any(self, flag: bool) -> bool:
+        return any_replica(self.strategy, flag)

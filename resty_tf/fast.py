@@ -41,9 +41,7 @@ class _TrainingSession(TrainingSession):
         self.owner, self.plan = owner, plan
         strategy = owner.strategy
         self.scope = strategy.scope() if strategy is not None else tf.device(owner.device)
-        self.is_main = tdist.should_checkpoint(strategy)
-        self.world_size = tdist.world_size(strategy)
-        self.rank = rdist.process_info().rank
+        self.dist = tdist.StrategyContext(strategy)
         self.handles_sigterm = strategy is None
 
     def __enter__(self) -> "_TrainingSession":
@@ -65,12 +63,6 @@ class _TrainingSession(TrainingSession):
         net = self.owner.net
         self.opt.set_state(step, [net.from_canonical_layout(n, exp_avg[n]) for n in self.names],
                            [net.from_canonical_layout(n, exp_avg_sq[n]) for n in self.names])
-
-    def barrier(self) -> None:
-        tdist.barrier(self.owner.strategy)
-
-    def any(self, flag: bool) -> bool:
-        return tdist.any_replica(self.owner.strategy, flag)
 
     def start(self, style_grams, start_step: int) -> None:
         owner, plan = self.owner, self.plan

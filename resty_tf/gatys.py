@@ -3,14 +3,13 @@ resty.gatys.GatysStylizerBase (VGG features, the loss and its gradient as ``tf.f
 optionally XLA-compiled, the torch-formula Adam and the L-BFGS port).  Images are NHWC."""
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Sequence
+from typing import Any, Callable, Dict
 
 import numpy as np
 import tensorflow as tf
 
 from resty.errors import ArgumentError
 from resty.gatys import GatysStylizerBase, StepRecorder, run_deferred
-from resty.inputs import blend_grams
 from resty.runtime import warn_cpu_half_precision
 
 from . import losses as L
@@ -74,13 +73,11 @@ class GatysStylizer(GatysStylizerBase):
     def _tensor(self, img_hwc: np.ndarray) -> tf.Tensor:
         return tf.convert_to_tensor(np.asarray(img_hwc, dtype=self.tf_dtype.as_numpy_dtype)[None])
 
-    def _targets(self, content_img: np.ndarray, styles: Sequence[np.ndarray], blend: Sequence[float]):
-        """Content features and blended style Grams ``Σ w_i G_i`` (float32 or float64)."""
-        targets = self._function("targets")
-        content_t = dict(targets(self._tensor(content_img))[0])
-        grams = blend_grams(styles if self.preset.loss.style_layers else [], blend,
-                            lambda s: {k: g[0] for k, g in targets(self._tensor(s))[1].items()})
-        return content_t, grams
+    def _content_features(self, image: np.ndarray) -> Dict[str, tf.Tensor]:
+        return dict(self._function("targets")(self._tensor(image))[0])
+
+    def _grams_of(self, image: np.ndarray) -> Dict[str, tf.Tensor]:
+        return {k: g[0] for k, g in self._function("targets")(self._tensor(image))[1].items()}
 
     def _terms(self, x, content_t, grams):
         return L.total_loss(self.vgg(x), x, self.preset.loss, content_t, grams)

@@ -85,8 +85,7 @@ class _TrainingSession(TrainingSession):
 
     def __init__(self, owner: "FastStylizer", plan: TrainingPlan, cuda_graph: Optional[bool] = None):
         self.owner, self.plan = owner, plan
-        self.ctx = tdist.setup(owner.device)
-        self.is_main, self.world_size, self.rank = self.ctx.is_main, self.ctx.world_size, self.ctx.rank
+        self.ctx = self.dist = tdist.setup(owner.device)
         owner.net.train()
         self.opt = make_adam(owner.net.parameters(), owner.preset.training.adam, lr=plan.lr, foreach=None)
         self.scaler = torch.amp.GradScaler(owner.device.type) if owner.train_precision == torch.float16 else None
@@ -126,12 +125,6 @@ class _TrainingSession(TrainingSession):
             torch.set_rng_state(torch.tensor(rng["torch"], dtype=torch.uint8))
         if "cuda" in rng and self.owner.device.type == "cuda":
             torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in rng["cuda"]])
-
-    def barrier(self) -> None:
-        self.ctx.barrier()
-
-    def any(self, flag: bool) -> bool:
-        return self.ctx.any(flag)
 
     # -- the steps
     def start(self, style_grams, start_step: int) -> None:
@@ -200,11 +193,11 @@ class _TrainingSession(TrainingSession):
         opt.zero_grad(set_to_none=True)
         terms = self.owner._train_loss(x, self.grams, self.net_fn)
         objective = terms[0]
-        if weight is not None and weight * self.world_size != 1.0:
+        if weight is not None and weight * self.ctx.world_size != 1.0:
             # DDP averages gradients over the ranks; weighting each rank's batch mean by
             # n_r·W/N makes that the mean over the N images of the global batch (exactly what
             # one process computes), even for uneven shards.
-            objective = objective * (weight * self.world_size)
+            objective = objective * (weight * self.ctx.world_size)
         if scaler is not None:
             scaler.scale(objective).backward()
             scaler.step(opt)

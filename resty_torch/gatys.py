@@ -3,14 +3,13 @@
 device-resident optimisers, optionally as one captured CUDA graph per iteration)."""
 from __future__ import annotations
 
-from typing import Dict, Sequence
+from typing import Dict
 
 import numpy as np
 import torch
 
 from resty.errors import RestyError
 from resty.gatys import GatysStylizerBase, StepRecorder, run_deferred
-from resty.inputs import blend_grams
 from resty.runtime import warn_cpu_half_precision
 
 from . import losses as L
@@ -80,20 +79,17 @@ class GatysStylizer(GatysStylizerBase):
         return to_nchw(img, self.device, self.dtype, self.channels_last)
 
     @torch.no_grad()
-    def _targets(self, content: np.ndarray, styles: Sequence[np.ndarray], blend: Sequence[float]):
-        """Content features and blended style Grams, computed once per scale."""
-        loss = self.preset.loss
-        content_t: Dict[str, torch.Tensor] = {}
-        if loss.content_layers:
-            with autocast(self.device, self.precision):
-                f = self.vgg(self._tensor(content), layers=loss.content_layers)
-            content_t = {k: v.to(L.loss_dtype(v)) for k, v in f.items()}
+    def _content_features(self, image: np.ndarray) -> Dict[str, torch.Tensor]:
+        with autocast(self.device, self.precision):
+            f = self.vgg(self._tensor(image), layers=self.preset.loss.content_layers)
+        return {k: v.to(L.loss_dtype(v)) for k, v in f.items()}
 
-        def grams_of(style):
-            with autocast(self.device, self.precision):
-                f = self.vgg(self._tensor(style), layers=loss.style_layers)
-            return {name: L.gram(f[name], loss.gram)[0] for name in loss.style_layers}
-        return content_t, blend_grams(styles if loss.style_layers else [], blend, grams_of)
+    @torch.no_grad()
+    def _grams_of(self, image: np.ndarray) -> Dict[str, torch.Tensor]:
+        loss = self.preset.loss
+        with autocast(self.device, self.precision):
+            f = self.vgg(self._tensor(image), layers=loss.style_layers)
+        return {name: L.gram(f[name], loss.gram)[0] for name in loss.style_layers}
 
     def _loss_eager(self, img: torch.Tensor, content_t, grams, cache: bool = True) -> torch.Tensor:
         with autocast(self.device, self.precision, cache=cache):
