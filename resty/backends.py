@@ -442,9 +442,10 @@ def convert_model(ws, to: str, out, *, overwrite: bool = False, opset: int = 17,
 
     # The framework side (the network, its files and exports) lives in the backend's twin
     # module; here: the checks, atomic writes and ONNX Runtime, the same for every target.
+    from .fast import model_preset
     backend = "torch" if to in ("torch", "onnx") else "tf"
     ex = load_backend_module(f"{BACKENDS[backend].package}.export").Exporter(
-        ws, _preset_of(ws) if backend == "tf" else None)
+        ws, model_preset(ws) if backend == "tf" else None)
     probes = _probe_inputs()
     ref = ex.outputs(probes)
 
@@ -493,12 +494,5 @@ def convert_model(ws, to: str, out, *, overwrite: bool = False, opset: int = 17,
     _atomic_dir(out, overwrite, write)
     return out
 
-
-def _preset_of(ws):
-    """The preset stored in a trained model's metadata (else johnson2016), with its spec."""
-    from . import presets
-    d = ws.extra.get("preset") if isinstance(ws.extra, dict) else None
-    p = presets.resolve(d) if d else presets.get("johnson2016")
-    return p if p.transformer == ws.spec else p.replace(transformer=ws.spec)
 
 

@@ -10,6 +10,7 @@ Keras models are NHWC: transposed here).
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Callable, List, Sequence
 
 import numpy as np
@@ -81,3 +82,33 @@ class Exporter:
             fn = tf.saved_model.load(str(path)).signatures["serving_default"]
             return lambda x: _nchw(fn(images=_nhwc(x))["stylized"].numpy())
         raise RestyError(f"the tf backend exports {', '.join(EXPORT_FORMATS)}, not {fmt!r}")
+
+
+def export_network(net: TransformerNet, path, format: str = "savedmodel") -> Path:
+    """A resty_tf TransformerNet exported for serving (FastStylizer.export): ``"savedmodel"``,
+    a SavedModel directory whose ``serving_default`` signature maps ``images`` (B, H, W, 3)
+    float32 RGB [0, 1] of any size to ``stylized`` (clamped to [0, 1]), loadable with
+    ``tf.saved_model.load`` without Resty; ``"keras"``, a ``.keras`` file
+    (``keras.saving.load_model`` needs ``resty_tf`` imported, which registers its layers)."""
+    p = Path(path)
+    if format == "savedmodel":
+        if p.exists():
+            raise RestyError(f"{p}: already exists; choose a new directory for the SavedModel")
+        module = tf.Module()
+        module.net = net
+
+        @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32, name="images")], autograph=False)
+        def serve(images):
+            y = net(tf.cast(images, net.compute_dtype), training=False)
+            return {"stylized": tf.clip_by_value(tf.cast(y, tf.float32), 0.0, 1.0)}
+        module.serve = serve
+        tf.saved_model.save(module, str(p), signatures={"serving_default": serve})
+        return p
+    if format == "keras":
+        if p.suffix != ".keras":
+            raise RestyError(f"{p}: a Keras export needs the .keras extension")
+        if p.exists():
+            raise RestyError(f"{p}: already exists")
+        net.save(str(p))
+        return p
+    raise RestyError(f"export format: got {format!r}; allowed: 'savedmodel', 'keras'")

@@ -328,34 +328,9 @@ class FastStylizer(FastStylizerBase):
 
     # ------------------------------------------------------------------ files
     def export(self, path, format: str = "savedmodel") -> Path:
-        """Export the trained transformer for serving.
-
-        ``format="savedmodel"``: a TensorFlow SavedModel directory whose ``serving_default``
-        signature maps ``images`` (B, H, W, 3) float32 RGB [0, 1] (any H, W) to ``stylized``
-        (clamped to [0, 1]); loadable with ``tf.saved_model.load`` without Resty.
-        ``format="keras"``: a ``.keras`` file (``keras.saving.load_model`` needs ``resty_tf``
-        imported, which registers the custom layers).
-        """
-        p = Path(path)
-        if format == "savedmodel":
-            if p.exists():
-                raise RestyError(f"{p}: already exists; choose a new directory for the SavedModel")
-            module = tf.Module()
-            module.net = self.net
-            net = self.net
-
-            @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32, name="images")], autograph=False)
-            def serve(images):
-                y = net(tf.cast(images, net.compute_dtype), training=False)
-                return {"stylized": tf.clip_by_value(tf.cast(y, tf.float32), 0.0, 1.0)}
-            module.serve = serve
-            tf.saved_model.save(module, str(p), signatures={"serving_default": serve})
-            return p
-        if format == "keras":
-            if p.suffix != ".keras":
-                raise RestyError(f"{p}: a Keras export needs the .keras extension")
-            if p.exists():
-                raise RestyError(f"{p}: already exists")
-            self.net.save(str(p))
-            return p
-        raise RestyError(f"export format: got {format!r}; allowed: 'savedmodel', 'keras'")
+        """Export the transformer for serving: ``"savedmodel"`` (a SavedModel directory, its
+        ``serving_default`` signature mapping ``images`` (B, H, W, 3) float32 RGB [0, 1] to
+        ``stylized``; loads without Resty) or ``"keras"`` (a ``.keras`` file; loading it needs
+        ``resty_tf`` imported).  See resty_tf.export."""
+        from .export import export_network
+        return export_network(self.net, path, format)
