@@ -22,7 +22,7 @@ from .specs import vgg_truncate
 
 __all__ = ["GatysStylizerBase", "GatysRun", "StepRecorder", "run_deferred", "output_size", "prepare_content",
            "style_size_for", "resize_style", "init_image", "split_iterations", "scale_plan", "check_feature_size",
-           "OPTIMIZERS", "SYNC_EVERY"]
+           "check_history_memory", "OPTIMIZERS", "SYNC_EVERY"]
 
 OPTIMIZERS = ("adam", "lbfgs")
 
@@ -128,6 +128,17 @@ def check_feature_size(hw: Tuple[int, int], what: str, arch: str, layers: Sequen
     if min(hw) < need:
         raise ImageError(f"<{what}>: {hw[0]}×{hw[1]} px at this scale is too small for layer {table[-1].name} "
                          f"(needs sides >= {need} px); use a larger image_size or fewer coarse scales")
+
+
+def check_history_memory(history: int, pixels3: int, hw, free_bytes: int) -> None:
+    """DeviceLBFGS preallocates its history (2·history float32 vectors of the image's size).
+    Refuse up front, with the fix, when that would take more than half the free GPU memory,
+    rather than failing with an out-of-memory error inside the run."""
+    need = 2 * history * pixels3 * 4
+    if need > 0.5 * free_bytes:
+        raise ArgumentError(f"L-BFGS history of {history} pairs at {hw[0]}x{hw[1]} px needs {need / 2**30:.1f} GiB "
+                         f"of GPU memory ({free_bytes / 2**30:.1f} GiB free): pass history_size=10 (or smaller "
+                         f"images, or cuda_graph=False)")
 
 
 # =========================================================================== the run's books

@@ -8,8 +8,7 @@ from typing import Dict
 import numpy as np
 import torch
 
-from resty.errors import RestyError
-from resty.gatys import GatysStylizerBase, StepRecorder, run_deferred
+from resty.gatys import GatysStylizerBase, StepRecorder, check_history_memory, run_deferred
 from resty.runtime import warn_cpu_half_precision
 
 from . import losses as L
@@ -19,17 +18,6 @@ from .optim import DeviceAdam, DeviceLBFGS, lbfgs_outer_steps, make_adam, make_l
 from .vgg import VGGFeatures, loss_network_weights
 
 __all__ = ["GatysStylizer"]
-
-
-def check_history_memory(history: int, pixels3: int, hw, free_bytes: int) -> None:
-    """DeviceLBFGS preallocates its history (2·history float32 vectors of the image's size).
-    Refuse up front, with the fix, when that would take more than half the free GPU memory,
-    rather than failing with an out-of-memory error inside the run."""
-    need = 2 * history * pixels3 * 4
-    if need > 0.5 * free_bytes:
-        raise RestyError(f"L-BFGS history of {history} pairs at {hw[0]}x{hw[1]} px needs {need / 2**30:.1f} GiB "
-                         f"of GPU memory ({free_bytes / 2**30:.1f} GiB free): pass history_size=10 (or smaller "
-                         f"images, or cuda_graph=False)")
 
 
 class _Stop(Exception):

@@ -205,7 +205,7 @@ def test_gatys_options_validated():
 
 def test_history_memory_check_refuses_with_the_fix():
     from resty.errors import RestyError
-    from resty_torch.gatys import check_history_memory
+    from resty.gatys import check_history_memory
     n = 3 * 2048 * 2048
     check_history_memory(10, n, (2048, 2048), 40 * 2**30)          # 1 GiB of 40: fine
     with pytest.raises(RestyError, match=r"history of 100 pairs at 2048x2048 px needs 9\.4 GiB.*history_size=10"):
