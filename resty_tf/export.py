@@ -84,7 +84,7 @@ class Exporter:
         raise RestyError(f"the tf backend exports {', '.join(EXPORT_FORMATS)}, not {fmt!r}")
 
 
-def export_network(net: TransformerNet, path, format: str = "savedmodel") -> Path:
+def _export_network(net: TransformerNet, path, format: str = "savedmodel") -> Path:
     """A resty_tf TransformerNet exported for serving (FastStylizer.export): ``"savedmodel"``,
     a SavedModel directory whose ``serving_default`` signature maps ``images`` (B, H, W, 3)
     float32 RGB [0, 1] of any size to ``stylized`` (clamped to [0, 1]), loadable with

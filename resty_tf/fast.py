@@ -332,5 +332,5 @@ class FastStylizer(FastStylizerBase):
         ``serving_default`` signature mapping ``images`` (B, H, W, 3) float32 RGB [0, 1] to
         ``stylized``; loads without Resty) or ``"keras"`` (a ``.keras`` file; loading it needs
         ``resty_tf`` imported).  See resty_tf.export."""
-        from .export import export_network
-        return export_network(self.net, path, format)
+        from .export import _export_network
+        return _export_network(self.net, path, format)
