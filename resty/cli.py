@@ -43,12 +43,20 @@ class UsageError(RestyError):
     """A command-line argument that makes no sense (exit status 2)."""
 
 
+def _line(stream, text: str) -> None:
+    """``text`` and its newline in one write, then flushed: under ``PYTHONUNBUFFERED`` (which
+    the ``--nproc`` launcher sets) ``print`` writes the text and the newline in two system
+    calls, so two workers sharing a pipe could merge their lines ("a -> Ab -> B" + blank)."""
+    stream.write(text + "\n")
+    stream.flush()
+
+
 def _say(*parts: object) -> None:
-    print(*parts, flush=True)
+    _line(sys.stdout, " ".join(str(p) for p in parts))
 
 
 def _note(text: str) -> None:
-    print(f"{PROG}: {text}", file=sys.stderr, flush=True)
+    _line(sys.stderr, f"{PROG}: {text}")
 
 
 # =========================================================================== argument types
@@ -800,7 +808,7 @@ def _error(message: object) -> int:
     message = one_line(message)
     if "not cached" in message and "random:" not in message:
         message += "; or run offline with seeded random VGG weights: --weights random:0"
-    print(f"{PROG}: error: {one_line(message)}", file=sys.stderr, flush=True)
+    _line(sys.stderr, f"{PROG}: error: {one_line(message)}")
     return EXIT_USAGE
 
 
@@ -813,7 +821,7 @@ def _one_line_warnings():
 
     def show(message, category, filename, lineno, file=None, line=None):
         if category in (RuntimeWarning, UserWarning):
-            print(f"{PROG}: warning: {message}", file=sys.stderr, flush=True)
+            _line(sys.stderr, f"{PROG}: warning: {message}")
         else:
             previous(message, category, filename, lineno, file, line)
     warnings.showwarning = show
