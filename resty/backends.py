@@ -95,12 +95,21 @@ def _missing_message(b: _Backend, detail: str = "") -> str:
     return f"{msg} ({detail})" if detail else msg
 
 
-def _import_torch_first() -> None:
-    """Import torch and torchvision before TensorFlow when they are installed (see module doc)."""
+def prepare_imports(warn_if_late: bool = False) -> None:
+    """Make this process safe for both frameworks: import torch, torchvision and torch._dynamo
+    (which torch.optim imports lazily on first use) before TensorFlow, when they are installed.
+    Importing them after TensorFlow can crash the process (a segfault).  Both backend packages
+    call this first thing on import, so any import order of the backends is safe; if
+    TensorFlow is already loaded it is too late (``warn_if_late``: a warning says what to do)."""
     if "tensorflow" in sys.modules:
-        return  # too late to change the order; nothing to gain by importing torch now
-    for mod in ("torch", "torchvision"):
-        if mod not in sys.modules and _has_module(mod):
+        if warn_if_late and "torch._dynamo" not in sys.modules:
+            import warnings
+            warnings.warn("TensorFlow was imported before torch was fully imported: a process using both can "
+                          "crash; import resty_torch (or torch and torchvision) before tensorflow",
+                          RuntimeWarning, stacklevel=3)
+        return
+    for mod in ("torch", "torchvision", "torch._dynamo"):
+        if mod not in sys.modules and _has_module(mod.split(".")[0]):
             try:
                 importlib.import_module(mod)
             except Exception:   # a broken torch must not stop the tf backend
@@ -260,7 +269,7 @@ def get_backend(name: str):
     quiet = False
     if b.name == "tf":
         quiet = _quiet_tensorflow()
-        _import_torch_first()
+        prepare_imports()
     elif b.name == "torch":
         # torchvision together with torch, so that a later TensorFlow import comes after both.
         pass

@@ -4,7 +4,11 @@
 Models are Keras models taking NHWC RGB images in [0, 1]; everything a layer or loss needs
 to know comes from the framework-free core (``resty``).
 """
-from .device import resolve_device, set_tf32  # noqa: F401  (sets KERAS_BACKEND first)
+from resty.backends import prepare_imports
+
+prepare_imports()      # torch and torchvision before TensorFlow, so a process may use both backends
+
+from .device import resolve_device, set_tf32  # noqa: F401,E402  (sets KERAS_BACKEND first)
 from .transformer import TransformerNet
 from .vgg import VGGFeatures
 from . import weights_io as _weights_io

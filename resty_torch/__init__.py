@@ -5,7 +5,11 @@ downloader with :mod:`resty.weights`.  It never imports TensorFlow.
 """
 from __future__ import annotations
 
-from . import weights_io as _weights_io
+from resty.backends import prepare_imports
+
+prepare_imports(warn_if_late=True)      # torchvision and torch._dynamo now, so a later TensorFlow import is safe
+
+from . import weights_io as _weights_io  # noqa: E402
 from .device import autocast, resolve_device, resolve_dtype, set_tf32, get_tf32
 from .fast import FastStylizer
 from .gatys import GatysStylizer
