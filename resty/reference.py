@@ -18,7 +18,7 @@ from .specs import (LBFGSSpec, AdamSpec, LossSpec, Preprocessing, TransformerSpe
 
 __all__ = [
     "as_batch", "preprocess", "pad", "conv2d", "conv_transpose2d", "relu", "max_pool2d",
-    "avg_pool2d", "instance_norm", "batch_norm", "upsample_nearest2x", "vgg_features", "gram",
+    "avg_pool2d", "instance_norm", "conditional_instance_norm", "style_mix", "batch_norm", "upsample_nearest2x", "vgg_features", "gram",
     "style_loss", "content_loss", "tv_loss", "style_loss_grad", "content_loss_grad", "tv_loss_grad",
     "total_loss", "transformer_forward", "AdamState", "adam_step", "lbfgs_minimize",
 ]
@@ -116,6 +116,18 @@ def instance_norm(x: Array, weight: Array, bias: Array, eps: float) -> Array:
     mean = x.mean(axis=(2, 3), keepdims=True)
     var = x.var(axis=(2, 3), keepdims=True)          # biased (ddof=0), as torch and TF compute it
     return (x - mean) / np.sqrt(var + eps) * weight[None, :, None, None] + bias[None, :, None, None]
+
+
+def style_mix(table: Array, style: Array) -> Array:
+    """The conditional norm's per-channel parameter for a style weight vector: ``style @ table``
+    (a (N,) vector against an (N, C) gamma or beta table; a one-hot vector picks a row)."""
+    return np.asarray(style, np.float64) @ np.asarray(table, np.float64)
+
+
+def conditional_instance_norm(x: Array, gamma: Array, beta: Array, style: Array, eps: float) -> Array:
+    """Dumoulin et al. 2017: instance norm whose affine parameters are the style-weighted sum of
+    the (N, C) ``gamma`` / ``beta`` rows."""
+    return instance_norm(x, style_mix(gamma, style), style_mix(beta, style), eps)
 
 
 def batch_norm(x: Array, weight: Array, bias: Array, running_mean: Array, running_var: Array,
@@ -225,10 +237,20 @@ def total_loss(features: Mapping[str, Array], image_nchw: Array, loss: LossSpec,
 
 # --------------------------------------------------------------------------- transformer
 def transformer_forward(img01: Array, weights: Mapping[str, Array], spec: TransformerSpec,
-                        raw: bool = False) -> Array:
+                        raw: bool = False, style=None) -> Array:
     """Johnson's transformer on RGB [0, 1] images (B, H, W, 3) -> (B, H, W, 3) in [0, 1] units
     (not clamped; ``output_activation='none'`` can leave the range).  ``raw=True`` returns the
-    pre-activation output in network units (NCHW), before cropping."""
+    pre-activation output in network units (NCHW), before cropping.  ``style`` (conditional
+    norm only): a style index, or a weight vector of ``spec.num_styles`` used as given (the
+    norms' gamma/beta are ``style @ table``); None is style 0."""
+    if spec.conditional:
+        if style is None:
+            style = 0
+        if np.ndim(style) == 0:
+            style = np.eye(spec.num_styles)[int(style)]
+        style = np.asarray(style, np.float64)
+        if style.shape != (spec.num_styles,):
+            raise ValueError(f"style: expected an index or {spec.num_styles} weights, got shape {style.shape}")
     x = as_batch(img01).transpose(0, 3, 1, 2)
     _, _, h0, w0 = x.shape
     if min(h0, w0) < spec.kernel_in // 2 + 1:
@@ -253,6 +275,8 @@ def transformer_forward(img01: Array, weights: Mapping[str, Array], spec: Transf
             n = f"{layer.name}.norm"
             if spec.norm == "instance":
                 h = instance_norm(h, W(n + ".weight"), W(n + ".bias"), spec.norm_eps)
+            elif spec.conditional:
+                h = conditional_instance_norm(h, W(n + ".weight"), W(n + ".bias"), style, spec.norm_eps)
             else:
                 h = batch_norm(h, W(n + ".weight"), W(n + ".bias"), W(n + ".running_mean"),
                                W(n + ".running_var"), spec.norm_eps)
@@ -314,13 +338,18 @@ def adam_step(x: Array, grad: Array, state: AdamState, spec: AdamSpec) -> Array:
 
 def lbfgs_minimize(fun: Callable[[Array], Tuple[float, Array]], x0: Array, spec: LBFGSSpec,
                    max_evals: int, callback: Optional[Callable[[int, float], None]] = None,
-                   project: Optional[Callable[[Array], Array]] = None) -> Tuple[Array, list]:
+                   project: Optional[Callable[[Array], Array]] = None,
+                   project_at: str = "step") -> Tuple[Array, list]:
     """L-BFGS with the exact semantics of ``torch.optim.LBFGS`` (line_search_fn=None),
     called repeatedly with ``max_iter`` inner iterations per outer step until ``max_evals``
     function evaluations were made (the way Gatys implementations drive it).
 
-    ``project`` (e.g. clamping to [0, 1]) is applied between outer steps, as the PyTorch tutorial
-    does with ``clamp_``.  Returns the final x and the list of losses, one per evaluation.
+    ``project`` (e.g. clamping to [0, 1]) is applied where ``project_at`` says
+    (resty.specs.CLAMP_MODES): ``step`` between outer steps (after every ``optimizer.step``),
+    ``evaluation``/``update`` to x itself before every evaluation (the PyTorch tutorial's
+    ``clamp_`` inside the closure; L-BFGS does not see the change: its pairs are built from its
+    own ``t·d``), and once after the last outer step.  Returns the final x and the list of
+    losses, one per evaluation.
     This is the one definition of the algorithm; the TensorFlow backend ports it op by op.
     """
     if spec.line_search is not None:
@@ -337,7 +366,11 @@ def lbfgs_minimize(fun: Callable[[Array], Tuple[float, Array]], x0: Array, spec:
     prev_flat_grad = prev_loss = None
     n_iter = 0
 
+    inner = project is not None and project_at in ("evaluation", "update")
+
     def evaluate(xf):
+        if inner:       # in place, as clamp_ on the parameter inside the closure
+            xf[...] = np.asarray(project(xf.reshape(shape)), dtype=np.float64).ravel()
         f, g = fun(xf.reshape(shape))
         losses.append(float(f))
         if callback is not None:

