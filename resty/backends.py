@@ -352,9 +352,14 @@ def framework_version(name: str) -> str:
 CONVERT_TARGETS = ("torch", "tf", "onnx", "savedmodel", "keras")
 
 
+def _is_savedmodel(path) -> bool:
+    return os.path.isfile(os.path.join(path, "saved_model.pb"))
+
+
 def _atomic_dir(target, overwrite: bool, write) -> None:
     """Write a folder (or a file whose writer insists on its own name) atomically: ``write(tmp)``
-    into a temporary sibling, then rename it onto ``target``."""
+    into a temporary sibling, then rename it onto ``target``.  ``overwrite`` replaces only what
+    Resty writes: a file, or a folder that is a SavedModel; any other folder is refused."""
     import shutil
     import tempfile
     from pathlib import Path
@@ -363,16 +368,16 @@ def _atomic_dir(target, overwrite: bool, write) -> None:
     target = Path(target)
     if os.path.lexists(target) and not overwrite:
         raise OutputExistsError(f"{target}: already exists (pass --overwrite to replace it)")
+    if target.is_dir() and not target.is_symlink() and not _is_savedmodel(target):
+        raise OutputExistsError(f"{target}: is a folder that is not a SavedModel; --overwrite replaces only a "
+                                "model Resty wrote: choose another output path")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmpdir = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent))
     try:
         staged = tmpdir / target.name
         write(staged)
         if os.path.lexists(target):
-            if target.is_dir() and not target.is_symlink():
-                shutil.rmtree(target)
-            else:
-                target.unlink()
+            os.replace(target, tmpdir / "replaced")    # kept until the new one is in place
         os.replace(staged, target)
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
