@@ -21,8 +21,8 @@ from .runtime import Progress, check_finite
 from .specs import vgg_truncate
 
 __all__ = ["GatysStylizerBase", "GatysRun", "StepRecorder", "run_deferred", "output_size", "prepare_content",
-           "style_size_for", "resize_style", "init_image", "split_iterations", "scale_plan", "check_feature_size",
-           "check_history_memory", "OPTIMIZERS", "SYNC_EVERY"]
+           "style_size_for", "resize_style", "sized_hw", "init_image", "split_iterations", "scale_plan", "check_feature_size",
+           "check_history_memory", "OPTIMIZERS", "SYNC_EVERY", "ClampPoints", "clamp_points"]
 
 OPTIMIZERS = ("adam", "lbfgs")
 
@@ -32,14 +32,39 @@ OPTIMIZERS = ("adam", "lbfgs")
 SYNC_EVERY = 25
 
 
-def output_size(content_hw: Tuple[int, int], image_size: Optional[int]) -> Tuple[int, int]:
-    """(H, W) of the result: the content's size, or longest side ``image_size`` keeping the
-    aspect ratio (the same integer rounding as resty.images.resize_longest)."""
+def output_size(content_hw: Tuple[int, int], image_size: Optional[int], sizing: str = "longest") -> Tuple[int, int]:
+    """(H, W) of the result: the content's size, or ``image_size`` applied as ``sizing`` says
+    (resty.specs.SIZINGS; ``longest``: longest side ``image_size`` keeping the aspect ratio,
+    the same integer rounding as resty.images.resize_longest)."""
     h, w = int(content_hw[0]), int(content_hw[1])
     if image_size is None:
         return h, w
-    longest = max(h, w)
-    return _scale_round(h, image_size, longest), _scale_round(w, image_size, longest)
+    return sized_hw((h, w), image_size, sizing)
+
+
+def sized_hw(hw: Tuple[int, int], size: int, sizing: str) -> Tuple[int, int]:
+    """(H, W) of an image of size ``hw`` sized to ``size`` as each source does it:
+
+    * ``longest``: longest side ``size``, the other ``round(side · size / longest)`` (halves up,
+      exact integers);
+    * ``shorter``: torchvision's ``transforms.Resize(size)`` (the PyTorch tutorial's loader):
+      shorter side ``size``, the longer ``int(size · long / short)`` in Python floats;
+    * ``longest_trunc``: the TF tutorial's ``load_img``: ``scale = size / long`` and
+      ``int(side · scale)``, both in float32 (``tf.cast(shape * scale, tf.int32)`` truncates)."""
+    h, w = int(hw[0]), int(hw[1])
+    if sizing == "longest":
+        longest = max(h, w)
+        return _scale_round(h, size, longest), _scale_round(w, size, longest)
+    if sizing == "shorter":
+        short, long = (w, h) if w <= h else (h, w)
+        new_short, new_long = int(size), int(size * long / short)
+        return (new_long, new_short) if w <= h else (new_short, new_long)
+    if sizing == "longest_trunc":
+        shape = np.array([h, w], np.float32)
+        scale = np.float32(size) / shape.max()
+        new = (shape * scale).astype(np.int32)
+        return max(1, int(new[0])), max(1, int(new[1]))
+    raise ArgumentError(f"sizing: got {sizing!r}; allowed: 'longest', 'shorter', 'longest_trunc'")
 
 
 def _scale_round(n: int, num: int, den: int) -> int:
@@ -47,32 +72,44 @@ def _scale_round(n: int, num: int, den: int) -> int:
     return max(1, (2 * n * num + den) // (2 * den))
 
 
-def prepare_content(content: ImageLike, image_size: Optional[int]) -> Tuple[np.ndarray, np.ndarray]:
-    """``(original, resized)``: the content decoded, and resized so its longest side is
-    ``image_size`` (unchanged when None or already that size)."""
-    original = load_rgb(content, name=None)
-    hw = output_size(original.shape[:2], image_size)
+def prepare_content(content: ImageLike, image_size: Optional[int], sizing: str = "longest",
+                    dtype=np.float32) -> Tuple[np.ndarray, np.ndarray]:
+    """``(original, resized)``: the content decoded (to ``dtype``, once), and resized to
+    ``image_size`` as ``sizing`` says (unchanged when None or already that size)."""
+    original = load_rgb(content, name=None, dtype=dtype)
+    hw = output_size(original.shape[:2], image_size, sizing)
     resized = original if hw == original.shape[:2] else resize_to(original, hw)
     return original, resized
 
 
-def style_size_for(target_hw: Tuple[int, int], style_scale: float) -> int:
-    """Longest side of the style image(s) used against an output of size ``target_hw``:
-    ``style_scale ×`` the output's longest side (Gatys/jcjohnson's ``style_scale``)."""
-    return max(1, int(round(style_scale * max(target_hw))))
+def style_size_for(target_hw: Tuple[int, int], style_scale: float, sizing: str = "longest",
+                   nominal: Optional[int] = None) -> int:
+    """The size (as ``sizing`` measures it) of the style image(s) used against an output of
+    size ``target_hw``: ``style_scale ×`` the output's longest side (``shorter``: its shorter
+    side), Gatys/jcjohnson's ``style_scale``.  ``nominal`` (the run's ``image_size`` at the
+    final scale) replaces the output's side for ``shorter``/``longest_trunc``: those sources
+    size every image to the same number on its own."""
+    side = min(target_hw) if sizing == "shorter" else max(target_hw)
+    if nominal is not None and sizing != "longest":
+        side = nominal
+    return max(1, int(round(style_scale * side)))
 
 
-
-def resize_style(style: np.ndarray, target_hw: Tuple[int, int], style_scale: float) -> np.ndarray:
+def resize_style(style: np.ndarray, target_hw: Tuple[int, int], style_scale: float, sizing: str = "longest",
+                 nominal: Optional[int] = None) -> np.ndarray:
     """The style image at the size used against an output of ``target_hw``."""
-    return resize_longest(style, style_size_for(target_hw, style_scale))
+    size = style_size_for(target_hw, style_scale, sizing, nominal)
+    if sizing == "longest":
+        return resize_longest(style, size)
+    return resize_to(style, sized_hw(style.shape[:2], size, sizing))
 
 
 
 # =========================================================================== Gatys
 def init_image(mode: str, content: np.ndarray, style: Optional[np.ndarray], seed: int,
                noise_std: float) -> np.ndarray:
-    """The starting image of a Gatys run, H×W×3 float32 in [0, 1] at the content's size.
+    """The starting image of a Gatys run, H×W×3 in [0, 1] at the content's size, in the
+    content's dtype (float32, or float64 for a float64 run).
 
     * ``content``: a copy of the content;
     * ``noise``: ``clip(0.5 + noise_std · N(0, 1), 0, 1)`` drawn with
@@ -81,16 +118,17 @@ def init_image(mode: str, content: np.ndarray, style: Optional[np.ndarray], seed
     * ``style``: the (first) style image resized to exactly H×W.
     """
     h, w = content.shape[:2]
+    dtype = np.float64 if content.dtype == np.float64 else np.float32
     if mode == "content":
-        return np.array(content, dtype=np.float32, copy=True)
+        return np.array(content, dtype=dtype, copy=True)
     if mode == "noise":
         rng = np.random.default_rng(seed)
         x = 0.5 + float(noise_std) * rng.standard_normal((h, w, 3))
-        return np.clip(x, 0.0, 1.0).astype(np.float32)
+        return np.clip(x, 0.0, 1.0).astype(dtype)
     if mode == "style":
         if style is None:
             raise RestyError("init='style' needs a style image")
-        return resize_to(style, (h, w))
+        return resize_to(style, (h, w)).astype(dtype)
     raise RestyError(f"init: got {mode!r}; allowed: 'content', 'noise', 'style'")
 
 
@@ -139,6 +177,32 @@ def check_history_memory(history: int, pixels3: int, hw, free_bytes: int) -> Non
         raise ArgumentError(f"L-BFGS history of {history} pairs at {hw[0]}x{hw[1]} px needs {need / 2**30:.1f} GiB "
                          f"of GPU memory ({free_bytes / 2**30:.1f} GiB free): pass history_size=10 (or smaller "
                          f"images, or cuda_graph=False)")
+
+
+@dataclass(frozen=True)
+class ClampPoints:
+    """Where an optimiser loop projects the image onto [0, 1] (from ``GatysConfig.clamp``):
+    ``before_eval`` at the start of every loss evaluation (in place, on the optimised
+    variable), ``after_update`` after every Adam update, ``between_steps`` after every L-BFGS
+    outer step (``optimizer.step`` call: every ``max_iter`` updates and after the last)."""
+    before_eval: bool
+    after_update: bool
+    between_steps: bool
+
+
+def clamp_points(mode: str, optimizer: str) -> ClampPoints:
+    """The projection points of clamp ``mode`` (resty.specs.CLAMP_MODES) for ``optimizer``, as
+    both backends, the device loops and the oracle apply them.
+
+    L-BFGS's inner updates happen inside the optimiser (torch.optim.LBFGS's ``step``), so
+    ``update`` is applied as ``evaluation``: before every evaluation, and between outer steps
+    for the last update of each (which is applied unevaluated) -- the same points.  Adam's
+    ``evaluation`` clamps before each evaluation; the result's final clip does the rest."""
+    if mode in ("end", "never"):
+        return ClampPoints(False, False, False)
+    if optimizer == "adam":
+        return ClampPoints(mode == "evaluation", mode in ("update", "step"), False)
+    return ClampPoints(mode in ("evaluation", "update"), False, True)
 
 
 # =========================================================================== the run's books
@@ -233,6 +297,11 @@ class GatysStylizerBase:
     def _device_scope(self):
         return contextlib.nullcontext()
 
+    def _image_dtype(self):
+        """NumPy dtype of the run's images: float64 for a float64 stylizer (its inputs are
+        converted once, to float64, and never rounded through float32), else float32."""
+        return np.float64 if str(getattr(self, "dtype", "float32")).endswith("float64") else np.float32
+
     def _check_optimizer(self, name: str) -> None:
         """Refuse an optimiser setting this backend cannot run (default: all can)."""
 
@@ -270,9 +339,10 @@ class GatysStylizerBase:
     def loss_terms(self, image, content, style, style_weights=None) -> Dict[str, float]:
         """The loss terms of ``image`` against ``content`` and ``style`` at their own sizes (no
         resizing): ``{'total', 'content', 'style', 'tv'}`` as floats."""
-        img = load_rgb(image)
-        c = load_rgb(content)
-        styles, blend = prepare_styles(style, style_weights)
+        dt = self._image_dtype()
+        img = load_rgb(image, dtype=dt)
+        c = load_rgb(content, dtype=dt)
+        styles, blend = prepare_styles(style, style_weights, dtype=dt)
         self._check_sizes(c.shape[:2], styles)
         with self._device_scope():
             values = self._evaluate(img, self._targets(c, styles, blend))
@@ -280,7 +350,7 @@ class GatysStylizerBase:
 
     def stylize(self, content, style, *, iterations=None, seed=None, style_weights=None, image_size=None, init=None,
                 preserve_color=False, callback=None, progress=False, optimizer=None, scales=None,
-                style_scale=None) -> np.ndarray:
+                style_scale=None, output_dtype="float32") -> np.ndarray:
         """Stylise ``content`` with ``style`` (one image, or a list blended by ``style_weights``).
         Returns H×W×3 float32 in [0, 1] at the content's size, or with longest side
         ``image_size`` (None: the preset's size; 0: the content's own size).
@@ -288,23 +358,28 @@ class GatysStylizerBase:
         ``iterations`` counts loss/gradient evaluations, split over the coarse-to-fine
         ``scales`` (0 returns the initial image).  ``callback(step, losses, image)`` is called
         after every evaluation and stops the run by returning True.  A non-finite loss raises
-        TrainingError naming the step; :attr:`history` holds one row per evaluation."""
-        run = self._run_settings(iterations, seed, image_size, init, optimizer, scales, style_scale)
-        _, content_img = prepare_content(content, run.image_size)
-        styles, blend = prepare_styles(style, style_weights)
-        plan = scale_plan(content_img.shape[:2], run.scales, run.iterations)
+        TrainingError naming the step; :attr:`history` holds one row per evaluation.
+        ``output_dtype='float64'`` returns a float64 run's result without rounding it to float32."""
+        if output_dtype not in ("float32", "float64"):
+            raise ArgumentError(f"output_dtype: got {output_dtype!r}; allowed: 'float32', 'float64'")
         cfg = self.preset.gatys
+        dt = self._image_dtype()
+        run = self._run_settings(iterations, seed, image_size, init, optimizer, scales, style_scale)
+        _, content_img = prepare_content(content, run.image_size, cfg.sizing, dtype=dt)
+        styles, blend = prepare_styles(style, style_weights, dtype=dt)
+        plan = scale_plan(content_img.shape[:2], run.scales, run.iterations)
         self.history = []
         x: Optional[np.ndarray] = None
         with Progress(run.iterations, progress, desc=f"gatys {run.optimizer}") as bar, self._device_scope():
             recorder = StepRecorder(self.history, callback, bar)
             for hw, n in plan:
                 content_s = content_img if hw == content_img.shape[:2] else resize_to(content_img, hw)
-                styles_s = [resize_style(s, hw, run.style_scale) for s in styles]
+                nominal = run.image_size if hw == content_img.shape[:2] else None
+                styles_s = [resize_style(s, hw, run.style_scale, cfg.sizing, nominal) for s in styles]
                 if x is None:
                     x = init_image(run.init, content_s, styles[0], run.seed, cfg.noise_std)
-                else:
-                    x = resize_to(np.clip(x, 0.0, 1.0), hw)
+                else:       # clamp "never": not even before upsampling (resize_to clips its output)
+                    x = resize_to(x if cfg.clamp == "never" else np.clip(x, 0.0, 1.0), hw).astype(dt)
                 if n == 0:
                     continue
                 self._check_sizes(hw, styles_s)
@@ -317,4 +392,4 @@ class GatysStylizerBase:
             out = resize_to(out, content_img.shape[:2])
         if preserve_color:
             out = _preserve_color(out, content_img)
-        return out.astype(np.float32)
+        return out.astype(np.float64 if output_dtype == "float64" else np.float32)

@@ -117,8 +117,13 @@ def _check_pixels(height: int, width: int, max_pixels: int | None, label: str) -
         )
 
 
-def load_image(src, *, max_pixels: int | None = MAX_PIXELS, name: str | None = None) -> np.ndarray:
+def load_image(src, *, max_pixels: int | None = MAX_PIXELS, name: str | None = None,
+               dtype=np.float32) -> np.ndarray:
     """Load an image as an H×W×3 float32 RGB array with values in [0, 1].
+
+    ``dtype`` (float32 or float64) is the result's: integer pixels are converted once, to it
+    (a float64 run sees ``k / 255`` in float64), and a float64 array given with
+    ``dtype=np.float64`` is not rounded through float32.
 
     ``src`` may be:
 
@@ -154,14 +159,14 @@ def load_image(src, *, max_pixels: int | None = MAX_PIXELS, name: str | None = N
         label = _label(name if name is not None else "<array>")
         if src.ndim >= 2:
             _check_pixels(src.shape[0], src.shape[1], max_pixels, label)
-        return _array_to_rgb(src, label)
+        return _array_to_rgb(src, label, dtype)
 
     if isinstance(src, Image.Image):
         default = getattr(src, "filename", "") or "<PIL image>"
         label = _label(name if name is not None else default)
         _check_pixels(src.size[1], src.size[0], max_pixels, label)
         try:
-            return _pil_to_rgb(src, label)
+            return _pil_to_rgb(src, label, dtype)
         except ImageError:
             raise
         except _DECODE_ERRORS as exc:
@@ -171,7 +176,7 @@ def load_image(src, *, max_pixels: int | None = MAX_PIXELS, name: str | None = N
         path = os.fspath(src)
         if isinstance(path, bytes):  # os.PathLike may yield bytes; messages want text
             path = os.fsdecode(path)
-        return _load_path(path, max_pixels, _label(name if name is not None else path))
+        return _load_path(path, max_pixels, _label(name if name is not None else path), dtype)
 
     raise ImageError(
         f"{_label(name) if name is not None else '<input>'}: cannot load an image from a "
@@ -179,7 +184,7 @@ def load_image(src, *, max_pixels: int | None = MAX_PIXELS, name: str | None = N
     )
 
 
-def _load_path(path: str, max_pixels: int | None, label: str) -> np.ndarray:
+def _load_path(path: str, max_pixels: int | None, label: str, dtype=np.float32) -> np.ndarray:
     # Check the common mistakes first so that each gets a message that says what it is,
     # instead of Pillow's generic "cannot identify image file".
     if not os.path.lexists(path):
@@ -197,7 +202,7 @@ def _load_path(path: str, max_pixels: int | None, label: str) -> np.ndarray:
             _check_pixels(im.size[1], im.size[0], max_pixels, label)
             # load() is where the pixel data is decoded and truncation is discovered.
             im.load()
-            return _pil_to_rgb(im, label)
+            return _pil_to_rgb(im, label, dtype)
     except ImageError:
         raise
     except UnidentifiedImageError:
@@ -234,7 +239,7 @@ def _open_image(path: str, max_pixels: int | None) -> Image.Image:
                 Image.MAX_IMAGE_PIXELS = saved
 
 
-def _pil_to_rgb(im: Image.Image, label: str) -> np.ndarray:
+def _pil_to_rgb(im: Image.Image, label: str, dtype=np.float32) -> np.ndarray:
     """Convert a PIL image of any common mode to float32 RGB in [0, 1]."""
     im = ImageOps.exif_transpose(im)
     mode = im.mode
@@ -263,11 +268,15 @@ def _pil_to_rgb(im: Image.Image, label: str) -> np.ndarray:
             arr = np.asarray(im.convert("RGB"))
         except ValueError:
             raise ImageError(f"{label}: unsupported image mode {mode!r}") from None
-    return _array_to_rgb(arr, label)
+    return _array_to_rgb(arr, label, dtype)
 
 
-def _array_to_rgb(arr: np.ndarray, label: str) -> np.ndarray:
-    """Validate an array and bring it to float32 H×W×3 in [0, 1]."""
+def _array_to_rgb(arr: np.ndarray, label: str, dtype=np.float32) -> np.ndarray:
+    """Validate an array and bring it to ``dtype`` (float32 or float64) H×W×3 in [0, 1],
+    converting once."""
+    dtype = np.dtype(dtype)
+    if dtype not in (np.float32, np.float64):
+        raise ValueError(f"dtype must be float32 or float64, got {dtype}")
     if arr.ndim == 2:
         arr = arr[:, :, None]
     if arr.ndim != 3 or arr.shape[2] not in (1, 2, 3, 4):
@@ -279,14 +288,15 @@ def _array_to_rgb(arr: np.ndarray, label: str) -> np.ndarray:
         raise ImageError(f"{label}: image has no pixels (shape {tuple(arr.shape)})")
 
     dtype = arr.dtype
+    out_dtype, dtype = dtype, arr.dtype
     if dtype == np.uint8:
-        x = arr.astype(np.float32)
+        x = arr.astype(out_dtype)
         x /= 255.0
     elif dtype == np.uint16:
-        x = arr.astype(np.float32)
+        x = arr.astype(out_dtype)
         x /= 65535.0
     elif np.issubdtype(dtype, np.floating):
-        x = arr.astype(np.float32)  # always a copy, so later in-place work is safe
+        x = arr.astype(out_dtype)  # always a copy, so later in-place work is safe
         if not np.isfinite(x).all():
             raise ImageError(f"{label}: image contains NaN or infinite values")
         lo, hi = float(x.min()), float(x.max())
@@ -310,7 +320,7 @@ def _array_to_rgb(arr: np.ndarray, label: str) -> np.ndarray:
         x = x[:, :, :-1] * alpha + (1.0 - alpha)
     if x.shape[2] == 1:
         x = np.repeat(x, 3, axis=2)
-    return np.ascontiguousarray(x, dtype=np.float32)
+    return np.ascontiguousarray(x, dtype=out_dtype)
 
 
 # --------------------------------------------------------------------------------------
@@ -325,7 +335,8 @@ def _as_float_image(img, what: str = "image") -> np.ndarray:
         return img.astype(np.float32) / 255.0
     if not np.issubdtype(img.dtype, np.floating):
         raise ImageError(f"<array>: {what} must be float in [0, 1] or uint8, got {img.dtype}")
-    return img.astype(np.float32, copy=False)
+    # float64 stays float64 (a float64 run is not rounded through float32); others float32.
+    return img if img.dtype == np.float64 else img.astype(np.float32, copy=False)
 
 
 def _check_size(value, what: str) -> int:
@@ -349,15 +360,16 @@ def resize_to(img: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
     Each channel is resized as a Pillow mode "F" (32-bit float) image, so nothing is
     quantised to 8 bits. Lanczos rings slightly at sharp edges; the result is clipped to
     [0, 1] so it stays a valid image. Accepts H×W or H×W×C (any C), float in [0, 1] or
-    uint8; returns float32, always a new array (a copy when the size is already right).
+    uint8; returns float32 (float64 for float64 input: a copy without rounding when the size
+    is already right, else the float32 resampling cast back), always a new array.
     """
     h = _check_size(size_hw[0], "height")
     w = _check_size(size_hw[1], "width")
     x = _as_float_image(img)
     if x.shape[:2] == (h, w):
-        return np.array(x, dtype=np.float32, copy=True)
+        return np.array(x, dtype=x.dtype, copy=True)
     planes = x[:, :, None] if x.ndim == 2 else x
-    out = np.empty((h, w, planes.shape[2]), dtype=np.float32)
+    out = np.empty((h, w, planes.shape[2]), dtype=x.dtype)
     for c in range(planes.shape[2]):
         plane = Image.fromarray(np.ascontiguousarray(planes[:, :, c], dtype=np.float32))
         assert plane.mode == "F"

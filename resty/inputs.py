@@ -14,10 +14,11 @@ from .images import load_image
 ImageLike = Any  # a path, a PIL image, or an array (see resty.images.load_image)
 
 
-def load_rgb(src: ImageLike, name: Optional[str] = None) -> np.ndarray:
+def load_rgb(src: ImageLike, name: Optional[str] = None, dtype=np.float32) -> np.ndarray:
     """Any accepted image form -> float32 H×W×3 RGB in [0, 1] (always through load_image, so
-    both backends decode identically)."""
-    return load_image(src, name=name)
+    both backends decode identically); ``dtype=np.float64`` for a float64 run (converted once,
+    a float64 array kept as it is)."""
+    return load_image(src, name=name, dtype=dtype)
 
 
 def is_single_image(x: Any) -> bool:
@@ -57,13 +58,14 @@ def blend_weights(weights: Optional[Sequence[float]], n: int) -> Tuple[float, ..
 
 
 def prepare_styles(style: Union[ImageLike, Sequence[ImageLike]],
-                   style_weights: Optional[Sequence[float]] = None) -> Tuple[List[np.ndarray], Tuple[float, ...]]:
+                   style_weights: Optional[Sequence[float]] = None,
+                   dtype=np.float32) -> Tuple[List[np.ndarray], Tuple[float, ...]]:
     """One style or a list -> ``([decoded styles], normalised blend weights)``.  Resizing to
     the working size happens per scale with :func:`resize_style`."""
     items = list(style) if isinstance(style, (list, tuple)) else [style]
     if not items:
         raise ImageError("<style>: no style image given")
-    styles = [load_rgb(s) for s in items]
+    styles = [load_rgb(s, dtype=dtype) for s in items]
     return styles, blend_weights(style_weights, len(styles))
 
 

@@ -153,7 +153,7 @@ _add(Preset(
                   style_layers=_GATYS_STYLE, style_layer_weights=(0.2,) * 5, style_weight=1e3,
                   tv_weight=0.0, gram="gatys2015", content="gatys2015", tv="squared_sum"),
     gatys=GatysConfig(optimizer="lbfgs", lbfgs=LBFGSSpec(), iterations=500, init="noise",
-                      image_size=512, clamp=False),
+                      image_size=512, clamp="end"),
     fast_loss=LossSpec(content_layers=("relu4_2",), content_layer_weights=(1.0,), content_weight=1.0,
                        style_layers=_GATYS_STYLE, style_layer_weights=(0.2,) * 5, style_weight=1e3,
                        gram="gatys2015", content="gatys2015"),
@@ -168,7 +168,14 @@ _add(Preset(
            "is clipped at the end): clamping between L-BFGS steps breaks its curvature pairs, and the "
            "loss then jumps up after every clamp (measured: 120 evaluations at 128 px oscillate between "
            "111 and 150 with clamping, decrease monotonically to 109 without).",
-           "The paper has no feed-forward network; FastStylizer trains against Gatys's loss."),
+           "The paper has no feed-forward network; FastStylizer trains against Gatys's loss.",
+           "Source lines mirrored (Gatys's Caffe code is not public; jcjohnson/neural-style's "
+           "neural_style.lua implements the paper and cannot run here, Lua/Torch7): clamp 'end' = "
+           "`optim.lbfgs(feval, img, optim_state)` with no projection in `feval`, the image only "
+           "mapped to [0, 1] when saved (`image.minmax{tensor=disp, min=0, max=1}` in `maybe_save`; "
+           "Resty clips instead); sizing 'longest' = `image.scale(content_image, params.image_size, "
+           "'bilinear')` (longest side) and `style_size = math.ceil(params.style_scale * "
+           "params.image_size)`."),
 ))
 
 _add(Preset(
@@ -180,7 +187,7 @@ _add(Preset(
     vgg=VGGSpec("vgg16", "max"),
     imagenet_source="keras",
     loss=_JOHNSON_LOSS,
-    gatys=GatysConfig(optimizer="lbfgs", iterations=500, init="noise", image_size=256),
+    gatys=GatysConfig(optimizer="lbfgs", iterations=500, init="noise", image_size=256, clamp="end"),
     fast_loss=_JOHNSON_LOSS,
     transformer=TransformerSpec(upsampling="transposed_conv", norm="instance", norm_eps=1e-5,
                                 output_activation="tanh", input_scale=255.0),
@@ -189,7 +196,13 @@ _add(Preset(
            "batch 4, 40k iterations (~2 epochs of 80k COCO images), Adam lr 1e-3, TV 1e-6..1e-4; "
            "fractionally-strided convs; scaled tanh output.",
            "Instance norm instead of batch norm follows Ulyanov et al. (as the report did).",
-           "Caffe VGG16 weights (Keras applications file), BGR minus mean pixel."),
+           "Caffe VGG16 weights (Keras applications file), BGR minus mean pixel.",
+           "Source lines mirrored (Lua/Torch7, cannot run here): the Gatys part follows "
+           "jcjohnson/neural-style's neural_style.lua: clamp 'end' (`optim.lbfgs(feval, img, "
+           "optim_state)`, no projection in `feval`; `image.minmax` only when saving), sizing "
+           "'longest' (`image.scale(content_image, params.image_size)`); the fast part follows "
+           "jcjohnson/fast-neural-style's fast_neural_style/TotalVariation.lua (squared differences), "
+           "GramMatrix.lua and StyleLoss.lua (Gram / (C·H·W), MSE)."),
 ))
 
 _add(Preset(
@@ -228,7 +241,7 @@ _add(Preset(
                   style_layer_weights=(1.0,) * 5, style_weight=1e6, tv_weight=0.0,
                   gram="pytorch-tutorial", content="mse"),
     gatys=GatysConfig(optimizer="lbfgs", lbfgs=LBFGSSpec(), iterations=300, init="content",
-                      image_size=512),
+                      image_size=512, clamp="evaluation", sizing="shorter"),
     fast_loss=_JOHNSON_LOSS.replace(
         content_layers=("conv2_2",), style_layers=("conv1_1", "conv1_2", "conv2_1", "conv2_2", "conv3_1"),
         style_layer_weights=(1.0,) * 5),
@@ -237,8 +250,11 @@ _add(Preset(
     notes=("Tutorial layers 'conv_4' (content) and 'conv_1'..'conv_5' (style) count convolutions: "
            "conv_4 is conv2_2. Losses are taken at conv outputs (before ReLU), since the tutorial "
            "replaces in-place ReLUs.",
-           "style_weight 1e6, content_weight 1, LBFGS defaults, 300 closure evaluations, init = content, "
-           "clamp to [0, 1]; image size 512 on GPU (128 on CPU in the tutorial)."),
+           "style_weight 1e6, content_weight 1, LBFGS defaults, 300 closure evaluations, init = content; "
+           "image size 512 on GPU (128 on CPU in the tutorial).",
+           "clamp 'evaluation': `input_img.clamp_(0, 1)` first thing in every `closure()` and once "
+           "after the loop; sizing 'shorter': `transforms.Resize(imsize)` on both images (the "
+           "shorter side becomes imsize)."),
 ))
 
 _add(Preset(
@@ -251,7 +267,8 @@ _add(Preset(
                   style_layers=_GATYS_STYLE, style_layer_weights=(0.2,) * 5, style_weight=1e-2,
                   tv_weight=30.0, gram="tf-tutorial", content="mse", tv="abs_sum"),
     gatys=GatysConfig(optimizer="adam", adam=AdamSpec(lr=0.02, beta1=0.99, eps=1e-1, epsilon_hat=True),
-                      iterations=1000, init="content", image_size=512),
+                      iterations=1000, init="content", image_size=512, clamp="update",
+                      sizing="longest_trunc"),
     fast_loss=_JOHNSON_LOSS.replace(content_layers=("relu5_2",), style_layers=_GATYS_STYLE,
                                     style_layer_weights=(0.2,) * 5),
     transformer=TransformerSpec(),
@@ -260,7 +277,10 @@ _add(Preset(
            "relu*_1 here. style_weight/num_style_layers = 1e-2/5 per layer, content_weight 1e4, "
            "total_variation_weight 30 with tf.image.total_variation.",
            "tf.keras Adam(learning_rate=0.02, beta_1=0.99, epsilon=1e-1): Keras's epsilon-hat "
-           "placement, kept here because it changes the trajectory; 10 epochs × 100 steps."),
+           "placement, kept here because it changes the trajectory; 10 epochs × 100 steps.",
+           "clamp 'update': `image.assign(clip_0_1(image))` after `opt.apply_gradients` in "
+           "`train_step`; sizing 'longest_trunc': `load_img` resizes content and style each on its "
+           "own to longest side 512 (`new_shape = tf.cast(shape * scale, tf.int32)`, truncated)."),
 ))
 
 

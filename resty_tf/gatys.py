@@ -9,7 +9,7 @@ import numpy as np
 import tensorflow as tf
 
 from resty.errors import ArgumentError
-from resty.gatys import GatysStylizerBase, StepRecorder, run_deferred
+from resty.gatys import GatysStylizerBase, StepRecorder, clamp_points, run_deferred
 from resty.runtime import warn_cpu_half_precision
 
 from . import losses as L
@@ -117,19 +117,23 @@ class GatysStylizer(GatysStylizerBase):
 
     def _run_adam(self, x0, targets, n, recorder) -> np.ndarray:
         cfg = self.preset.gatys
-        key = (tuple(x0.shape), cfg.adam)
+        key = (tuple(x0.shape), cfg.adam, cfg.clamp)
         entry = self._adam_cache.get(key)
         if entry is None:
             xvar = tf.Variable(x0, trainable=True, name="image")
             opt = TorchAdam(cfg.adam, [xvar])
 
+            at = clamp_points(cfg.clamp, "adam")
+
             @tf.function(jit_compile=self.jit_compile, autograph=False)
             def step_fn(var, content_t, grams):
+                if at.before_eval:
+                    var.assign(tf.clip_by_value(var, 0.0, 1.0))
                 with tf.GradientTape() as tape:
                     terms = self._terms(var, content_t, grams)
                     total = terms[0]
                 opt.apply([tape.gradient(total, var)])
-                if cfg.clamp:
+                if at.after_update:      # the TF tutorial's image.assign(clip_0_1(image))
                     var.assign(tf.clip_by_value(var, 0.0, 1.0))
                 return terms
             entry = (xvar, opt, step_fn)
@@ -163,7 +167,8 @@ class GatysStylizer(GatysStylizerBase):
             if len(self._lbfgs_cache) >= 2:              # its history buffers are large: keep few
                 self._lbfgs_cache.pop(next(iter(self._lbfgs_cache)))
             self._lbfgs_cache[key] = ws
-        project = (lambda x: tf.clip_by_value(x, 0.0, 1.0)) if self.preset.gatys.clamp else None
+        at = clamp_points(self.preset.gatys.clamp, "lbfgs")
+        project = (lambda x: tf.clip_by_value(x, 0.0, 1.0)) if at.between_steps else None
         x, _ = lbfgs_minimize(fun, x0, spec, n, callback=lambda k, f: recorder.stopped, project=project,
-                              workspace=ws)
+                              workspace=ws, project_at="evaluation" if at.before_eval else "step")
         return x.numpy()[0]

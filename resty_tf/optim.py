@@ -200,7 +200,7 @@ class _Workspace:
 def lbfgs_minimize(fun: Callable[[tf.Tensor], tuple], x0, spec: LBFGSSpec, max_evals: int,
                    callback: Optional[Callable[[int, float], Optional[bool]]] = None,
                    project: Optional[Callable[[tf.Tensor], tf.Tensor]] = None,
-                   workspace: Optional[_Workspace] = None):
+                   workspace: Optional[_Workspace] = None, project_at: str = "step"):
     """``resty.reference.lbfgs_minimize`` on TF tensors.
 
     ``fun(x) -> (loss, grad)`` with ``x`` shaped like ``x0`` (tensors on the device).
@@ -226,19 +226,25 @@ def lbfgs_minimize(fun: Callable[[tf.Tensor], tuple], x0, spec: LBFGSSpec, max_e
     if ws is None or not ws.fits(int(x.shape[0]), dt, spec, max_evals):
         ws = lbfgs_workspace(int(x.shape[0]), dt, spec, max_evals)
 
+    inner = project is not None and project_at in ("evaluation", "update")
+
     def evaluate(xf):
+        # ``project_at`` as the reference: evaluation/update project x itself before every
+        # evaluation (clamp_ inside the closure), step only between outer steps.
+        if inner:
+            xf = tf.reshape(tf.cast(project(tf.reshape(xf, shape)), dt), [-1])
         f, g = fun(tf.reshape(xf, shape))
         fv = float(f)
         losses.append(fv)
         if callback is not None and callback(len(losses), fv):
             stop[0] = True
         flat, gmax = ws.prep(g)
-        return fv, flat, float(gmax)
+        return xf, fv, flat, float(gmax)
 
     max_eval_per_step = spec.max_iter * 5 // 4
     while len(losses) < max_evals and not stop[0]:
         step_max_iter = min(spec.max_iter, max_evals - len(losses))
-        loss, flat_grad, gmax = evaluate(x)
+        x, loss, flat_grad, gmax = evaluate(x)
         evals = 1
         if stop[0] or gmax <= spec.tolerance_grad:
             break
@@ -253,7 +259,7 @@ def lbfgs_minimize(fun: Callable[[tf.Tensor], tuple], x0, spec: LBFGSSpec, max_e
                 break
             x = x_new
             if it != step_max_iter:
-                loss, flat_grad, gmax = evaluate(x)
+                x, loss, flat_grad, gmax = evaluate(x)
                 evals += 1
                 if stop[0]:
                     break

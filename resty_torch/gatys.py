@@ -8,7 +8,7 @@ from typing import Dict
 import numpy as np
 import torch
 
-from resty.gatys import GatysStylizerBase, StepRecorder, check_history_memory, run_deferred
+from resty.gatys import GatysStylizerBase, StepRecorder, check_history_memory, clamp_points, run_deferred
 from resty.runtime import warn_cpu_half_precision
 
 from . import losses as L
@@ -97,21 +97,25 @@ class GatysStylizer(GatysStylizerBase):
             self._run_adam(img, targets, n, recorder)
         else:
             self._run_lbfgs(img, targets, n, recorder)
-        return to_hwc(img.detach())[0]
+        # The run's dtype (float64 stays float64); the core casts the result it returns.
+        return img.detach().to("cpu").permute(0, 2, 3, 1).contiguous().numpy()[0]
 
     def _image_of(self, img: torch.Tensor):
         return lambda: to_hwc(img.detach())[0]
 
     def _run_adam(self, img, targets, n, recorder) -> None:
-        clamp = self.preset.gatys.clamp
+        at = clamp_points(self.preset.gatys.clamp, "adam")
         opt = make_adam([img], self.preset.gatys.adam, foreach=False)
 
         def step(i):
+            if at.before_eval:
+                with torch.no_grad():
+                    img.clamp_(0.0, 1.0)
             opt.zero_grad(set_to_none=True)
             terms = self._loss_fn(img, *targets)
             terms[0].backward()
             opt.step()
-            if clamp:
+            if at.after_update:
                 with torch.no_grad():
                     img.clamp_(0.0, 1.0)
             return terms.detach()
@@ -119,10 +123,14 @@ class GatysStylizer(GatysStylizerBase):
 
     def _run_lbfgs(self, img, targets, n, recorder) -> None:
         spec = self.preset.gatys.lbfgs
+        at = clamp_points(self.preset.gatys.clamp, "lbfgs")
         opt = make_lbfgs(img, spec)
         count = [0]
 
         def closure():
+            if at.before_eval:      # the PyTorch tutorial's clamp_ inside the closure
+                with torch.no_grad():
+                    img.clamp_(0.0, 1.0)
             opt.zero_grad(set_to_none=True)
             terms = self._loss_fn(img, *targets)
             terms[0].backward()
@@ -137,7 +145,7 @@ class GatysStylizer(GatysStylizerBase):
                 img.clamp_(0.0, 1.0)
 
         try:
-            lbfgs_outer_steps(opt, closure, spec, n, lambda: count[0], project if self.preset.gatys.clamp else None)
+            lbfgs_outer_steps(opt, closure, spec, n, lambda: count[0], project if at.between_steps else None)
         except _Stop:
             pass
 
@@ -148,10 +156,11 @@ class GatysStylizer(GatysStylizerBase):
 
     def _run_device(self, optimizer, img, targets, n, recorder) -> None:
         """``n`` evaluations with DeviceAdam/DeviceLBFGS; on CUDA one iteration is a replayed
-        CUDA graph.  Same schedule as the host loops: Adam clamps after every step, L-BFGS
-        between torch's outer steps (every ``max_iter`` updates and after the last)."""
+        CUDA graph.  Same clamp points as the host loops (resty.gatys.clamp_points): before every
+        evaluation, after every Adam update, between torch's outer L-BFGS steps (every
+        ``max_iter`` updates and after the last)."""
         cfg = self.preset.gatys
-        clamp = cfg.clamp
+        at = clamp_points(cfg.clamp, optimizer)
         ct, sg = targets
         if optimizer == "adam":
             opt = DeviceAdam([img], cfg.adam)
@@ -167,6 +176,9 @@ class GatysStylizer(GatysStylizerBase):
         def iteration():
             # With compile=True the compiled loss runs here: its kernels are compiled during the
             # eager warm-up iterations and then captured with the rest of the iteration.
+            if at.before_eval:
+                with torch.no_grad():
+                    img.clamp_(0.0, 1.0)
             terms = self._loss_fn(img, ct, sg, cache=not use_graph)
             (grad,) = torch.autograd.grad(terms[0], img)
             with torch.no_grad():
@@ -174,14 +186,14 @@ class GatysStylizer(GatysStylizerBase):
                 counter.add_(1)
                 if optimizer == "adam":
                     opt.step([grad])
-                    if clamp:
+                    if at.after_update:
                         img.clamp_(0.0, 1.0)
                 else:
                     opt.step(grad)
 
         def after(i: int) -> None:
             """Host-side work after iteration i (0-based): the L-BFGS projection."""
-            if optimizer == "lbfgs" and clamp and ((i + 1) % cfg.lbfgs.max_iter == 0 or i + 1 == n):
+            if at.between_steps and ((i + 1) % cfg.lbfgs.max_iter == 0 or i + 1 == n):
                 with torch.no_grad():
                     img.clamp_(0.0, 1.0)
 
