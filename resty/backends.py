@@ -403,6 +403,10 @@ def _probe_inputs(seed: int = 0):
     return [rng.random((1, 3, 29, 19), dtype=np.float32), rng.random((2, 3, 36, 44), dtype=np.float32)]
 
 
+#: The oldest ONNX opset the exported graph can be written in (Resize, Pad with tensor inputs).
+MIN_OPSET = 13
+
+
 def convert_model(ws, to: str, out, *, overwrite: bool = False, opset: int = 17, source: str = "",
                   onnx_graph: str = "auto") -> "os.PathLike":
     """Convert a trained transformer (a canonical :class:`resty.weights.WeightSet`) to ``to``.
@@ -432,6 +436,12 @@ def convert_model(ws, to: str, out, *, overwrite: bool = False, opset: int = 17,
 
     if to not in CONVERT_TARGETS:
         raise RestyError(f"unknown target {to!r}; allowed: {', '.join(CONVERT_TARGETS)}")
+    if to == "onnx":
+        import onnx
+        newest = onnx.defs.onnx_opset_version()
+        if not isinstance(opset, int) or not MIN_OPSET <= opset <= newest:
+            raise RestyError(f"opset: got {opset!r}; this ONNX export needs {MIN_OPSET} to {newest} "
+                             f"(Resize and Pad with tensor inputs; the installed onnx knows up to {newest})")
     if ws.architecture != "transformer":
         raise RestyError(f"{source or 'model'}: is {ws.architecture} weights, not a trained fast model")
     out = Path(out)

@@ -25,6 +25,7 @@ import tempfile
 import time
 import traceback
 import warnings
+from collections import Counter
 from pathlib import Path
 from typing import List, Optional, Sequence
 
@@ -205,8 +206,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "Not used with --method fast (the model's style is used)")
     p.add_argument("-o", "--out", required=True, metavar="OUT",
                    help="output image (.png, .jpg, ...); a folder when CONTENT is a folder")
-    p.add_argument("--method", choices=("gatys", "fast"), default="gatys", help="gatys (default) or fast")
-    p.add_argument("--model", metavar="FILE", help="trained fast model (.safetensors), for --method fast")
+    p.add_argument("--method", choices=("gatys", "fast"), default=None,
+                   help="gatys (default) or fast (the default with --model)")
+    p.add_argument("--model", metavar="FILE|NAME",
+                   help="trained fast model (.safetensors) or a model name (`resty models list`, e.g. "
+                        "multistyle26), for --method fast")
+    p.add_argument("--style", default=None, metavar="I|I:W,...",
+                   help="for a multi-style model: the style index (e.g. 19) or a blend (e.g. 3:0.5,12:0.5)")
     p.add_argument("--preset", type=_preset_name, default=None,
                    help="settings bundle (see `resty presets`); default gatys2015 for Gatys")
     p.add_argument("--size", type=_positive_int, default=None,
@@ -218,13 +224,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="blend weights of several styles, e.g. 0.7,0.3 (normalised to sum 1)")
     p.add_argument("--preserve-color", action="store_true", help="keep the content's colours")
     p.add_argument("--seed", type=_nonneg_int, default=0, help="random seed (default 0)")
-    p.add_argument("--ext", default=".png", help="output extension for a folder of contents (default .png)")
+    p.add_argument("--ext", default=".png",
+                   help="output extension for a folder of contents (default .png). Each output is named "
+                        "after its input's stem (a.jpg -> a.png); inputs whose stems clash keep their "
+                        "whole name (a.jpg, a.png -> a.jpg.png, a.png.png), the same names on every run. "
+                        "An image that cannot be read is skipped; the end lists each failure (exit "
+                        "status 2). OUT must not be the content folder itself")
     p.add_argument("--nproc", type=_positive_int, default=None, metavar="N",
                    help="split a folder of contents over N local processes (one per GPU); outputs that "
                         "already exist are skipped, so a re-run finishes an interrupted job")
     _add_speed(p, low_memory=True)
     _add_common(p)
     p.set_defaults(func=cmd_stylize)
+
+    from .models import add_parser as _add_models_parser
+    _add_models_parser(sub)
 
     # ---- train
     p = sub.add_parser("train", help="train a fast (feed-forward) style network",
@@ -372,6 +386,58 @@ def _list_images(folder: Path) -> List[Path]:
     return found
 
 
+def _output_names(contents: Sequence[Path], ext: str) -> List[str]:
+    """The output file names of a folder's ``contents`` (sorted): ``STEM + ext``, except that
+    every input whose ``STEM + ext`` would clash with another's keeps its whole name in the
+    stem (``a.jpg`` and ``a.png`` give ``a.jpg.png`` and ``a.png.png``).  Names are compared
+    case-insensitively (``A.png`` and ``a.jpg`` clash on a case-insensitive disk).  Should a
+    whole name still clash (``a.jpg`` beside ``a.jpg.png``), the later inputs in the listing
+    get ``_2``, ``_3``, ...  The names depend only on the list of inputs, so a re-run and every
+    ``--nproc`` worker get the same ones."""
+    names = [c.stem + ext for c in contents]
+    stems = Counter(n.casefold() for n in names)
+    names = [c.name + ext if stems[n.casefold()] > 1 else n for c, n in zip(contents, names)]
+    groups: dict = {}
+    for i, n in enumerate(names):
+        groups.setdefault(n.casefold(), []).append(i)
+    taken = set(groups)
+    for idx in groups.values():
+        for i in idx[1:]:
+            k, base = 2, names[i][:-len(ext)] if ext else names[i]
+            while f"{base}_{k}{ext}".casefold() in taken:
+                k += 1
+            names[i] = f"{base}_{k}{ext}"
+            taken.add(names[i].casefold())
+    return names
+
+
+def _probe_image(path: Path) -> Optional[str]:
+    """What is wrong with the content image ``path`` as far as is cheap to tell (the file and
+    its header; no pixel is decoded), as ``"PATH: reason"``, or None.  Corrupt pixel data is
+    found only when the image is decoded."""
+    from PIL import Image, UnidentifiedImageError
+
+    from .images import MAX_PIXELS
+    try:
+        if path.stat().st_size == 0:
+            return f"{path}: file is empty"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                w, h = im.size
+    except Image.DecompressionBombError:
+        return f"{path}: image is over the limit of {MAX_PIXELS:,} pixels"
+    except UnidentifiedImageError:
+        return f"{path}: not an image file, or a format Pillow cannot read"
+    except OSError as exc:
+        return f"{path}: cannot read file ({one_line(exc.strerror or exc)})"
+    except Exception as exc:     # Pillow's plugins raise SyntaxError, struct.error, ... on bad headers
+        return f"{path}: not a valid image ({one_line(exc) or type(exc).__name__})"
+    if w * h > MAX_PIXELS:
+        return f"{path}: image is {w}×{h} = {w * h:,} pixels, over the limit of {MAX_PIXELS:,}"
+    return None
+
+
 def _check_output(path: Path, overwrite: bool, what: str = "output") -> None:
     if path.is_dir() and not overwrite:
         raise OutputExistsError(f"{path}: already exists and is a folder (pass --overwrite to replace it)")
@@ -446,6 +512,8 @@ def _skipped_note(done: int) -> str:
 
 
 def cmd_stylize(args) -> int:
+    if args.method is None:
+        args.method = "fast" if args.model else "gatys"
     content = Path(args.content).expanduser()
     if not content.exists():
         raise UsageError(f"{args.content}: no such content image or folder")
@@ -456,8 +524,14 @@ def cmd_stylize(args) -> int:
         contents = _list_images(content)
         if out.exists() and not out.is_dir():
             raise UsageError(f"{out}: exists and is not a folder (CONTENT is a folder, so OUT must be one)")
+        if out.is_dir() and os.path.samefile(out, content):
+            # The folder is listed again by a re-run and by each --nproc worker as it starts:
+            # finished outputs would be taken for inputs (and an input for its own output).
+            raise UsageError(f"-o {args.out} is the content folder: outputs written there would be read "
+                             f"as content images; give another folder, e.g. -o "
+                             f"{os.path.join(args.content, 'stylized')}")
         _check_image_suffix(Path("x" + ext))
-        targets = [out / (c.stem + ext) for c in contents]
+        targets = [out / n for n in _output_names(contents, ext)]
         _check_writable(out, folder=True)
     else:
         contents = [content]
@@ -473,6 +547,9 @@ def cmd_stylize(args) -> int:
             raise UsageError("--model is for --method fast; Gatys needs no model")
         if not args.styles:
             raise UsageError("give at least one STYLE image for --method gatys")
+        if args.style is not None:
+            raise UsageError("--style picks a style of a multi-style model (--model multistyle26); Gatys takes "
+                             "STYLE images")
         if args.style_weights is not None and len(args.style_weights) != len(args.styles):
             raise UsageError(f"--style-weights has {len(args.style_weights)} value(s) for "
                              f"{len(args.styles)} style image(s)")
@@ -482,6 +559,9 @@ def cmd_stylize(args) -> int:
     else:
         if not args.model:
             raise UsageError("--method fast needs --model FILE (train one with `resty train`)")
+        if not os.path.exists(os.path.expanduser(args.model)):
+            from .models import resolve_model
+            args.model = str(resolve_model(args.model))     # a model name (raises with the known names)
         _check_readable_file(args.model, "model file")
         if args.low_memory:
             raise UsageError("--low-memory applies to Gatys (the fast network tiles large images by itself)")
@@ -492,33 +572,26 @@ def cmd_stylize(args) -> int:
                 _note(f"note: --{opt.replace('_', '-')} has no effect with --method fast")
         styles = []
 
-    from . import distributed as _dist
-    done: list = []
     if folder_mode:
-        # A folder is a batch job: outputs an earlier run finished are skipped (unless
-        # --overwrite), in one process as with --nproc.  A launched worker takes its share.
-        worker = _dist.is_launched_child()
-        todo, done = _dist.split_pending(list(zip(contents, targets)),
-                                         None if worker else _dist.ProcessInfo(),
-                                         skip_existing=not args.overwrite)
-        if not todo:
-            if not worker:
-                _say(f"nothing to do: the outputs of all {_images(len(done))} already exist in {out} "
-                     "(--overwrite to redo)")
-            return 0
-        for _, t in todo:
-            _check_output(t, args.overwrite)
-        if (args.nproc or 1) > 1 and not worker:
-            for c, _ in todo:       # a broken image fails here, not in N workers
-                _check_image(str(c), "content image")
-            rc = _dist.relaunch_cli(args.backend, args.nproc, args.argv, collective=False)
-            if rc == 0:
-                extra = "; ".join(x for x in (f"{args.nproc} processes", _skipped_note(len(done))) if x)
-                _say(f"stylized {_images(len(todo))} into {out} ({extra})")
-            return rc
-        contents, targets = [c for c, _ in todo], [t for _, t in todo]
-    images = [_check_image(str(c), "content image") for c in contents]
+        return _stylize_folder(args, out, contents, targets, styles)
+    img = _check_image(str(content), "content image")
+    stylizer, _ = _load_stylizer(args)
+    from .images import save_image
+    t1 = time.perf_counter()
+    y = _stylize_one(args, stylizer, img, styles)
+    seconds = time.perf_counter() - t1
+    save_image(y, out, overwrite=args.overwrite)
+    _say(f"{content} -> {out} ({_fmt_seconds(seconds)})")
+    return 0
 
+
+#: Set by the ``--nproc`` parent of ``resty stylize FOLDER``: a folder where each worker leaves
+#: a report (``rank-N.json``: what it stylized, what failed and why) for the parent to sum up.
+_REPORT_ENV = "RESTY_STYLIZE_REPORT"
+
+
+def _load_stylizer(args):
+    """The stylizer the arguments ask for, and the seconds it took to set up."""
     backend = _backend(args.backend)
     t0 = time.perf_counter()
     if args.method == "gatys":
@@ -529,30 +602,124 @@ def cmd_stylize(args) -> int:
                                              device=args.device, **_speed_kwargs(args))
         if args.fast and getattr(stylizer, "fast_path_note", None):
             _note(f"--fast: {stylizer.fast_path_note}")
-    setup = time.perf_counter() - t0
+    return stylizer, time.perf_counter() - t0
 
-    from .images import load_image, preserve_color, resize_longest, save_image
-    n = len(images)
-    times = []
-    for i, (img, src, target) in enumerate(zip(images, contents, targets)):
-        t1 = time.perf_counter()
-        if args.method == "gatys":
-            y = stylizer.stylize(img, styles if len(styles) > 1 else styles[0],
-                                 iterations=args.iterations, seed=args.seed,
-                                 style_weights=args.style_weights, image_size=args.size,
-                                 preserve_color=args.preserve_color, progress=not args.quiet)
-        else:
-            x = resize_longest(img, args.size) if args.size else img
-            y = stylizer.stylize(x, preserve_color=args.preserve_color)
-        times.append(time.perf_counter() - t1)
-        save_image(y, target, overwrite=args.overwrite)
-        prefix = f"[{i + 1}/{n}] " if n > 1 else ""
-        _say(f"{prefix}{src} -> {target} ({_fmt_seconds(times[-1])})")
-    if folder_mode and not os.environ.get(_dist.CHILD_ENV):   # under --nproc the parent sums up
-        extra = "; ".join(x for x in (f"{_fmt_seconds(sum(times) / n)} per image",
-                                      f"setup {_fmt_seconds(setup)}", _skipped_note(len(done))) if x)
-        _say(f"stylized {_images(n)} into {out} ({extra})")
-    return 0
+
+def _stylize_one(args, stylizer, img, styles):
+    if args.method == "gatys":
+        return stylizer.stylize(img, styles if len(styles) > 1 else styles[0],
+                                iterations=args.iterations, seed=args.seed,
+                                style_weights=args.style_weights, image_size=args.size,
+                                preserve_color=args.preserve_color, progress=not args.quiet)
+    from .images import resize_longest
+    x = resize_longest(img, args.size) if args.size else img
+    if args.style is not None:
+        return stylizer.stylize(x, preserve_color=args.preserve_color, style=args.style)
+    return stylizer.stylize(x, preserve_color=args.preserve_color)
+
+
+def _failed_note(failed: dict) -> str:
+    return f"{len(failed)} failed" if failed else ""
+
+
+def _failed_images(failed: dict, total: int) -> int:
+    """Every failed image on a line of its own, then the one error line (exit status 2)."""
+    for why in failed.values():
+        _note(f"failed: {why}")
+    return _error(f"{len(failed)} of {_images(total)} could not be stylized (listed above); fix or remove "
+                  "them and run the same command again (finished outputs are skipped)")
+
+
+def _stylize_folder(args, out: Path, contents: List[Path], targets: List[Path], styles) -> int:
+    """``resty stylize FOLDER``: a batch job.  Outputs an earlier run finished are skipped
+    (unless --overwrite), in one process as with --nproc; a launched worker takes its share.
+    Images are decoded one at a time, just before they are stylized (memory stays flat in the
+    number of images); only the files and their headers are checked up front.  An image that
+    cannot be read or stylized is skipped: the others go on, and the end lists every failure
+    with its reason (exit status 2)."""
+    from . import distributed as _dist
+    worker = _dist.is_launched_child()
+    todo, done = _dist.split_pending(list(zip(contents, targets)), None if worker else _dist.ProcessInfo(),
+                                     skip_existing=not args.overwrite)
+    if not todo and not worker:
+        _say(f"nothing to do: the outputs of all {_images(len(done))} already exist in {out} "
+             "(--overwrite to redo)")
+        return 0
+    for _, t in todo:
+        _check_output(t, args.overwrite)
+    failed = {str(c): why for c, why in ((c, _probe_image(c)) for c, _ in todo) if why}
+    ok = [(c, t) for c, t in todo if str(c) not in failed]
+    if (args.nproc or 1) > 1 and not worker:
+        return _stylize_folder_nproc(args, out, ok, failed, len(todo), len(done))
+    for why in failed.values():
+        _note(f"skipped {why}")
+
+    stylized, times, setup = [], [], 0.0
+    if ok:
+        from .images import load_image, save_image
+        stylizer, setup = _load_stylizer(args)
+        for i, (src, target) in enumerate(ok):
+            t1 = time.perf_counter()
+            try:
+                y = _stylize_one(args, stylizer, load_image(str(src)), styles)
+                save_image(y, target, overwrite=args.overwrite)
+            except (RestyError, ValueError) as exc:   # this image's fault (or the file appeared meanwhile)
+                why = one_line(exc) or type(exc).__name__
+                failed[str(src)] = why if str(src) in why else f"{src}: {why}"
+                _note(f"skipped {failed[str(src)]}")
+                continue
+            finally:
+                y = None        # one image in memory at a time
+            times.append(time.perf_counter() - t1)
+            stylized.append(str(src))
+            prefix = f"[{i + 1}/{len(ok)}] " if len(ok) > 1 else ""
+            _say(f"{prefix}{src} -> {target} ({_fmt_seconds(times[-1])})")
+    if worker:
+        report = os.environ.get(_REPORT_ENV)
+        if report:          # our --nproc parent sums up
+            from .images import atomic_write_bytes
+            rank = _dist.process_info().rank
+            atomic_write_bytes(Path(report) / f"rank-{rank}.json",
+                               json.dumps({"stylized": stylized, "failed": failed}).encode(), overwrite=True)
+            return 0        # a non-zero status would make the launcher stop the other workers
+        return _failed_images(failed, len(todo)) if failed else 0   # under an outside launcher
+    per = f"{_fmt_seconds(sum(times) / len(times))} per image" if times else ""
+    extra = "; ".join(x for x in (per, f"setup {_fmt_seconds(setup)}" if ok else "",
+                                  _skipped_note(len(done)), _failed_note(failed)) if x)
+    _say(f"stylized {_images(len(stylized))} into {out} ({extra})")
+    return _failed_images(failed, len(todo)) if failed else 0
+
+
+def _stylize_folder_nproc(args, out: Path, ok, failed: dict, total: int, done: int) -> int:
+    """The ``--nproc`` parent: start the workers (unless no image is left to try), then sum up
+    from their reports what was stylized and what failed."""
+    from . import distributed as _dist
+    rc, reports = 0, []
+    if ok:
+        with tempfile.TemporaryDirectory(prefix="resty-stylize-") as d:
+            rc = _dist.relaunch_cli(args.backend, args.nproc, args.argv, collective=False, env={_REPORT_ENV: d})
+            for f in sorted(Path(d).glob("rank-*.json")):
+                with contextlib.suppress(OSError, ValueError):
+                    reports.append(json.loads(f.read_text()))
+    stylized = set()
+    for r in reports:
+        stylized.update(r.get("stylized", []))
+        failed.update(r.get("failed", {}))
+    n = 0
+    for c, t in ok:
+        if str(c) in failed:
+            continue
+        if str(c) in stylized or (not reports and t.is_file()):
+            n += 1
+        elif rc == 0:
+            failed[str(c)] = f"{c}: no output was written"
+    extra = "; ".join(x for x in (f"{args.nproc} processes", _skipped_note(done), _failed_note(failed)) if x)
+    _say(f"stylized {_images(n)} into {out} ({extra})")
+    if rc != 0:
+        for why in failed.values():
+            _note(f"failed: {why}")
+        return rc           # the worker said why; a re-run finishes the rest
+    return _failed_images(failed, total) if failed else 0
 
 
 # =========================================================================== train
@@ -804,8 +971,20 @@ def cmd_demo(args) -> int:
 
 
 # =========================================================================== main
+#: The API's words for a fix, and the command line's for the same fix.
+_CLI_WORDS = (
+    ("pass overwrite=True to replace it", "pass --overwrite to replace it"),
+    ("use device='cpu' or device=None", "use --device cpu, or leave --device out"),
+    ("use device='cpu' or None", "use --device cpu, or leave --device out"),
+    ("pass a larger max_pixels to allow it", "resize it first"),
+    ("(pass overwrite=True)", "(pass --overwrite)"),
+)
+
+
 def _error(message: object) -> int:
     message = one_line(message)
+    for api, cli_words in _CLI_WORDS:
+        message = message.replace(api, cli_words)
     if "not cached" in message and "random:" not in message:
         message += "; or run offline with seeded random VGG weights: --weights random:0"
     _line(sys.stderr, f"{PROG}: error: {one_line(message)}")

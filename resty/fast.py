@@ -15,20 +15,26 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .checkpoints import (adam_state_from_tensors, adam_state_to_tensors, latest_checkpoint, load_checkpoint,
-                          save_checkpoint)
-from .errors import ArgumentError, RestyError, TrainingError
+from .checkpoints import (adam_state_from_tensors, adam_state_to_tensors, checkpoint_run_id, latest_checkpoint,
+                          list_checkpoints, load_checkpoint, save_checkpoint)
+from .errors import ArgumentError, ImageError, RestyError, TrainingError, one_line
 from .images import resize_longest
 from .inference import stylize_images
-from .inputs import blend_grams, integer_arg, prepare_styles
+from .inputs import blend_grams, integer_arg, prepare_styles, style_vector
 from .losses import LOSS_TERMS
 from .presets import Preset, get as get_preset, resolve
 from .distributed import SingleProcess
+from .run_identity import (IDENTITY_VERSION, data_identity, identity_differences, loss_network_identity,
+                           preset_identity, run_id, style_identity)
 from .runtime import Progress, SigtermFlag, nonfinite_message
 from .training_data import BatchSchedule, item_name, list_training_images
 from .weights import WeightSet, load_weights, save_weights
 
 __all__ = ["FastStylizerBase", "TrainingPlan", "TrainingSession", "StepOutcome", "model_preset"]
+
+
+#: The largest training crop (px): a batch of larger crops does not fit in any memory.
+MAX_CROP = 4096
 
 
 def model_preset(ws: WeightSet) -> Preset:
@@ -52,6 +58,10 @@ class TrainingPlan:
     lr: Optional[float]
     checkpoint_dir: Optional[str]
     checkpoint_every: int
+    #: How the training data is named in messages: its folder, or ``<training images>``.
+    source: str = "<training images>"
+    #: The training data's part of the run identity (resty.run_identity.data_identity).
+    data: Optional[Dict[str, Any]] = None
 
     @property
     def batch_size(self) -> int:
@@ -59,9 +69,16 @@ class TrainingPlan:
 
     @property
     def settings(self) -> Dict[str, Any]:
-        """What a checkpoint must share with the run that resumes it."""
+        """The settings a checkpoint records (the run identity, :meth:`identity_settings`, is
+        what a resumed run must share with it; these alone were checked before identities)."""
         return {"n_items": len(self.items), "batch_size": self.batch_size, "image_size": self.image_size,
                 "seed": self.seed, "lr": self.lr}
+
+    def identity_settings(self, style_size: Optional[int]) -> Dict[str, Any]:
+        """The settings part of the run identity: those that change every step's result (the
+        total number of steps does not: a resumed run may go further)."""
+        return {"batch_size": self.batch_size, "image_size": self.image_size, "seed": self.seed, "lr": self.lr,
+                "style_size": style_size}
 
     def item_names(self, step: int, slots: Sequence[int]) -> List[str]:
         """Names of the items in ``slots`` of the global batch of ``step`` (0-based)."""
@@ -196,8 +213,11 @@ class FastStylizerBase:
         steps = None if steps is None else integer_arg(steps, "steps", 0)
         epochs = None if epochs is None else integer_arg(epochs, "epochs", 0)
         bs = tc.batch_size if batch_size is None else integer_arg(batch_size, "batch_size", 1)
-        size = tc.image_size if image_size is None else integer_arg(image_size, "image_size", 1)
+        size = tc.image_size if image_size is None else integer_arg(image_size, "image_size", self._min_side())
+        if size > MAX_CROP:
+            raise ArgumentError(f"image_size: got {size}; training crops are at most {MAX_CROP} px")
         items = list_training_images(images)
+        source = os.fspath(images) if isinstance(images, (str, os.PathLike)) else "<training images>"
         sched = BatchSchedule(len(items), bs, integer_arg(tc.seed if seed is None else seed, "seed", 0))
         if lr is not None:
             try:
@@ -213,11 +233,15 @@ class FastStylizerBase:
             lr=float(lr if lr is not None else tc.adam.lr),
             checkpoint_dir=None if checkpoint_dir is None else os.fspath(checkpoint_dir),
             checkpoint_every=integer_arg(tc.checkpoint_every if checkpoint_every is None else checkpoint_every,
-                                         "checkpoint_every", 1))
+                                         "checkpoint_every", 1),
+            source=source, data=data_identity(images, items) if checkpoint_dir is not None else None)
 
     def _style_grams(self, style, style_weights, style_size) -> Dict[str, Any]:
         """``Σ w_i G_i`` of the style image(s), each resized to longest side ``style_size``."""
         styles, blend = prepare_styles(style, style_weights)
+        return self._blend_style_grams(styles, blend, style_size)
+
+    def _blend_style_grams(self, styles, blend, style_size) -> Dict[str, Any]:
         if style_size is not None:
             styles = [resize_longest(s, style_size) for s in styles]
         return blend_grams(styles, blend, self._grams_of)
@@ -239,19 +263,31 @@ class FastStylizerBase:
                           checkpoint_every)
         tc = self.preset.training
         ckdir = plan.checkpoint_dir
+        styles, blend = prepare_styles(style, style_weights)
+        self._run_identity = None
+        self._last_checkpoint: Optional[Path] = None
+        found = None
+        if ckdir is not None:
+            # Every process computes the same identity and reads the same checkpoint (a shared folder).
+            self._run_identity = self._identity(plan, styles, blend)
+            found = self._checkpoint_to_resume(ckdir, resume)
         with self._training_session(plan, **options) as session:
             start = 0
             if not resume:
                 self.history, self.skipped, self.skipped_count = [], [], 0
-            elif ckdir is not None and latest_checkpoint(ckdir) is not None:
-                # Every process reads the same checkpoint (a shared folder).
-                start = self._restore(latest_checkpoint(ckdir), plan, session)
-            session.start(self._style_grams(style, style_weights, tc.style_size), start)
+            elif found is not None:
+                start = self._restore(found, plan, session)
+                self._last_checkpoint = found[0]
+            session.start(self._blend_style_grams(styles, blend, tc.style_size), start)
             total = plan.total_steps
             pending: List[Tuple[int, Any]] = []
             last_ck = start
             seen = 0
             stopped = False
+            # Whether any step of this run (resumed ones included) had a readable image, and the
+            # items found unreadable: a run on no readable image at all is an error, not a model.
+            trained = any(isinstance(h, dict) and "total" in h for h in self.history)
+            unreadable: set = set()
             self.step = start
             t0 = time.perf_counter()
 
@@ -260,6 +296,7 @@ class FastStylizerBase:
                 outcomes = session.resolve([h for _, h in pending])
                 steps_done = [s for s, _ in pending]
                 pending.clear()
+                nonlocal trained
                 for done, out in zip(steps_done, outcomes):
                     names = plan.item_names(done - 1, out.bad_slots)
                     self.skipped_count += len(names)
@@ -267,7 +304,13 @@ class FastStylizerBase:
                     seen += out.images
                     if out.terms is None:
                         self.history.append({"step": done, "skipped_batch": True})
+                        idx = plan.schedule.batch(done - 1)
+                        unreadable.update(idx[j] for j in out.bad_slots if j < len(idx))
+                        if not trained and (len(unreadable) >= plan.schedule.n
+                                            or done - start >= plan.schedule.steps_per_epoch):
+                            raise no_readable_image(done)
                         continue
+                    trained = True
                     if not np.isfinite(out.terms[0]):
                         raise TrainingError(nonfinite_message(float(out.terms[0]), done))
                     self.history.append({"step": done, **dict(zip(LOSS_TERMS, map(float, out.terms)))})
@@ -276,10 +319,24 @@ class FastStylizerBase:
                 last = self.history[-1] if self.history else {}
                 return {k: last[k] for k in LOSS_TERMS if k in last}
 
+            def no_readable_image(done: int) -> ImageError:
+                return ImageError(f"{plan.source}: no readable training image in {done - start} step(s) "
+                                  f"({len(unreadable)} of {plan.schedule.n} image(s) skipped as unreadable: "
+                                  f"corrupt, truncated or not images); no model was trained")
+
             def checkpoint(step: int) -> None:
+                if not trained:
+                    return                      # nothing trained yet: the initial weights need no checkpoint
+                failed: Optional[RestyError] = None
                 if session.dist.is_main:
-                    self._save_checkpoint(plan, step, session)
-                session.dist.barrier()          # nobody reads a checkpoint before it is complete
+                    try:
+                        self._save_checkpoint(plan, step, session)
+                    except RestyError as exc:   # a full disk: one line naming the file
+                        failed = exc
+                # A collective, so also the barrier: nobody reads a checkpoint before it is complete.
+                if session.dist.any(failed is not None):
+                    raise failed or RestyError(f"{ckdir}: the main process could not write the checkpoint "
+                                               f"of step {step}")
 
             with SigtermFlag(ckdir is not None and session.handles_sigterm) as term, \
                     Progress(max(0, total - start), progress and session.dist.is_main, desc="fit", unit="step") as bar:
@@ -303,6 +360,8 @@ class FastStylizerBase:
                         stopped = True         # every process stops at the same step
                         break
                 flush()
+                if not trained and self.step > start:
+                    raise no_readable_image(self.step)
                 stopped = stopped or term.hit
                 if ckdir is not None and self.step > last_ck:
                     checkpoint(self.step)
@@ -314,26 +373,115 @@ class FastStylizerBase:
                 "images_seen": seen, "seconds": seconds,
                 "images_per_second": seen / seconds if seconds > 0 else float("nan"),
                 "world_size": session.dist.world_size, "rank": session.dist.rank,
-                "checkpoint": str(latest_checkpoint(ckdir)) if ckdir else None}
+                "checkpoint": str(self._last_checkpoint) if ckdir and self._last_checkpoint else None}
 
     # ------------------------------------------------------------------ checkpoints
+    def _identity(self, plan: TrainingPlan, styles, blend) -> Dict[str, Any]:
+        """This run's identity (resty.run_identity): what a checkpoint must share to be resumed."""
+        p = self.preset
+        key = (self.weights if isinstance(self.weights, str) else id(self.weights), p.vgg.arch, p.preprocessing_name)
+        cached = getattr(self, "_loss_network_id", None)
+        if cached is None or cached[0] != key:
+            cached = (key, loss_network_identity(self.weights, p.vgg.arch, p.preprocessing_name))
+            self._loss_network_id = cached
+        return {"version": IDENTITY_VERSION, "preset": preset_identity(p.to_dict()),
+                "style": style_identity(styles, blend), "loss_network": dict(cached[1]), "data": plan.data,
+                "settings": plan.identity_settings(p.training.style_size)}
+
+    def _checkpoint_to_resume(self, ckdir: str, resume: bool):
+        """``(path, tensors, meta)`` of the checkpoint to resume from (None: start at step 0).
+        A new run refuses a folder that holds checkpoints (its own old ones would be pruned as
+        older than another run's, and a later resume would pick up the other run); a resumed
+        run refuses another run's checkpoint, and skips unreadable newest ones with a warning."""
+        found = list_checkpoints(ckdir)
+        if not found:
+            return None
+        newest = found[-1][1]
+        if not resume:
+            if checkpoint_run_id(newest) == run_id(self._run_identity):
+                raise RestyError(f"{ckdir}: already holds this run's checkpoints (up to {newest.name}); continue "
+                                 "them with --resume (API: resume=True), or start over in another --checkpoint-dir "
+                                 "(API: another checkpoint_dir)")
+            raise RestyError(f"{ckdir}: holds checkpoints of another training run (newest {newest.name}); give this "
+                             "run another --checkpoint-dir (API: another checkpoint_dir), or continue that run with "
+                             "its own inputs and --resume (API: resume=True)")
+        bad: List[Path] = []
+        for _, path in reversed(found):
+            try:
+                tensors, meta = load_checkpoint(path)
+            except RestyError as exc:
+                bad.append(path)
+                warnings.warn(f"{one_line(exc)}; trying the checkpoint before it", RuntimeWarning, stacklevel=3)
+                continue
+            self._check_identity(path, meta)
+            problem = self._checkpoint_problem(tensors, meta)
+            if problem:
+                bad.append(path)
+                warnings.warn(f"{path}: cannot read checkpoint ({problem}); trying the checkpoint before it",
+                              RuntimeWarning, stacklevel=3)
+                continue
+            return path, tensors, meta
+        raise RestyError(f"{ckdir}: cannot resume: none of its {len(bad)} checkpoint(s) can be read (newest "
+                         f"{bad[0].name}); start a new run in another checkpoint folder")
+
+    def _check_identity(self, path: Path, meta: Mapping[str, Any]) -> None:
+        new = self._run_identity
+        old = meta.get("identity")
+        if isinstance(old, dict):
+            diffs = identity_differences(old, new)
+        else:   # written before run identities: its preset and the settings it recorded
+            saved = meta.get("preset")
+            legacy = {"preset": preset_identity(saved) if isinstance(saved, dict) else new["preset"],
+                      "style": new["style"], "loss_network": new["loss_network"], "data": new["data"],
+                      "settings": meta.get("settings") if isinstance(meta.get("settings"), dict) else {}}
+            now = dict(new, settings={k: v for k, v in dict(new["settings"], n_items=new["data"]["n_items"]).items()
+                                      if k != "style_size"})
+            diffs = identity_differences(legacy, now)
+            if not diffs:
+                warnings.warn(f"{path}: written by an older Resty without a run identity: only its preset and "
+                              "settings could be checked", RuntimeWarning, stacklevel=4)
+        if diffs:
+            raise RestyError(f"{path}: cannot resume: the checkpoint was made with {' and '.join(diffs)}; resume "
+                             "with the same inputs and settings, or start a new run in another checkpoint folder")
+
+    def _checkpoint_problem(self, tensors: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> Optional[str]:
+        """Why a checkpoint of this run cannot be restored (missing or misshapen tensors, broken
+        metadata), or None."""
+        want = {k: tuple(np.shape(v)) for k, v in self.net.state_dict_canonical().items()}
+        got = {k[4:]: tuple(np.shape(v)) for k, v in tensors.items() if k.startswith("net.")}
+        for k, shape in want.items():
+            if got.get(k) != shape:
+                return f"net.{k} is {'missing' if k not in got else f'of shape {got[k]}, not {shape}'}"
+        try:
+            _, m, v = adam_state_from_tensors(tensors)
+        except (ValueError, TypeError, IndexError) as exc:
+            return f"opt.step: {one_line(exc)}"
+        for k in set(m) | set(v):
+            if k not in want or tuple(np.shape(m.get(k))) != want[k] or tuple(np.shape(v.get(k))) != want[k]:
+                return f"the optimizer state of {k} does not match the network"
+        kinds = {"history": list, "skipped": list, "skipped_count": int, "rng": dict}
+        for k, kind in kinds.items():
+            if k in meta and not isinstance(meta[k], kind):
+                return f"its {k} is a {type(meta[k]).__name__}"
+        return None
+
     def _save_checkpoint(self, plan: TrainingPlan, step: int, session: TrainingSession) -> Path:
         epoch, pos = plan.schedule.epoch_position(step)
         tensors = {f"net.{k}": v for k, v in self.net.state_dict_canonical().items()}
         tensors.update(adam_state_to_tensors(*session.optimizer_state()))
+        identity = getattr(self, "_run_identity", None)
         meta = {"step": step, "epoch": epoch, "position": pos, "total_steps": plan.total_steps,
                 "settings": plan.settings, "rng": session.rng_state(), "history": self.history,
                 "skipped": self.skipped, "skipped_count": self.skipped_count, "preset": self.preset.to_dict(),
-                "backend": self.backend_name, "dtype": self._dtype_name()}
-        return save_checkpoint(plan.checkpoint_dir, step, tensors, meta, keep=self.preset.training.keep_checkpoints)
+                "backend": self.backend_name, "dtype": self._dtype_name(), "identity": identity}
+        path = save_checkpoint(plan.checkpoint_dir, step, tensors, meta, keep=self.preset.training.keep_checkpoints,
+                               run_id=run_id(identity) if identity else None)
+        self._last_checkpoint = path
+        return path
 
-    def _restore(self, path, plan: TrainingPlan, session: TrainingSession) -> int:
-        tensors, meta = load_checkpoint(path)
-        old = meta.get("settings", {})
-        diff = {k: (old.get(k), v) for k, v in plan.settings.items() if old.get(k) != v}
-        if diff:
-            raise RestyError(f"{path}: cannot resume: the checkpoint was made with different settings "
-                             f"({', '.join(f'{k} {a!r} -> {b!r}' for k, (a, b) in diff.items())})")
+    def _restore(self, found, plan: TrainingPlan, session: TrainingSession) -> int:
+        """Load a checkpoint chosen (and checked) by :meth:`_checkpoint_to_resume`."""
+        path, tensors, meta = found
         self.net.load_canonical({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
         step, m, v = adam_state_from_tensors(tensors)
         if m:
@@ -357,8 +505,16 @@ class FastStylizerBase:
     def _canonical_weightset(self) -> WeightSet:
         return WeightSet(self.net.state_dict_canonical(), "transformer", spec=self.preset.transformer)
 
+    def _min_side(self) -> int:
+        """The smallest image side the network takes (its first convolution's reflection pad)."""
+        return self.preset.transformer.kernel_in // 2 + 1
+
     def _run(self, batch: np.ndarray) -> np.ndarray:
         """The network on a B×H×W×3 batch -> B×H×W×3 in [0, 1]."""
+        h, w = batch.shape[1:3]
+        if min(h, w) < self._min_side():
+            raise ImageError(f"<image>: {h}×{w} px is too small for this network (sides must be >= "
+                             f"{self._min_side()} px)")
         if self._cpu_fast is not None and self._fast_path_allowed():
             y = self._cpu_fast.run(np.asarray(batch, np.float32).transpose(0, 3, 1, 2), self._weights_key(),
                                    self._canonical_weightset)
@@ -373,12 +529,21 @@ class FastStylizerBase:
             out = self._forward(batch, full_precision=True)
         return np.clip(out, 0.0, 1.0)
 
-    def stylize(self, images, *, preserve_color=False, tile=None, overlap=32, batch_size=None):
+    def stylize(self, images, *, preserve_color=False, tile=None, overlap=32, batch_size=None, style=None):
         """Stylise one image (-> H×W×3 float32) or several (a list or a B×H×W×3 array -> a
         list, or an array for an array).  Each output has its input's size.  ``tile`` (px)
         runs large images in overlapping tiles blended with linear ramps (instance norm then
-        sees per-tile statistics; a larger ``overlap`` hides the seams better)."""
+        sees per-tile statistics; a larger ``overlap`` hides the seams better).
+        ``style`` (networks with a conditional norm, e.g. ``load("multistyle26")``): an index
+        (``19``), a blend ``{3: 0.5, 12: 0.5}`` or ``"3:0.5,12:0.5"``, or a weight vector
+        (resty.inputs.style_vector; normalised to sum 1) for this call; None: style 0."""
         self._eval_mode()
+        spec = self.preset.transformer
+        if style is not None and not spec.conditional:
+            raise ArgumentError("style: this model has one style (no conditional norm); "
+                                "style= is for multi-style models such as multistyle26")
+        if spec.conditional:
+            self.net.set_style(style_vector(0 if style is None else style, spec.num_styles))
         return stylize_images(images, self._run, preserve_color=preserve_color, tile=tile, overlap=overlap,
                               batch_size=batch_size)
 
@@ -399,8 +564,12 @@ class FastStylizerBase:
 
     @classmethod
     def load(cls, path, *, weights="imagenet", device=None, dtype="float32", **kw) -> "FastStylizerBase":
-        """A stylizer from a file written by :meth:`save` (either backend)."""
-        ws = load_weights(path, expect="transformer")
+        """A stylizer from a file written by :meth:`save` (either backend), or a model name
+        (``"multistyle26"``: imported with ``resty models import`` or bundled by an installed
+        package, see resty.models)."""
+        from .models import resolve_model
+        where = resolve_model(path)
+        ws = where if isinstance(where, WeightSet) else load_weights(where, expect="transformer")
         obj = cls(model_preset(ws), weights=weights, device=device, dtype=dtype, transformer_weights=ws, **kw)
         obj.step = int(ws.extra.get("steps", 0))
         return obj

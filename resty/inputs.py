@@ -50,10 +50,14 @@ def blend_weights(weights: Optional[Sequence[float]], n: int) -> Tuple[float, ..
     w = [float(x) for x in (weights if isinstance(weights, (list, tuple, np.ndarray)) else [weights])]
     if len(w) != n:
         raise RestyError(f"style_weights: got {len(w)} weight(s) for {n} style image(s)")
-    if any(not math.isfinite(x) or x < 0 for x in w) or sum(w) <= 0:
+    # math.fsum of weights near the float maximum overflows to inf (and every ratio to 0):
+    # scale by the largest first.
+    top = max(w) if w else 0.0
+    if any(not math.isfinite(x) or x < 0 for x in w) or top <= 0:
         raise RestyError(f"style_weights: got {w}; need finite numbers >= 0 with a positive sum")
-    s = sum(w)
-    return tuple(x / s for x in w)
+    scaled = [x / top for x in w]
+    total = math.fsum(scaled)
+    return tuple(x / total for x in scaled)
 
 
 
@@ -91,3 +95,46 @@ def integer_arg(value: Any, name: str, minimum: int) -> int:
     if not ok or isinstance(value, bool) or int(value) < minimum:
         raise ArgumentError(f"{name}: got {value!r}; need an integer >= {minimum}")
     return int(value)
+
+
+def style_vector(style: Any, num_styles: int) -> np.ndarray:
+    """The style weights of a conditional-norm network (``FastStylizer.stylize(style=...)``):
+    an index (``19``), a mapping ``{3: 0.5, 12: 0.5}``, a string ``"19"`` / ``"3:0.5,12:0.5"``
+    or a sequence of ``num_styles`` weights -> a float64 vector of ``num_styles`` weights,
+    non-negative, normalised to sum 1 (as the blends of ``style_weights`` elsewhere)."""
+    w = np.zeros(num_styles, np.float64)
+
+    def put(idx, weight, text=None):
+        try:
+            i, v = int(idx), float(weight)
+        except (TypeError, ValueError):
+            raise ArgumentError(f"style: bad entry {text if text is not None else idx!r}; "
+                                "use an index, e.g. 19, or index:weight pairs, e.g. 3:0.5,12:0.5") from None
+        if isinstance(idx, (bool, float)) or not 0 <= i < num_styles:
+            raise ArgumentError(f"style: index {idx!r} out of range; this network has styles 0 to {num_styles - 1}")
+        w[i] += v
+
+    if isinstance(style, str):
+        parts = [p.strip() for p in style.split(",") if p.strip()]
+        if not parts:
+            raise ArgumentError("style: empty; use an index, e.g. 19, or index:weight pairs, e.g. 3:0.5,12:0.5")
+        for part in parts:
+            idx, sep, wt = part.partition(":")
+            put(idx.strip(), wt.strip() if sep else 1.0, part)
+    elif isinstance(style, Mapping):
+        for idx, wt in style.items():
+            put(idx, wt)
+    elif isinstance(style, (int, np.integer)) and not isinstance(style, bool):
+        put(int(style), 1.0)
+    else:
+        try:
+            arr = np.asarray(style, np.float64)
+        except (TypeError, ValueError):
+            arr = None
+        if arr is None or arr.shape != (num_styles,):
+            raise ArgumentError(f"style: expected an index, a mapping, 'i:w,...' or {num_styles} weights, "
+                                f"got {style!r:.60}")
+        w = arr.copy()
+    if not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
+        raise ArgumentError("style: weights must be finite, non-negative and not all zero")
+    return w / w.sum()

@@ -35,11 +35,21 @@ def _to_numpy(obj: Any) -> Any:
 def read_pth(path) -> Dict[str, np.ndarray]:
     """Read a torch state-dict file into ``{key: np.ndarray}`` without unpickling code
     (a ``{"state_dict": ...}`` wrapper is unwrapped)."""
+    import pickle
+    import warnings
     try:
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:   # torch raises pickle/Unpickling/Runtime errors of many kinds
-        raise WeightsError(one_line(f"{path}: cannot read the PyTorch file with weights_only=True "
-                                    f"({one_line(exc)[:200]})")) from None
+        with warnings.catch_warnings():
+            # torch warns about pickle protocols on the way to refusing a file: the refusal is
+            # the message, said once below.
+            warnings.simplefilter("ignore")
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # torch's message ends in advice to re-run with weights_only=False, i.e. to run the
+        # file's code: Resty never does, so it is not repeated.
+        raise WeightsError(f"{path}: not a weights-only PyTorch file (it holds pickled Python objects, which "
+                           "can run code); it was not loaded") from None
+    except Exception as exc:   # torch raises zip/Runtime errors of many kinds for a broken file
+        raise WeightsError(one_line(f"{path}: cannot read the PyTorch file ({one_line(exc)[:200]})")) from None
     if isinstance(state, Mapping) and "state_dict" in state and isinstance(state["state_dict"], Mapping):
         state = state["state_dict"]
     if not isinstance(state, Mapping):

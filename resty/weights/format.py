@@ -205,7 +205,7 @@ def _parse_header(data: bytes, where: object) -> Dict[str, Any]:
         raise _fail(where, "not a safetensors file (bad header length)")
     try:
         header = json.loads(data[8:8 + n].decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
         raise _fail(where, "not a safetensors file (header is not JSON)") from None
     if not isinstance(header, dict):
         raise _fail(where, "not a safetensors file (header is not a JSON object)")
@@ -272,7 +272,7 @@ def _interpret_metadata(meta: Mapping[str, str], where: object):
         extra = json.loads(meta["extra"]) if "extra" in meta else {}
     except WeightsError:
         raise
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, RecursionError) as exc:
         raise _fail(where, f"bad metadata ({exc})") from None
     if not isinstance(extra, dict):
         raise _fail(where, "bad metadata ('extra' is not a JSON object)")
