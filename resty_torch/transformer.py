@@ -43,7 +43,9 @@ class ConvLayer(nn.Module):
         # mean), so it is left out unless the spec reproduces a source that had one.
         self.bias = nn.Parameter(torch.zeros(d.out_channels)) if d.bias else None
         if d.norm:
-            if spec.norm == "instance":
+            if spec.conditional:
+                self.norm = ConditionalInstanceNorm2d(spec.num_styles, d.out_channels, spec.norm_eps)
+            elif spec.norm == "instance":
                 self.norm = nn.InstanceNorm2d(d.out_channels, eps=spec.norm_eps, affine=True,
                                               track_running_stats=False)
             else:
@@ -198,6 +200,30 @@ def _instance_norm_fused(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
     return torch.relu_(y) if relu else y
 
 
+class ConditionalInstanceNorm2d(nn.Module):
+    """Dumoulin et al. 2017: instance norm (biased variance, ``eps``) whose affine parameters
+    are the style-weighted sum of the rows of ``weight`` / ``bias`` (num_styles, C).  The
+    style weights (num_styles,) are set on the module by :class:`TransformerNet` before each
+    forward (``style``); must match resty.reference.conditional_instance_norm."""
+
+    def __init__(self, num_styles: int, channels: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(num_styles, channels))
+        self.bias = nn.Parameter(torch.zeros(num_styles, channels))
+        self.style: Optional[torch.Tensor] = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.style.to(self.weight.dtype)
+        gamma, beta = w @ self.weight, w @ self.bias
+        acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+        xf = x.to(acc)
+        var, mean = torch.var_mean(xf, dim=(2, 3), keepdim=True, correction=0)
+        y = (xf - mean) / torch.sqrt(var + self.eps)
+        y = y * gamma.to(acc).view(1, -1, 1, 1) + beta.to(acc).view(1, -1, 1, 1)
+        return y.to(x.dtype)
+
+
 class ResidualBlock(nn.Module):
     def __init__(self, d1: ConvDef, d2: ConvDef, spec: TransformerSpec):
         super().__init__()
@@ -228,9 +254,28 @@ class TransformerNet(nn.Module):
         self.up1 = ConvLayer(defs["up1"], spec)
         self.up2 = ConvLayer(defs["up2"], spec)
         self.conv_out = ConvLayer(defs["conv_out"], spec)
+        if spec.conditional:
+            # The style weight vector of the conditional norms (not a parameter, not saved):
+            # set_style() / forward(style=...); style 0 until then.
+            self.register_buffer("style_weights", torch.eye(spec.num_styles)[0], persistent=False)
         self.to(device=resolve_device(device), dtype=resolve_dtype(dtype))
         ws = resolve_weights(weights if weights is not None else "random:0", "transformer", spec=spec)
         self.load_canonical(ws.tensors)
+
+    # ------------------------------------------------------------------ styles (conditional norm)
+    def set_style(self, weights) -> None:
+        """The conditional norms' style weights for the next forwards: a (num_styles,) vector
+        (resty.inputs.style_vector turns an index, a dict or ``"3:0.5,12:0.5"`` into one)."""
+        if not self.spec.conditional:
+            raise ValueError("set_style: this network has no conditional norm (one style)")
+        w = torch.as_tensor(np.asarray(weights, np.float64))
+        if tuple(w.shape) != (self.spec.num_styles,):
+            raise ValueError(f"set_style: expected {self.spec.num_styles} weights, got shape {tuple(w.shape)}")
+        with torch.no_grad():
+            self.style_weights.copy_(w.to(self.style_weights))
+
+    def get_style(self) -> np.ndarray:
+        return self.style_weights.detach().cpu().numpy().copy()
 
     # ------------------------------------------------------------------ canonical weights
     def state_dict_canonical(self) -> Dict[str, np.ndarray]:
@@ -322,8 +367,18 @@ class TransformerNet(nn.Module):
         return self.conv_in.pad_channels
 
     # ------------------------------------------------------------------ forward
-    def forward(self, images01: torch.Tensor) -> torch.Tensor:
+    def forward(self, images01: torch.Tensor, style=None) -> torch.Tensor:
         spec = self.spec
+        if spec.conditional:
+            if style is None:
+                w = self.style_weights
+            else:
+                w = torch.as_tensor(style, dtype=self.style_weights.dtype, device=self.style_weights.device)
+            for m in self.modules():
+                if isinstance(m, ConditionalInstanceNorm2d):
+                    m.style = w
+        elif style is not None:
+            raise ValueError("style: this network has no conditional norm (one style)")
         h0, w0 = images01.shape[-2:]
         if min(h0, w0) < spec.kernel_in // 2 + 1:
             raise ValueError(f"transformer input: sides must be >= {spec.kernel_in // 2 + 1} px, got {h0}x{w0}")
