@@ -287,7 +287,6 @@ def _array_to_rgb(arr: np.ndarray, label: str, dtype=np.float32) -> np.ndarray:
     if arr.shape[0] == 0 or arr.shape[1] == 0:
         raise ImageError(f"{label}: image has no pixels (shape {tuple(arr.shape)})")
 
-    dtype = arr.dtype
     out_dtype, dtype = dtype, arr.dtype
     if dtype == np.uint8:
         x = arr.astype(out_dtype)
@@ -544,9 +543,13 @@ def atomic_path(path: PathLike, overwrite: bool = False) -> Iterator[Path]:
         yield tmp
         _fsync_path(tmp)
         _commit(tmp, target, overwrite)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and not isinstance(exc, RestyError):
+            # A full disk, a quota, an I/O error: say which output failed; the old file is intact.
+            raise RestyError(f"{_label(target)}: cannot write ({one_line(exc.strerror or exc)}); "
+                             "nothing was changed") from None
         raise
     _fsync_path(parent, directory=True)  # make the rename itself durable
 
