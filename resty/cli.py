@@ -618,6 +618,12 @@ def _stylize_one(args, stylizer, img, styles):
     return stylizer.stylize(x, preserve_color=args.preserve_color)
 
 
+def _skip(failed: dict, src: Path, exc: BaseException) -> None:
+    why = one_line(exc) or type(exc).__name__
+    failed[str(src)] = why if str(src) in why else f"{src}: {why}"
+    _note(f"skipped {failed[str(src)]}")
+
+
 def _failed_note(failed: dict) -> str:
     return f"{len(failed)} failed" if failed else ""
 
@@ -661,13 +667,16 @@ def _stylize_folder(args, out: Path, contents: List[Path], targets: List[Path], 
         for i, (src, target) in enumerate(ok):
             t1 = time.perf_counter()
             try:
-                y = _stylize_one(args, stylizer, load_image(str(src)), styles)
-                save_image(y, target, overwrite=args.overwrite)
-            except (RestyError, ValueError) as exc:   # this image's fault (or the file appeared meanwhile)
-                why = one_line(exc) or type(exc).__name__
-                failed[str(src)] = why if str(src) in why else f"{src}: {why}"
-                _note(f"skipped {failed[str(src)]}")
-                continue
+                try:
+                    y = _stylize_one(args, stylizer, load_image(str(src)), styles)
+                except (RestyError, ValueError) as exc:    # unreadable, or one the method cannot take
+                    _skip(failed, src, exc)
+                    continue
+                try:
+                    save_image(y, target, overwrite=args.overwrite)
+                except OutputExistsError as exc:    # appeared meanwhile; a failing disk stops the run
+                    _skip(failed, src, exc)
+                    continue
             finally:
                 y = None        # one image in memory at a time
             times.append(time.perf_counter() - t1)

@@ -298,13 +298,16 @@ def launch(backend: str, nproc: int, cmd: Sequence[str], *, collective: bool = T
     raise ValueError(f"backend: got {backend!r}; allowed: 'torch', 'tf'")
 
 
-def relaunch_cli(backend: str, nproc: int, argv: Sequence[str], *, collective: bool = True) -> int:
+def relaunch_cli(backend: str, nproc: int, argv: Sequence[str], *, collective: bool = True,
+                 env: Optional[Mapping[str, str]] = None) -> int:
     """What ``resty CMD ... --nproc N`` does in the parent: start N workers running
     ``python -m resty CMD ...`` (the same arguments) through the backend's launcher and return
     their exit status.  The workers see :data:`CHILD_ENV` and do the work themselves.
     ``--nproc`` is left out of their arguments (torchrun's own parser would take ``--nproc``
-    for an abbreviation of its ``--nproc-per-node`` and refuse it as ambiguous)."""
-    return launch(backend, nproc, ["-m", "resty", *strip_option(argv, "--nproc")], collective=collective)
+    for an abbreviation of its ``--nproc-per-node`` and refuse it as ambiguous).  ``env``: extra
+    environment variables for the workers."""
+    return launch(backend, nproc, ["-m", "resty", *strip_option(argv, "--nproc")], collective=collective,
+                  env=env)
 
 
 def strip_option(argv: Sequence[str], name: str) -> List[str]:

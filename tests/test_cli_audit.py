@@ -288,7 +288,7 @@ def test_stylize_folder_nproc_parent_skips_and_sums_up(imgs, tmp_path, monkeypat
     (out / "b.png").write_bytes(b"finished earlier")
     launched = []
 
-    def fake_relaunch(backend, nproc, argv, *, collective=True):
+    def fake_relaunch(backend, nproc, argv, *, collective=True, env=None):
         launched.append((backend, nproc, collective))
         for n in ("a", "c"):
             save_image(np.zeros((4, 4, 3)), out / f"{n}.png")
@@ -316,9 +316,13 @@ def test_stylize_folder_worker_does_its_share_without_summing_up(imgs, tmp_path,
 
 
 def test_stylize_folder_nproc_checks_images_before_launching(imgs, tmp_path, no_work, capsys):
+    # a broken image is found by the parent (header only), not launched, and listed at the end
+    for n in ("a.png", "b.jpg", "c.png"):
+        (Path(imgs["folder"]) / n).unlink()
     (Path(imgs["folder"]) / "d.png").write_bytes(b"\x89PNG\r\n\x1a\n not a png")
     rc, _, err = run(_stylize_folder(imgs, tmp_path / "styled", "--nproc", "2"), capsys)
-    assert_usage_error(rc, err, "d.png")
+    assert_usage_error(rc, err, "1 of 1 image could not be stylized")
+    assert "resty: failed: " in err and "d.png" in err
 
 
 # =========================================================================== 5: OMP_NUM_THREADS
