@@ -9,6 +9,8 @@ class WeightsError(RestyError, ValueError):
     """A weight file is missing, unreadable, of the wrong shape, or unavailable offline."""
 class OutputExistsError(RestyError, FileExistsError):
     """An output exists and overwriting was not asked for."""
+class OutputWriteError(RestyError, OSError):
+    """An output could not be written (a full disk, a quota, permissions); the old file is intact."""
 class BackendUnavailableError(RestyError, ImportError):
     """A framework backend was asked for but is not installed."""
 class TrainingError(RestyError, RuntimeError):

@@ -42,7 +42,7 @@ from typing import Iterator, Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from resty.errors import ImageError, OutputExistsError, RestyError, one_line
+from resty.errors import ImageError, OutputExistsError, OutputWriteError, RestyError, one_line
 
 __all__ = [
     "MAX_PIXELS",
@@ -548,8 +548,8 @@ def atomic_path(path: PathLike, overwrite: bool = False) -> Iterator[Path]:
             os.unlink(tmp)
         if isinstance(exc, OSError) and not isinstance(exc, RestyError):
             # A full disk, a quota, an I/O error: say which output failed; the old file is intact.
-            raise RestyError(f"{_label(target)}: cannot write ({one_line(exc.strerror or exc)}); "
-                             "nothing was changed") from None
+            raise OutputWriteError(f"{_label(target)}: cannot write ({one_line(exc.strerror or exc)}); "
+                                   "nothing was changed") from None
         raise
     _fsync_path(parent, directory=True)  # make the rename itself durable
 
