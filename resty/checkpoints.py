@@ -2,6 +2,7 @@
 atomically, named by step, readable by either backend (Adam's state in a canonical layout)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -10,8 +11,18 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 
-from .errors import RestyError
+from .errors import RestyError, one_line
 from .images import atomic_path
+
+
+def _io_errors() -> tuple:
+    """What reading or writing a file can raise: OSError, and safetensors' own error (it is no
+    OSError), imported lazily as everything of safetensors here."""
+    try:
+        from safetensors import SafetensorError
+    except ImportError:                   # pragma: no cover - older safetensors
+        return (OSError,)
+    return (OSError, SafetensorError)
 
 # =========================================================================== checkpoints
 #: Version of the checkpoint layout (bumped on incompatible changes).
@@ -44,32 +55,66 @@ def latest_checkpoint(directory: Union[str, os.PathLike]) -> Optional[Path]:
 
 
 def save_checkpoint(directory: Union[str, os.PathLike], step: int, tensors: Mapping[str, np.ndarray],
-                    meta: Mapping[str, Any], keep: int = 2) -> Path:
+                    meta: Mapping[str, Any], keep: int = 2, run_id: Optional[str] = None) -> Path:
     """Write ``step-{N:08d}.safetensors`` (``tensors``: names prefixed ``net.`` for the network's
     canonical parameters and ``opt.`` for optimizer state) then ``step-{N:08d}.json`` (``meta``:
     step, epoch, position, RNG states, history, preset JSON, ... — JSON-able), each atomically;
     the JSON goes last so a crash in between leaves no half checkpoint.  Keeps the newest
-    ``keep`` checkpoints.  Returns the JSON path."""
+    ``keep`` checkpoints of the run ``run_id`` (stored in both files; resty.run_identity):
+    another run's checkpoints are never deleted.  A failed write (a full disk) is a one-line
+    RestyError naming the file; the checkpoints written before are left as they were.
+    Returns the JSON path."""
     from safetensors.numpy import save_file
 
     d = Path(os.fspath(directory))
-    d.mkdir(parents=True, exist_ok=True)
     stem = checkpoint_stem(step)
     arrays = {k: np.ascontiguousarray(np.asarray(v)) for k, v in tensors.items()}
-    with atomic_path(d / f"{stem}.safetensors", overwrite=True) as tmp:
-        save_file(arrays, str(tmp), metadata={"format": "resty-checkpoint", "version": str(CHECKPOINT_FORMAT)})
+    header = {"format": "resty-checkpoint", "version": str(CHECKPOINT_FORMAT)}
+    if run_id is not None:
+        header["run_id"] = str(run_id)
     record = dict(meta)
     record.setdefault("step", int(step))
     record["format"] = CHECKPOINT_FORMAT
-    with atomic_path(d / f"{stem}.json", overwrite=True) as tmp:
-        tmp.write_text(json.dumps(record, sort_keys=True, default=_json_default), encoding="utf-8")
-    for _, old in list_checkpoints(d)[:-max(1, int(keep))]:
+    if run_id is not None:
+        record["run_id"] = str(run_id)
+    text = json.dumps(record, sort_keys=True, default=_json_default)
+    target = d / f"{stem}.safetensors"
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        with atomic_path(target, overwrite=True) as tmp:
+            save_file(arrays, str(tmp), metadata=header)
+        target = d / f"{stem}.json"
+        with atomic_path(target, overwrite=True) as tmp:
+            tmp.write_text(text, encoding="utf-8")
+    except (RestyError,) + _io_errors() as exc:
+        if target.suffix == ".json":        # no JSON: the new tensors alone are no checkpoint
+            with contextlib.suppress(OSError):
+                (d / f"{stem}.safetensors").unlink()
+        cause = exc.__context__ if isinstance(exc, RestyError) and isinstance(exc.__context__, OSError) else exc
+        reason = one_line(getattr(cause, "strerror", None) or cause) or type(cause).__name__
+        raise RestyError(f"{target}: cannot write checkpoint ({reason}); the checkpoints written before "
+                         "are left as they were") from None
+    mine = [p for _, p in list_checkpoints(d) if checkpoint_run_id(p) == run_id]
+    for old in mine[:-max(1, int(keep))]:
         for p in (old, old.with_suffix(".safetensors")):
             try:
                 p.unlink()
             except OSError:
                 pass
     return d / f"{stem}.json"
+
+
+def checkpoint_run_id(path: Union[str, os.PathLike]) -> Optional[str]:
+    """The run id stored in a checkpoint's safetensors header (read without its tensors), or
+    None (no id: written by an older Resty, or unreadable)."""
+    from safetensors import safe_open
+
+    p = Path(os.fspath(path)).with_suffix(".safetensors")
+    try:
+        with safe_open(str(p), framework="numpy") as f:
+            return (f.metadata() or {}).get("run_id")
+    except Exception:                     # noqa: BLE001 - any unreadable header: no id
+        return None
 
 
 def _json_default(o):
@@ -100,8 +145,12 @@ def load_checkpoint(path: Union[str, os.PathLike]) -> Tuple[Dict[str, np.ndarray
     try:
         meta = json.loads(p.read_text(encoding="utf-8"))
         tensors = load_file(str(st))
-    except (OSError, ValueError) as exc:
-        raise RestyError(f"{p}: cannot read checkpoint ({' '.join(str(exc).split())})") from None
+    except (ValueError,) + _io_errors() as exc:
+        raise RestyError(f"{p}: cannot read checkpoint ({one_line(exc) or type(exc).__name__})") from None
+    if not isinstance(meta, dict) or isinstance(meta.get("step"), bool) or not isinstance(meta.get("step"), int):
+        what = ("is null" if meta is None else f"is a JSON {type(meta).__name__}") if not isinstance(meta, dict) \
+            else "has no integer step"
+        raise RestyError(f"{p}: cannot read checkpoint (its metadata {what}: not a checkpoint)")
     return tensors, meta
 
 
