@@ -379,8 +379,9 @@ def _check_image(path: str, what: str):
 
 
 def _list_images(folder: Path) -> List[Path]:
-    found = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-                   and not p.name.startswith("."))
+    # A dangling link is listed too: it then fails, named, instead of vanishing from the job.
+    found = sorted(p for p in folder.iterdir() if (p.is_file() or (p.is_symlink() and not p.exists()))
+                   and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
     if not found:
         raise UsageError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
     return found

@@ -136,7 +136,7 @@ def split_pending(pairs: Sequence[Tuple[T, os.PathLike]], info: Optional[Process
         return mine, []
     todo, done = [], []
     for s, t in mine:
-        (done if Path(os.fspath(t)).exists() else todo).append((s, t))
+        (done if Path(os.fspath(t)).is_file() else todo).append((s, t))   # a folder in the way is no output
     return todo, done
 
 

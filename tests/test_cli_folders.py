@@ -105,14 +105,16 @@ def test_one_image_decoded_at_a_time(tmp_path, model, monkeypatch, capsys):
 
 # =========================================================================== unreadable images
 def _bad_files(d: Path) -> dict:
-    """A bad header (found up front), a truncated JPEG (found when decoded), an empty file."""
+    """A bad header (found up front), a truncated JPEG (found when decoded), an empty file, a
+    dangling link."""
     (d / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not really a png")
     buf = io.BytesIO()
     from PIL import Image
     Image.fromarray((_img(9, 64, 64) * 255).astype(np.uint8)).save(buf, format="JPEG")
     (d / "cut.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
     (d / "empty.png").write_bytes(b"")
-    return {"bad.png": "bad.png", "cut.jpg": "truncated", "empty.png": "empty"}
+    (d / "gone.png").symlink_to(d / "nowhere.png")        # a dangling link is named, not ignored
+    return {"bad.png": "bad.png", "cut.jpg": "truncated", "empty.png": "empty", "gone.png": "No such file"}
 
 
 def test_unreadable_images_are_skipped_and_all_listed(tmp_path, model, capsys):
@@ -120,18 +122,18 @@ def test_unreadable_images_are_skipped_and_all_listed(tmp_path, model, capsys):
     bad = _bad_files(d)
     out = tmp_path / "out"
     rc, stdout, err = run(_cmd(d, out, model), capsys)
-    line = assert_usage_error(rc, err, "3 of 5 images could not be stylized")
+    line = assert_usage_error(rc, err, "4 of 6 images could not be stylized")
     assert sorted(p.name for p in out.iterdir()) == ["a.png", "z.png"]     # the others went on
     failed = [ln for ln in err.splitlines() if ln.startswith("resty: failed: ")]
-    assert len(failed) == 3, err
+    assert len(failed) == 4, err
     for name, why in bad.items():
         assert any(name in ln and why in ln for ln in failed), (name, err)
     assert err.splitlines()[-1] == line                                      # the list, then the error
     assert stdout.strip().splitlines()[-1].startswith(f"stylized 2 images into {out} (")
-    assert "3 failed" in stdout.strip().splitlines()[-1]
+    assert "4 failed" in stdout.strip().splitlines()[-1]
     # a re-run tries only the failed ones again, and still says so
     rc, stdout, err = run(_cmd(d, out, model), capsys)
-    assert_usage_error(rc, err, "3 of 3 images could not be stylized")
+    assert_usage_error(rc, err, "4 of 4 images could not be stylized")
     assert "stylized 0 images" in stdout and "2 already there" in stdout
 
 
@@ -192,7 +194,7 @@ def test_nproc_workers_clashing_stems_and_failures(tmp_path, model):
     assert sorted(_arrows(r.stdout)) == [str(out / n) for n in expected]    # each once
     assert sorted(p.name for p in out.iterdir()) == expected
     failed = [ln for ln in r.stderr.splitlines() if ln.startswith("resty: failed: ")]
-    assert sorted(Path(ln.split(": ")[2]).name for ln in failed) == ["bad.png", "cut.jpg", "empty.png"]
+    assert sorted(Path(ln.split(": ")[2]).name for ln in failed) == ["bad.png", "cut.jpg", "empty.png", "gone.png"]
     assert "truncated" in r.stderr          # found by a worker (the header is fine), reported by the parent
-    assert r.stderr.strip().splitlines()[-1].startswith("resty: error: 3 of 7 images could not be stylized")
-    assert r.stdout.strip().splitlines()[-1] == f"stylized 4 images into {out} (2 processes; 3 failed)"
+    assert r.stderr.strip().splitlines()[-1].startswith("resty: error: 4 of 8 images could not be stylized")
+    assert r.stdout.strip().splitlines()[-1] == f"stylized 4 images into {out} (2 processes; 4 failed)"
