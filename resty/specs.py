@@ -578,3 +578,82 @@ def spec_from_dict(kind: str, d: Dict[str, Any]):
     if kind not in SPEC_TYPES:
         raise ValueError(f"spec kind: got {kind!r}; allowed: {', '.join(SPEC_TYPES)}")
     return SPEC_TYPES[kind].from_dict(d)
+
+
+# --------------------------------------------------------------------------- AdaIN (Huang & Belongie 2017)
+#: How σ of a feature map (per sample and channel, over H×W) is computed; the references disagree:
+#: ``biased``: sqrt(mean((x-μ)²)) (the Lua original's style statistics, torch.std(..., true));
+#: ``biased_eps``: sqrt(mean((x-μ)²) + eps) (the Lua original's content side, nn.BatchNormalization
+#: over the reshaped features; keras-io's ``ops.moments`` + eps);
+#: ``unbiased_eps``: sqrt(Σ(x-μ)²/(HW-1) + eps) (pytorch-AdaIN's ``calc_mean_std``: ``var() + eps``).
+SIGMA_CONVENTIONS = ("biased", "biased_eps", "unbiased_eps")
+#: How the AdaIN style loss reduces its squared differences of means and of σs, per layer:
+#: ``mean`` (MSE over batch and channels, pytorch-AdaIN / keras-io) or ``sum_over_batch``
+#: (summed, divided by the batch size: the Lua original's criterion).
+ADAIN_STYLE_REDUCTIONS = ("mean", "sum_over_batch")
+PADDINGS = ("reflect", "zeros")
+#: The encoder: VGG19 up to relu4_1 (after a 1×1 conv holding the preprocessing, as the
+#: original's vgg_normalised); the style loss reads these layers, the decoder relu4_1.
+ADAIN_ENCODER_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1")
+
+
+@dataclass(frozen=True)
+class AdaINSpec(_Spec):
+    """The AdaIN network: a frozen VGG19 encoder to relu4_1, adaptive instance normalisation with
+    named σ conventions for the content and the style side, and the decoder mirroring the
+    encoder (pad 1 before every 3×3 conv, ReLU after every conv but the last, nearest ×2 where the
+    encoder pools).  ``decoder_widths`` are the decoder's (block 3, block 2, block 1) widths:
+    (256, 128, 64) in the paper; tests use small ones.  The first decoder conv always takes 512."""
+    decoder_widths: Tuple[int, int, int] = (256, 128, 64)
+    encoder_padding: str = "reflect"
+    decoder_padding: str = "reflect"
+    content_sigma: str = "unbiased_eps"
+    style_sigma: str = "unbiased_eps"
+    eps: float = 1e-5
+    # the loss (training): content MSE at relu4_1 against the AdaIN target; style: per layer of
+    # ADAIN_ENCODER_LAYERS, reduction(μ(g)-μ(s))² + reduction(σ(g)-σ(s))², σ by ``loss_sigma``
+    content_weight: float = 1.0
+    style_weight: float = 10.0
+    style_reduction: str = "mean"
+    loss_sigma: str = "unbiased_eps"
+    #: Adam's learning rate at iteration i (0-based) is lr / (1 + lr_decay·i), as both originals
+    lr_decay: float = 5e-5
+    #: training images are resized (short side) to this before the random crop (image_size)
+    load_size: int = 512
+
+    def __post_init__(self):
+        _tuple(self, "decoder_widths")
+        w = self.decoder_widths
+        if len(w) != 3 or not all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in w):
+            _fail(type(self), "decoder_widths", w, "three integers > 0")
+        for name in ("encoder_padding", "decoder_padding"):
+            _check_choice(self, name, PADDINGS)
+        for name in ("content_sigma", "style_sigma", "loss_sigma"):
+            _check_choice(self, name, SIGMA_CONVENTIONS)
+        _check_choice(self, "style_reduction", ADAIN_STYLE_REDUCTIONS)
+        _check_positive(self, "eps", allow_zero=True)
+        _check_positive(self, "content_weight", allow_zero=True)
+        _check_positive(self, "style_weight", allow_zero=True)
+        _check_positive(self, "lr_decay", allow_zero=True)
+        _check_positive(self, "load_size", integer=True)
+
+
+def adain_decoder_layers(spec: AdaINSpec) -> Tuple[Tuple[str, int, int, bool], ...]:
+    """``(name, in, out, upsample after)`` of each decoder conv, in order; names mirror the
+    encoder conv they invert (pytorch-AdaIN's decoder indices 1, 5, 8, 11, 14, 18, 21, 25, 28)."""
+    a, b, c = spec.decoder_widths
+    return (("conv4_1", 512, a, True), ("conv3_4", a, a, False), ("conv3_3", a, a, False),
+            ("conv3_2", a, a, False), ("conv3_1", a, b, True), ("conv2_2", b, b, False),
+            ("conv2_1", b, c, True), ("conv1_2", c, c, False), ("conv1_1", c, 3, False))
+
+
+def adain_decoder_shapes(spec: AdaINSpec) -> Dict[str, Tuple[int, ...]]:
+    """Canonical decoder parameter names and shapes (OIHW kernels, biases)."""
+    out: Dict[str, Tuple[int, ...]] = {}
+    for name, cin, cout, _ in adain_decoder_layers(spec):
+        out[f"{name}.weight"] = (cout, cin, 3, 3)
+        out[f"{name}.bias"] = (cout,)
+    return out
+
+
+SPEC_TYPES["AdaINSpec"] = AdaINSpec

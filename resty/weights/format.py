@@ -20,7 +20,8 @@ import numpy as np
 
 from resty.errors import OutputExistsError, WeightsError, one_line
 from resty.images import atomic_path
-from resty.specs import PREPROCESSING, Preprocessing, TransformerSpec, transformer_param_shapes, vgg_layers
+from resty.specs import (PREPROCESSING, AdaINSpec, Preprocessing, TransformerSpec, adain_decoder_shapes,
+                          transformer_param_shapes, vgg_layers)
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "LAYOUT", "ARCHITECTURES", "WeightSet", "vgg_param_shapes",
            "expected_shapes", "save_weights", "load_weights", "read_metadata"]
@@ -31,7 +32,9 @@ PathLike = Union[str, "os.PathLike[str]"]
 FORMAT = "resty-weights"
 FORMAT_VERSION = "1"
 LAYOUT = "OIHW (conv), IOHW (transposed conv)"
-ARCHITECTURES = ("vgg16", "vgg19", "transformer")
+ARCHITECTURES = ("vgg16", "vgg19", "transformer", "adain")
+#: Architectures whose weight set carries a spec (and no preprocessing), and the spec's class.
+_SPEC_CLASSES = {"transformer": TransformerSpec, "adain": AdaINSpec}
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 # A safetensors header larger than this is certainly not one of ours (VGG19's is ~4 KB);
@@ -62,6 +65,10 @@ def expected_shapes(architecture: str, spec: Optional[TransformerSpec] = None) -
         if spec is None:
             raise ValueError("expected_shapes: a transformer needs its TransformerSpec")
         return transformer_param_shapes(spec)
+    if architecture == "adain":
+        if spec is None:
+            raise ValueError("expected_shapes: an AdaIN decoder needs its AdaINSpec")
+        return adain_decoder_shapes(spec)
     if architecture not in ARCHITECTURES:
         raise ValueError(f"architecture: got {architecture!r}; allowed: {', '.join(map(repr, ARCHITECTURES))}")
     return vgg_param_shapes(architecture)
@@ -111,9 +118,10 @@ class WeightSet:
         if self.architecture not in ARCHITECTURES:
             raise ValueError(f"WeightSet.architecture: got {self.architecture!r}; "
                              f"allowed: {', '.join(map(repr, ARCHITECTURES))}")
-        if self.architecture == "transformer":
-            if not isinstance(self.spec, TransformerSpec):
-                raise ValueError("WeightSet.spec: a transformer weight set needs a TransformerSpec")
+        if self.architecture in _SPEC_CLASSES:
+            kind = _SPEC_CLASSES[self.architecture]
+            if not isinstance(self.spec, kind):
+                raise ValueError(f"WeightSet.spec: a {self.architecture} weight set needs a {kind.__name__}")
             if self.preprocessing is not None:
                 raise ValueError("WeightSet.preprocessing: only VGG weight sets carry a preprocessing")
         else:
@@ -261,10 +269,10 @@ def _interpret_metadata(meta: Mapping[str, str], where: object):
         raise _fail(where, f"layout {layout!r} is not {LAYOUT!r}")
     prep = spec = None
     try:
-        if arch == "transformer":
+        if arch in _SPEC_CLASSES:
             if "spec" not in meta:
-                raise _fail(where, "transformer weights without 'spec' metadata")
-            spec = TransformerSpec.from_json(meta["spec"])
+                raise _fail(where, f"{arch} weights without 'spec' metadata")
+            spec = _SPEC_CLASSES[arch].from_json(meta["spec"])
         else:
             if "preprocessing" not in meta:
                 raise _fail(where, "VGG weights without 'preprocessing' metadata")
