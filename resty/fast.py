@@ -62,6 +62,13 @@ class TrainingPlan:
     source: str = "<training images>"
     #: The training data's part of the run identity (resty.run_identity.data_identity).
     data: Optional[Dict[str, Any]] = None
+    #: Networks trained on style images too (AdaIN, resty.adain): the style items, drawn one per
+    #: slot by their own schedule (seeded differently; batch size 1: global slot position
+    #: ``step·batch_size + slot`` indexes its sequence), their identity; None for one fixed style.
+    #: Their unreadable slots are reported as ``batch_size + slot``.
+    styles: Optional[List[Any]] = None
+    style_schedule: Optional[BatchSchedule] = None
+    style_data: Optional[Dict[str, Any]] = None
 
     @property
     def batch_size(self) -> int:
@@ -83,7 +90,17 @@ class TrainingPlan:
     def item_names(self, step: int, slots: Sequence[int]) -> List[str]:
         """Names of the items in ``slots`` of the global batch of ``step`` (0-based)."""
         idx = self.schedule.batch(step)
-        return [item_name(self.items[idx[j]], idx[j]) for j in slots if j < len(idx)]
+        names = [item_name(self.items[idx[j]], idx[j]) for j in slots if j < len(idx)]
+        if self.styles is not None:
+            for j in slots:
+                if j >= self.batch_size:
+                    k = self.style_index(step, j - self.batch_size)
+                    names.append(item_name(self.styles[k], k))
+        return names
+
+    def style_index(self, step: int, slot: int) -> int:
+        """The style item of ``slot`` of ``step`` (0-based; networks trained on style images)."""
+        return self.style_schedule.batch(step * self.batch_size + slot)[0]
 
 
 @dataclass
@@ -241,6 +258,11 @@ class FastStylizerBase:
         styles, blend = prepare_styles(style, style_weights)
         return self._blend_style_grams(styles, blend, style_size)
 
+    def _fit_styles(self, plan: TrainingPlan, style, style_weights):
+        """``(styles, blend)`` of ``fit``'s style argument; a network trained on style images
+        (AdaIN) sets ``plan.styles`` instead and returns no fixed style."""
+        return prepare_styles(style, style_weights)
+
     def _blend_style_grams(self, styles, blend, style_size) -> Dict[str, Any]:
         if style_size is not None:
             styles = [resize_longest(s, style_size) for s in styles]
@@ -263,7 +285,7 @@ class FastStylizerBase:
                           checkpoint_every)
         tc = self.preset.training
         ckdir = plan.checkpoint_dir
-        styles, blend = prepare_styles(style, style_weights)
+        styles, blend = self._fit_styles(plan, style, style_weights)
         self._run_identity = None
         self._last_checkpoint: Optional[Path] = None
         found = None
@@ -385,7 +407,8 @@ class FastStylizerBase:
             cached = (key, loss_network_identity(self.weights, p.vgg.arch, p.preprocessing_name))
             self._loss_network_id = cached
         return {"version": IDENTITY_VERSION, "preset": preset_identity(p.to_dict()),
-                "style": style_identity(styles, blend), "loss_network": dict(cached[1]), "data": plan.data,
+                "style": plan.style_data if plan.styles is not None else style_identity(styles, blend),
+                "loss_network": dict(cached[1]), "data": plan.data,
                 "settings": plan.identity_settings(p.training.style_size)}
 
     def _checkpoint_to_resume(self, ckdir: str, resume: bool):
