@@ -988,6 +988,8 @@ _CLI_WORDS = (
     ("use device='cpu' or None", "use --device cpu, or leave --device out"),
     ("pass a larger max_pixels to allow it", "resize it first"),
     ("(pass overwrite=True)", "(pass --overwrite)"),
+    ("resume=True", "--resume"),
+    ("another checkpoint_dir", "another --checkpoint-dir"),
 )
 
 

@@ -423,11 +423,9 @@ class FastStylizerBase:
         if not resume:
             if checkpoint_run_id(newest) == run_id(self._run_identity):
                 raise RestyError(f"{ckdir}: already holds this run's checkpoints (up to {newest.name}); continue "
-                                 "them with --resume (API: resume=True), or start over in another --checkpoint-dir "
-                                 "(API: another checkpoint_dir)")
+                                 "them with resume=True, or start over in another checkpoint_dir")
             raise RestyError(f"{ckdir}: holds checkpoints of another training run (newest {newest.name}); give this "
-                             "run another --checkpoint-dir (API: another checkpoint_dir), or continue that run with "
-                             "its own inputs and --resume (API: resume=True)")
+                             "run another checkpoint_dir, or continue that run with its own inputs and resume=True")
         bad: List[Path] = []
         for _, path in reversed(found):
             try:
@@ -445,7 +443,7 @@ class FastStylizerBase:
                 continue
             return path, tensors, meta
         raise RestyError(f"{ckdir}: cannot resume: none of its {len(bad)} checkpoint(s) can be read (newest "
-                         f"{bad[0].name}); start a new run in another checkpoint folder")
+                         f"{bad[0].name}); start a new run in another checkpoint_dir")
 
     def _check_identity(self, path: Path, meta: Mapping[str, Any]) -> None:
         new = self._run_identity
@@ -465,7 +463,7 @@ class FastStylizerBase:
                               "settings could be checked", RuntimeWarning, stacklevel=4)
         if diffs:
             raise RestyError(f"{path}: cannot resume: the checkpoint was made with {' and '.join(diffs)}; resume "
-                             "with the same inputs and settings, or start a new run in another checkpoint folder")
+                             "with the same inputs and settings, or start a new run in another checkpoint_dir")
 
     def _checkpoint_problem(self, tensors: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> Optional[str]:
         """Why a checkpoint of this run cannot be restored (missing or misshapen tensors, broken

@@ -136,11 +136,10 @@ def test_new_run_refuses_a_folder_with_checkpoints(B, run_a, tmp_path):
     ck = _copy(run_a, tmp_path)
     msg = _one_line(RestyError, _stylizer(B).fit, ARRAYS, STYLE[::-1].copy(), checkpoint_dir=ck, **KW)
     assert msg == (f"{ck}: holds checkpoints of another training run (newest step-00000002.json); give this run "
-                   "another --checkpoint-dir (API: another checkpoint_dir), or continue that run with its own "
-                   "inputs and --resume (API: resume=True)")
+                   "another checkpoint_dir, or continue that run with its own inputs and resume=True")
     msg = _one_line(RestyError, _stylizer(B).fit, ARRAYS, STYLE, checkpoint_dir=ck, **KW)
-    assert msg.startswith(f"{ck}: already holds this run's checkpoints (up to step-00000002.json); continue them "
-                          "with --resume (API: resume=True)"), msg
+    assert msg == (f"{ck}: already holds this run's checkpoints (up to step-00000002.json); continue them with "
+                   "resume=True, or start over in another checkpoint_dir"), msg
     assert [st for st, _ in checkpoints.list_checkpoints(ck)] == [1, 2]
 
 
@@ -201,7 +200,7 @@ def test_no_readable_checkpoint_refuses(B, run_a, tmp_path):
         warnings.simplefilter("ignore")
         msg = _one_line(RestyError, _stylizer(B).fit, ARRAYS, STYLE, checkpoint_dir=ck, resume=True, **KW)
     assert msg == (f"{ck}: cannot resume: none of its 2 checkpoint(s) can be read (newest step-00000002.json); "
-                   "start a new run in another checkpoint folder")
+                   "start a new run in another checkpoint_dir")
 
 
 def test_checkpoint_without_identity_resumes_with_a_warning(B, run_a, tmp_path):
@@ -292,3 +291,57 @@ def test_some_unreadable_images_still_train(B, tmp_path):
     I.save_image(_rand(28, 30, 3), data / "good.png")
     s = _stylizer(B).fit(str(data), STYLE, steps=3, seed=0, batch_size=1)
     assert s["steps"] == 3 and s["skipped_count"] >= 1 and any("total" in h for h in s["history"])
+
+
+# ---------------------------------------------------------------- the command line
+@pytest.fixture
+def cli_dir(tmp_path, monkeypatch):
+    from cli_helpers import offline_env
+    offline_env(tmp_path, monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    data = tmp_path / "data"
+    for i in range(3):
+        I.save_image(_rand(28, 30, 3, seed=i), data / f"img{i}.png")
+    I.save_image(STYLE, tmp_path / "style.png")
+    I.save_image(STYLE[::-1], tmp_path / "other.png")
+    return tmp_path
+
+
+def _train(style, data, out, *extra):
+    return ["train", style, "--data", data, "--out", out, "--weights", "random:0", "--steps", "2", "--batch-size",
+            "2", "--image-size", "24", "-q", *extra]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_cli_resume_into_another_runs_folder(backend, cli_dir, capsys):
+    from cli_helpers import assert_usage_error, run
+    pytest.importorskip("torch" if backend == "torch" else "tensorflow")
+    d = cli_dir
+    rc, _, err = run(_train(d / "style.png", d / "data", d / "a.safetensors", "--backend", backend,
+                            "--checkpoint-dir", d / "ck"), capsys)
+    assert rc == 0, err
+    rc, _, err = run(_train(d / "other.png", d / "data", d / "b.safetensors", "--backend", backend,
+                            "--checkpoint-dir", d / "ck", "--resume", "--steps", "3"), capsys)
+    line = assert_usage_error(rc, err, f"{d / 'ck' / 'step-00000002.json'}: cannot resume: the checkpoint was made "
+                              "with a different style image", "another --checkpoint-dir")
+    assert "resume=True" not in line and "checkpoint_dir" not in line
+    assert not (d / "b.safetensors").exists()
+    rc, _, err = run(_train(d / "style.png", d / "data", d / "c.safetensors", "--backend", backend,
+                            "--checkpoint-dir", d / "ck"), capsys)
+    assert_usage_error(rc, err, f"{d / 'ck'}: already holds this run's checkpoints", "--resume",
+                       "another --checkpoint-dir")
+    assert not (d / "c.safetensors").exists()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_cli_train_on_no_readable_image(backend, cli_dir, capsys):
+    from cli_helpers import assert_usage_error, run
+    pytest.importorskip("torch" if backend == "torch" else "tensorflow")
+    d = cli_dir
+    bad = _broken_folder(d / "bad")
+    rc, _, err = run(_train(d / "style.png", bad, d / "m.safetensors", "--backend", backend, "--batch-size", "1",
+                            "--steps", "10", "--checkpoint-dir", d / "ck"), capsys)
+    assert_usage_error(rc, err, f"{bad}: no readable training image in 3 step(s) (3 of 3 image(s) skipped",
+                       "no model was trained")
+    assert not (d / "m.safetensors").exists()
+    assert checkpoints.list_checkpoints(d / "ck") == []
