@@ -438,3 +438,90 @@ def lbfgs_minimize(fun: Callable[[Array], Tuple[float, Array]], x0: Array, spec:
         if project is not None:
             x = np.asarray(project(x.reshape(shape)), dtype=np.float64).ravel()
     return x.reshape(shape), losses
+
+
+# --------------------------------------------------------------------------- AdaIN (Huang & Belongie 2017)
+def adain_mean_std(x: Array, convention: str, eps: float) -> Tuple[Array, Array]:
+    """Per sample and channel over H×W: ``(μ, σ)``, each (N, C, 1, 1); ``convention`` is one of
+    resty.specs.SIGMA_CONVENTIONS (biased, biased_eps, unbiased_eps)."""
+    n = x.shape[2] * x.shape[3]
+    mu = x.mean(axis=(2, 3), keepdims=True)
+    ss = ((x - mu) ** 2).sum(axis=(2, 3), keepdims=True)
+    if convention == "biased":
+        return mu, np.sqrt(ss / n)
+    if convention == "biased_eps":
+        return mu, np.sqrt(ss / n + eps)
+    if convention == "unbiased_eps":
+        return mu, np.sqrt(ss / (n - 1) + eps)
+    raise ValueError(f"σ convention: got {convention!r}; allowed: 'biased', 'biased_eps', 'unbiased_eps'")
+
+
+def adain(content: Array, style: Array, spec) -> Array:
+    """``σ(y)·(x − μ(x))/σ(x) + μ(y)`` with the spec's content and style σ conventions."""
+    mc, sc = adain_mean_std(content, spec.content_sigma, spec.eps)
+    ms, ss = adain_mean_std(style, spec.style_sigma, spec.eps)
+    return ss * (content - mc) / sc + ms
+
+
+def adain_encoder(img01: Array, weights: Mapping[str, Array], spec) -> Dict[str, Array]:
+    """The AdaIN encoder on RGB [0, 1] images (B, H, W, 3): the 1×1 ``conv0`` (the preprocessing,
+    resty.adain.encoder_tensors), then VGG19 to relu4_1 with the spec's padding; returns
+    relu1_1, relu2_1, relu3_1 and relu4_1 (NCHW)."""
+    w = {k: np.asarray(v, np.float64) for k, v in weights.items()}
+    h = conv2d(np.ascontiguousarray(as_batch(img01).transpose(0, 3, 1, 2)), w["conv0.weight"], w["conv0.bias"])
+    out: Dict[str, Array] = {}
+    wanted = ("relu1_1", "relu2_1", "relu3_1", "relu4_1")
+    for layer in vgg_truncate("vgg19", wanted):
+        if layer.kind == "conv":
+            h = conv2d(h, w[f"{layer.name}.weight"], w[f"{layer.name}.bias"], 1, 1, spec.encoder_padding)
+        elif layer.kind == "relu":
+            h = relu(h)
+        else:
+            h = max_pool2d(h)
+        if layer.name in wanted:
+            out[layer.name] = h
+    return out
+
+
+def adain_decoder(t: Array, weights: Mapping[str, Array], spec) -> Array:
+    """The decoder on NCHW relu4_1-like features -> NCHW images (not clamped)."""
+    from .specs import adain_decoder_layers
+    h = np.asarray(t, np.float64)
+    layers = adain_decoder_layers(spec)
+    for i, (name, _, _, up) in enumerate(layers):
+        h = conv2d(h, np.asarray(weights[f"{name}.weight"], np.float64), np.asarray(weights[f"{name}.bias"], np.float64),
+                   1, 1, spec.decoder_padding)
+        if i < len(layers) - 1:
+            h = relu(h)
+        if up:
+            h = upsample_nearest2x(h)
+    return h
+
+
+def adain_loss(g_feats: Mapping[str, Array], target: Array, style_feats: Mapping[str, Array], spec) -> Dict[str, float]:
+    """The training loss: ``content`` = content_weight · MSE(relu4_1 of the output, the AdaIN
+    target); ``style`` = style_weight · Σ_layers reduce((μ_g − μ_s)²) + reduce((σ_g − σ_s)²)
+    (reduce: the spec's style_reduction); ``total`` = content + style."""
+    content = float(np.mean((g_feats["relu4_1"] - target) ** 2))
+    style = 0.0
+    for name in ("relu1_1", "relu2_1", "relu3_1", "relu4_1"):
+        mg, sg = adain_mean_std(g_feats[name], spec.loss_sigma, spec.eps)
+        ms, ss = adain_mean_std(style_feats[name], spec.loss_sigma, spec.eps)
+        for d in (mg - ms, sg - ss):
+            sq = d ** 2
+            style += float(sq.mean() if spec.style_reduction == "mean" else sq.sum() / d.shape[0])
+    c, s = spec.content_weight * content, spec.style_weight * style
+    return {"total": c + s, "content": c, "style": s, "tv": 0.0}
+
+
+def adain_train_terms(content01: Array, style01: Array, encoder: Mapping[str, Array], decoder: Mapping[str, Array],
+                      spec) -> Dict[str, float]:
+    """One training step's loss terms on paired batches (B, H, W, 3) of content and style crops."""
+    fc = adain_encoder(content01, encoder, spec)
+    fs = adain_encoder(style01, encoder, spec)
+    t = adain(fc["relu4_1"], fs["relu4_1"], spec)
+    g = adain_decoder(t, decoder, spec)
+    return adain_loss(adain_encoder(np.ascontiguousarray(g.transpose(0, 2, 3, 1)), encoder, spec), t, fs, spec)
+
+
+__all__ += ["adain_mean_std", "adain", "adain_encoder", "adain_decoder", "adain_loss", "adain_train_terms"]

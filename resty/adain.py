@@ -1,0 +1,570 @@
+"""AdaIN (Huang & Belongie 2017, "Arbitrary Style Transfer in Real-time with Adaptive Instance
+Normalization"), written once for both backends: the presets, the encoder's weights (Resty's loss
+network with its preprocessing as the 1×1 ``conv0`` of the original's ``vgg_normalised``, or the
+published file itself), the importers of pytorch-AdaIN's ``vgg_normalised.pth`` / ``decoder.pth``
+key layout, colour preservation, and :class:`AdaINStylizerBase` (``fit`` through the shared
+training driver of resty.fast, ``stylize`` with alpha, style interpolation and colour
+preservation, ``save``/``load``).  A backend supplies the encoder, the AdaIN op, the decoder and
+one training step (resty_torch/adain.py, resty_tf/adain.py); the NumPy oracle is
+resty.reference.adain_*."""
+from __future__ import annotations
+
+import dataclasses
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .errors import ArgumentError, ImageError, RestyError, WeightsError
+from .fast import FastStylizerBase, StepOutcome, TrainingPlan, TrainingSession
+from .images import _scale_round, load_image, random_crop, resize_to
+from .inputs import prepare_styles
+from .run_identity import data_identity
+from .specs import (ADAIN_ENCODER_LAYERS, AdaINSpec, AdamSpec, Preprocessing, TrainConfig, VGGSpec, _Spec,
+                    _check_choice, _fail, _tuple, adain_decoder_layers, adain_decoder_shapes, vgg_truncate)
+from .training_data import BatchSchedule, crop_rng, list_training_images
+from .weights import WeightSet, load_weights, save_weights
+
+__all__ = ["AdaINPreset", "ADAIN_PRESETS", "get_adain_preset", "resolve_adain_preset", "encoder_tensors",
+           "preprocessing_conv", "resolve_encoder_weights", "from_pytorch_adain_vgg", "from_pytorch_adain_decoder",
+           "read_pytorch_adain_decoder", "random_decoder", "match_color", "AdaINSessionBase", "AdaINStylizerBase",
+           "MIN_SIDE", "is_adain_file"]
+
+#: The smallest image side (px): relu4_1 is 1/8 of the input, and its reflection pad needs 2 px.
+MIN_SIDE = 16
+#: The encoder's conv layers, VGG19 to conv4_1.
+ENCODER_CONVS = tuple(l.name for l in vgg_truncate("vgg19", ["relu4_1"]) if l.kind == "conv")
+
+
+# =========================================================================== presets
+@dataclass(frozen=True)
+class AdaINPreset(_Spec):
+    """An AdaIN recipe: the network and loss (``adain``), the loss network's weights source,
+    and the training settings (resty.specs.TrainConfig, read by the shared driver)."""
+    name: str
+    description: str
+    sources: Tuple[str, ...]
+    adain: AdaINSpec = field(default_factory=AdaINSpec)
+    imagenet_source: str = "caffe"
+    training: TrainConfig = field(default_factory=TrainConfig)
+    notes: Tuple[str, ...] = ()
+
+    def __post_init__(self):
+        _tuple(self, "sources")
+        _tuple(self, "notes")
+        if not isinstance(self.name, str) or not self.name:
+            _fail(type(self), "name", self.name, "a non-empty string")
+        _check_choice(self, "imagenet_source", ("torchvision", "caffe", "keras"))
+        for attr, kind in (("adain", AdaINSpec), ("training", TrainConfig)):
+            if not isinstance(getattr(self, attr), kind):
+                _fail(type(self), attr, type(getattr(self, attr)).__name__, kind.__name__)
+
+    #: The encoder is VGG19 (max pooling) in every recipe.
+    vgg = VGGSpec("vgg19", "max")
+    method = "adain"
+
+    @property
+    def preprocessing_name(self) -> str:
+        return "torchvision" if self.imagenet_source == "torchvision" else "caffe"
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dict(super().to_dict(), method="adain")
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "AdaINPreset":
+        if not isinstance(d, Mapping):
+            raise ValueError(f"AdaINPreset: expected a mapping, got {type(d).__name__}")
+        d = {k: v for k, v in d.items() if k != "method"}
+        if isinstance(d.get("adain"), Mapping):
+            d["adain"] = AdaINSpec.from_dict(dict(d["adain"]))
+        if isinstance(d.get("training"), Mapping):
+            t = dict(d["training"])
+            if isinstance(t.get("adam"), Mapping):
+                t["adam"] = AdamSpec.from_dict(dict(t["adam"]))
+            d["training"] = TrainConfig(**t)
+        return cls(**d)
+
+    def describe(self) -> str:
+        a, t = self.adain, self.training
+        return "\n".join([
+            f"{self.name}: {self.description}",
+            f"  AdaIN: encoder VGG19→relu4_1 ({a.encoder_padding} pad, {self.imagenet_source} weights), decoder widths "
+            f"{a.decoder_widths} ({a.decoder_padding} pad); σ content {a.content_sigma}, style {a.style_sigma}, eps {a.eps:g}",
+            f"  loss: content×{a.content_weight:g} + style×{a.style_weight:g} ({a.style_reduction}, σ {a.loss_sigma})",
+            f"  train: {t.image_size}px crops of images resized to {a.load_size}, batch {t.batch_size}, "
+            f"{f'{t.steps} steps' if t.steps else f'{t.epochs} epochs'}, Adam lr {t.adam.lr:g} / (1 + {a.lr_decay:g}·i)",
+            "  sources: " + "; ".join(self.sources)] + [f"  note: {n}" for n in self.notes])
+
+
+def _train(**kw) -> TrainConfig:
+    base = dict(image_size=256, batch_size=8, epochs=None, steps=160000, adam=AdamSpec(lr=1e-4),
+                checkpoint_every=10000, keep_checkpoints=2, log_every=100, seed=0, num_workers=2)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+ADAIN_PRESETS: Dict[str, AdaINPreset] = {p.name: p for p in (
+    AdaINPreset(
+        "adain2017", "Huang & Belongie 2017, the paper's Lua/Torch code (xunhuang1995/AdaIN-style)",
+        ("Huang & Belongie, ICCV 2017, arXiv:1703.06868", "github.com/xunhuang1995/AdaIN-style (train.lua, "
+         "lib/AdaptiveInstanceNormalization.lua)"),
+        adain=AdaINSpec(content_sigma="biased_eps", style_sigma="biased", loss_sigma="biased", content_weight=1.0,
+                        style_weight=1e-2, style_reduction="sum_over_batch"),
+        training=_train(),
+        notes=("content σ: the Lua code normalises the content with nn.BatchNormalization over the reshaped "
+               "(1, N·C, H·W) features in training mode: per sample and channel, biased variance plus eps 1e-5 "
+               "inside the square root; the style σ is std(·, true): biased, no eps",
+               "the style criterion sums the squared mean and σ differences and divides by the batch size",
+               "images: short side resized to 512, random 256 crops (content and style)")),
+    AdaINPreset(
+        "pytorch-adain", "naoto0804/pytorch-AdaIN (the published decoder.pth / vgg_normalised.pth)",
+        ("github.com/naoto0804/pytorch-AdaIN (function.py calc_mean_std, net.py, train.py)",),
+        adain=AdaINSpec(content_sigma="unbiased_eps", style_sigma="unbiased_eps", loss_sigma="unbiased_eps",
+                        content_weight=1.0, style_weight=10.0, style_reduction="mean"),
+        training=_train(),
+        notes=("σ = sqrt(var() + 1e-5) with torch's unbiased var, content and style alike",
+               "pytorch-AdaIN resizes to 512×512 (squashing the aspect); Resty resizes the short side to 512",
+               "its VGG pools with ceil_mode=True: equal to Resty's floor on sides that are multiples of 8")),
+    AdaINPreset(
+        "keras-adain", "keras-io example 'Neural Style Transfer with AdaIN' (Keras 3)",
+        ("keras.io/examples/generative/adain/",),
+        adain=AdaINSpec(content_sigma="biased_eps", style_sigma="biased_eps", loss_sigma="biased_eps",
+                        content_weight=1.0, style_weight=4.0, style_reduction="mean", encoder_padding="zeros",
+                        decoder_padding="zeros", lr_decay=0.0, load_size=224),
+        imagenet_source="keras",
+        training=_train(image_size=224, batch_size=32, steps=1500, adam=AdamSpec(lr=1e-5), checkpoint_every=500,
+                        log_every=50),
+        notes=("σ = sqrt(ops.moments variance (biased) + 1e-5)", "'same' (zero) padding in encoder and decoder, "
+               "Keras VGG19 (Caffe preprocessing), Adam 1e-5 without decay, 30 epochs × 50 steps of batch 32")),
+)}
+
+
+def get_adain_preset(name: str) -> AdaINPreset:
+    try:
+        return ADAIN_PRESETS[name]
+    except KeyError:
+        raise ArgumentError(f"preset: got {name!r}; AdaIN presets: {', '.join(ADAIN_PRESETS)}") from None
+
+
+def resolve_adain_preset(preset: Any) -> AdaINPreset:
+    """A name, an AdaINPreset or its dict -> AdaINPreset."""
+    if isinstance(preset, AdaINPreset):
+        return preset
+    if isinstance(preset, str):
+        return get_adain_preset(preset)
+    if isinstance(preset, Mapping):
+        try:
+            return AdaINPreset.from_dict(preset)
+        except (TypeError, ValueError) as exc:
+            raise ArgumentError(f"preset: {exc}") from None
+    raise ArgumentError(f"preset: expected an AdaIN preset name ({', '.join(ADAIN_PRESETS)}), an AdaINPreset or "
+                        f"its dict; got {type(preset).__name__}")
+
+
+# =========================================================================== encoder weights
+def preprocessing_conv(prep: Preprocessing) -> Tuple[np.ndarray, np.ndarray]:
+    """The preprocessing as the original's first 1×1 conv (``vgg_normalised``'s layer 0):
+    ``x_net[c] = (x[order[c]]·scale − mean[c]) / std[c]`` = ``W x + b`` with
+    ``W[c, order[c]] = scale/std[c]`` and ``b[c] = −mean[c]/std[c]``; (3, 3, 1, 1) and (3,)."""
+    w = np.zeros((3, 3, 1, 1))
+    b = np.zeros(3)
+    for c, src in enumerate(prep.channel_index):
+        w[c, src, 0, 0] = prep.scale / prep.std[c]
+        b[c] = -prep.mean[c] / prep.std[c]
+    return w, b
+
+
+def encoder_tensors(ws: WeightSet) -> Dict[str, np.ndarray]:
+    """The encoder's canonical tensors from a VGG19 weight set: ``conv0`` (its preprocessing as a
+    1×1 conv) and conv1_1 … conv4_1 (OIHW)."""
+    if ws.architecture != "vgg19":
+        raise WeightsError(f"AdaIN encoder: needs VGG19 weights, got {ws.architecture}")
+    w, b = preprocessing_conv(ws.preprocessing)
+    out = {"conv0.weight": w, "conv0.bias": b}
+    for name in ENCODER_CONVS:
+        out[f"{name}.weight"] = np.asarray(ws.tensors[f"{name}.weight"], np.float64)
+        out[f"{name}.bias"] = np.asarray(ws.tensors[f"{name}.bias"], np.float64)
+    return out
+
+
+#: pytorch-AdaIN's net.vgg: nn.Sequential index of every conv (0 is the 1×1 preprocessing conv).
+_VGG_INDEX = dict(zip(["conv0"] + [l.name for l in vgg_truncate("vgg19", ["relu5_4"]) if l.kind == "conv"],
+                      [0, 2, 5, 9, 12, 16, 19, 22, 25, 29, 32, 35, 38, 42, 45, 48, 51]))
+#: pytorch-AdaIN's net.decoder: nn.Sequential index of every conv.
+_DECODER_INDEX = dict(zip([n for n, *_ in adain_decoder_layers(AdaINSpec())], [1, 5, 8, 11, 14, 18, 21, 25, 28]))
+
+
+def _read_pth_state(path: Path) -> Mapping[str, np.ndarray]:
+    """A ``.pth`` state dict through the registered weights-only reader (never unpickled here)."""
+    from .weights import importers
+    reader = importers._pth_reader()
+    if reader is None:
+        raise WeightsError(f"{path}: {importers._NEEDS_TORCH}")
+    state = reader(path)
+    if isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
+        state = state["state_dict"]
+    return state
+
+
+def _get(state: Mapping[str, Any], key: str, shape: Optional[Tuple[int, ...]], where: object) -> np.ndarray:
+    if key not in state:
+        raise WeightsError(f"{where}: missing tensor {key!r} (pytorch-AdaIN layout)")
+    a = np.asarray(state[key])
+    if shape is not None and tuple(a.shape) != tuple(shape):
+        raise WeightsError(f"{where}: tensor {key!r} has shape {tuple(a.shape)}, expected {tuple(shape)}")
+    if a.dtype.kind != "f" or not np.isfinite(a).all():
+        raise WeightsError(f"{where}: tensor {key!r} is not finite floating point")
+    return a
+
+
+def from_pytorch_adain_vgg(state: Mapping[str, Any], where: object = "vgg_normalised") -> WeightSet:
+    """pytorch-AdaIN's ``vgg_normalised.pth`` (net.vgg's keys ``0.weight``, ``2.weight``, …
+    ``51.bias``) -> a VGG19 WeightSet whose Preprocessing is the file's 1×1 layer 0.  That layer
+    must be a channel permutation with one common scale and a bias (as published: RGB [0, 1] ->
+    BGR·255 − mean); its weights are not rescaled further (the file's convs are already the
+    'normalised' ones)."""
+    from .weights.format import vgg_param_shapes
+    shapes = vgg_param_shapes("vgg19")
+    w0 = _get(state, "0.weight", (3, 3, 1, 1), where)[:, :, 0, 0].astype(np.float64)
+    b0 = _get(state, "0.bias", (3,), where).astype(np.float64)
+    order = tuple(int(np.argmax(np.abs(w0[c]))) for c in range(3))
+    scale = float(w0[0, order[0]])
+    perm = np.zeros((3, 3))
+    perm[range(3), order] = 1.0
+    if sorted(order) != [0, 1, 2] or scale <= 0 or not np.allclose(w0, scale * perm, rtol=1e-6, atol=1e-6 * scale) \
+            or order not in ((0, 1, 2), (2, 1, 0)):
+        raise WeightsError(f"{where}: layer 0 (1×1) is not a channel permutation (RGB or BGR) times one scale; "
+                           "this is not a vgg_normalised file Resty can read")
+    prep = Preprocessing(name="vgg_normalised", channel_order="RGB" if order == (0, 1, 2) else "BGR", scale=scale,
+                         mean=tuple(float(-x) for x in b0), std=(1.0, 1.0, 1.0))
+    tensors = {}
+    for name, idx in _VGG_INDEX.items():
+        if name == "conv0":
+            continue
+        tensors[f"{name}.weight"] = _get(state, f"{idx}.weight", shapes[f"{name}.weight"], where).astype(np.float32)
+        tensors[f"{name}.bias"] = _get(state, f"{idx}.bias", shapes[f"{name}.bias"], where).astype(np.float32)
+    return WeightSet(tensors, "vgg19", source=f"pytorch-AdaIN {where}", preprocessing=prep).validate(where)
+
+
+def from_pytorch_adain_decoder(state: Mapping[str, Any], spec: Optional[AdaINSpec] = None,
+                               where: object = "decoder") -> WeightSet:
+    """pytorch-AdaIN's ``decoder.pth`` (net.decoder's keys ``1.weight`` … ``28.bias``) -> an
+    ``adain`` WeightSet (widths read from the file; the rest of ``spec``, default pytorch-adain's)."""
+    spec = spec or get_adain_preset("pytorch-adain").adain
+    a = _get(state, "1.weight", None, where).shape[0]
+    b = _get(state, "14.weight", None, where).shape[0]
+    c = _get(state, "21.weight", None, where).shape[0]
+    spec = spec.replace(decoder_widths=(int(a), int(b), int(c)))
+    shapes = adain_decoder_shapes(spec)
+    tensors = {}
+    for name, idx in _DECODER_INDEX.items():
+        tensors[f"{name}.weight"] = _get(state, f"{idx}.weight", shapes[f"{name}.weight"], where).astype(np.float32)
+        tensors[f"{name}.bias"] = _get(state, f"{idx}.bias", shapes[f"{name}.bias"], where).astype(np.float32)
+    return WeightSet(tensors, "adain", source=f"pytorch-AdaIN {where}", spec=spec,
+                     extra={"preset": get_adain_preset("pytorch-adain").replace(adain=spec).to_dict()}).validate(where)
+
+
+def read_pytorch_adain_decoder(path, spec: Optional[AdaINSpec] = None) -> WeightSet:
+    p = Path(os.fspath(path))
+    return from_pytorch_adain_decoder(_read_pth_state(p), spec, where=p)
+
+
+def _is_pytorch_adain_vgg(path: Path) -> bool:
+    return path.suffix.lower() in (".pth", ".pt") and path.is_file()
+
+
+def resolve_encoder_weights(weights: Any, preset: AdaINPreset) -> WeightSet:
+    """The encoder's VGG19 weight set: Resty's loss-network rule (``imagenet``, ``random:SEED``,
+    a Resty/torchvision/Keras file, a WeightSet), or pytorch-AdaIN's ``vgg_normalised.pth``
+    (recognised by its layer-0 key ``0.weight`` of shape (3, 3, 1, 1))."""
+    if isinstance(weights, (str, os.PathLike)) and _is_pytorch_adain_vgg(Path(os.fspath(weights))):
+        p = Path(os.fspath(weights))
+        state = _read_pth_state(p)
+        w0 = state.get("0.weight") if isinstance(state, Mapping) else None
+        if w0 is not None and tuple(np.shape(w0)) == (3, 3, 1, 1):
+            return from_pytorch_adain_vgg(state, where=p)
+    from .weights.resolve import resolve_loss_network
+    return resolve_loss_network(weights, "vgg19", preset.preprocessing_name)
+
+
+def random_decoder(spec: AdaINSpec, seed: int) -> WeightSet:
+    """Seeded He-normal decoder weights (``N(0, 2/(9·C_in))``, biases ``N(0, 0.01²)``)."""
+    rng = np.random.default_rng([int(seed), 0xADA1])
+    tensors = {}
+    for name, shape in adain_decoder_shapes(spec).items():
+        if name.endswith(".weight"):
+            tensors[name] = (rng.standard_normal(shape) * np.sqrt(2.0 / (9 * shape[1]))).astype(np.float32)
+        else:
+            tensors[name] = (rng.standard_normal(shape) * 0.01).astype(np.float32)
+    return WeightSet(tensors, "adain", source=f"random:{seed}", spec=spec)
+
+
+def is_adain_file(path) -> bool:
+    """Whether ``path`` is a Resty weight file of an AdaIN decoder (the CLI dispatches on it)."""
+    from .weights import read_metadata
+    try:
+        return read_metadata(path).get("architecture") == "adain"
+    except (RestyError, OSError):
+        return False
+
+
+# =========================================================================== colour
+def match_color(source: np.ndarray, target: np.ndarray, eps: float = 1e-5) -> np.ndarray:
+    """``source`` (H×W×3) with the mean and covariance of ``target``'s colours (the original's
+    ``-preserveColor``: the style image takes the content's colour statistics before stylizing):
+    ``x' = C_t^{1/2} C_s^{-1/2} (x − μ_s) + μ_t`` with symmetric square roots, clipped to [0, 1]."""
+    s = np.asarray(source, np.float64).reshape(-1, 3)
+    t = np.asarray(target, np.float64).reshape(-1, 3)
+    ms, mt = s.mean(0), t.mean(0)
+    cs = np.cov((s - ms).T) + eps * np.eye(3)
+    ct = np.cov((t - mt).T) + eps * np.eye(3)
+
+    def sqrtm(c, inv=False):
+        vals, vecs = np.linalg.eigh(c)
+        vals = np.maximum(vals, eps)
+        return (vecs * (vals ** (-0.5 if inv else 0.5))) @ vecs.T
+
+    out = (s - ms) @ (sqrtm(ct) @ sqrtm(cs, inv=True)).T + mt
+    return np.clip(out, 0.0, 1.0).reshape(np.shape(source)).astype(np.float32)
+
+
+# =========================================================================== training data
+def load_crop(item: Any, load_size: int, crop: int, seed: int, step: int, slot: int) -> Optional[np.ndarray]:
+    """One training crop: the short side resized to ``max(load_size, crop)``, then the random
+    ``crop`` square of ``crop_rng(seed, step, slot)``; None when the item cannot be read."""
+    try:
+        img = load_image(item)
+        h, w = img.shape[:2]
+        size = max(load_size, crop)
+        img = resize_to(img, (_scale_round(h, size, min(h, w)), _scale_round(w, size, min(h, w))))
+        return random_crop(img, crop, crop_rng(seed, step, slot))
+    except (ImageError, OSError):
+        return None
+
+
+def load_pairs(plan: TrainingPlan, load_size: int, step: int) -> Tuple[List[np.ndarray], List[np.ndarray], List[int]]:
+    """The readable (content, style) crop pairs of ``step`` and its unreadable slots (content
+    slot ``j``; style slot ``batch_size + j``).  A pair with an unreadable half is left out."""
+    B = plan.batch_size
+    contents, styles, bad = [], [], []
+    for j, i in enumerate(plan.schedule.batch(step)):
+        c = load_crop(plan.items[i], load_size, plan.image_size, plan.seed, step, j)
+        s = load_crop(plan.styles[plan.style_index(step, j)], load_size, plan.image_size,
+                      plan.style_schedule.seed, step, j)
+        if c is None:
+            bad.append(j)
+        if s is None:
+            bad.append(B + j)
+        if c is not None and s is not None:
+            contents.append(c)
+            styles.append(s)
+    return contents, styles, bad
+
+
+def style_seed(seed: int) -> int:
+    """The style schedule's and crops' seed, a pure function of the run's seed (not equal to it)."""
+    return int(np.random.SeedSequence([int(seed), 0x57]).generate_state(1)[0])
+
+
+class AdaINSessionBase(TrainingSession):
+    """The training session of :class:`AdaINStylizerBase`, written once: pairs of (content,
+    style) crops per step (loaded ahead in a thread pool of ``num_workers``), the learning rate
+    ``lr / (1 + lr_decay·step)``, and the books.  A backend supplies ``_train(content, style, lr)``
+    (one Adam step on B×S×S×3 float arrays; returns the ``[total, content, style, tv]`` terms as a
+    framework tensor), ``_to_numpy(terms)`` and the optimizer state (canonical names/layouts)."""
+
+    def __init__(self, owner: "AdaINStylizerBase", plan: TrainingPlan):
+        self.owner, self.plan = owner, plan
+        self.spec = owner.preset.adain
+
+    def start(self, style_grams, start_step: int) -> None:
+        self.start_step = start_step
+
+    def lr_at(self, step: int) -> float:
+        return self.plan.lr / (1.0 + self.spec.lr_decay * step)
+
+    def steps(self, term):
+        plan = self.plan
+        load = lambda s: load_pairs(plan, self.spec.load_size, s)     # noqa: E731
+        pool = ThreadPoolExecutor(max(1, plan.num_workers)) if plan.num_workers else None
+        try:
+            ahead = pool.submit(load, self.start_step) if pool and self.start_step < plan.total_steps else None
+            for s in range(self.start_step, plan.total_steps):
+                if term.hit:
+                    return
+                contents, styles, bad = ahead.result() if ahead is not None else load(s)
+                ahead = pool.submit(load, s + 1) if pool and s + 1 < plan.total_steps else None
+                if not contents:
+                    yield s, (None, bad, 0)
+                    continue
+                terms = self._train(np.stack(contents), np.stack(styles), self.lr_at(s))
+                yield s, (terms, bad, len(contents))
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=False, cancel_futures=True)
+
+    def resolve(self, handles):
+        return [StepOutcome(None if t is None else np.asarray(self._to_numpy(t), np.float64), bad, n)
+                for t, bad, n in handles]
+
+    def _train(self, content: np.ndarray, style: np.ndarray, lr: float):
+        raise NotImplementedError
+
+    def _to_numpy(self, terms) -> np.ndarray:
+        raise NotImplementedError
+
+
+# =========================================================================== the stylizer
+class AdaINStylizerBase(FastStylizerBase):
+    """What both backends' ``AdaINStylizer`` share (the public API).  A backend builds, in its
+    ``__init__`` through :meth:`_setup`, ``self.encoder`` (frozen) and ``self.net`` (the decoder,
+    with ``state_dict_canonical``/``load_canonical``) and supplies:
+
+    * ``_encode(batch, layers)``: encoder features of a B×H×W×3 float array by layer (framework);
+    * ``_adain(fc, fs)``: the AdaIN op of the preset on relu4_1 features (framework);
+    * ``_decode(t)``: the decoder on relu4_1-like features -> B×H×W×3 NumPy (not clamped);
+    * ``_training_session(plan)``: an :class:`AdaINSessionBase`.
+
+    ``fit(content_images, style_images, steps=...)`` runs resty.fast's driver (checkpoints,
+    resume, skipped images, SIGTERM, callbacks); content and style are folders, path lists or
+    arrays, and each step pairs a content crop with a style crop (the style schedule is seeded
+    apart from the content's)."""
+
+    method = "adain"
+
+    def _setup(self, preset, weights, decoder_weights):
+        """``(preset, encoder WeightSet, decoder WeightSet)``; sets the books."""
+        self.preset = resolve_adain_preset(preset)
+        dw = decoder_weights
+        if dw is None:
+            dw = random_decoder(self.preset.adain, self.preset.training.seed)
+        elif isinstance(dw, str) and dw.strip().lower().startswith("random:"):
+            dw = random_decoder(self.preset.adain, int(dw.split(":", 1)[1]))
+        elif isinstance(dw, (str, os.PathLike)):
+            dw = self._read_decoder(dw)
+        if not isinstance(dw, WeightSet) or dw.architecture != "adain":
+            raise ArgumentError("decoder_weights: expected None, 'random:SEED', an AdaIN decoder file or WeightSet")
+        if dw.spec.decoder_widths != self.preset.adain.decoder_widths:
+            self.preset = self.preset.replace(adain=self.preset.adain.replace(decoder_widths=dw.spec.decoder_widths))
+        enc = weights if isinstance(weights, WeightSet) and weights.architecture == "vgg19" else \
+            resolve_encoder_weights(weights, self.preset)
+        # The run identity hashes the encoder's weights through this (resty.run_identity).
+        self.weights = weights if isinstance(weights, str) and weights.strip().lower().startswith("random") else enc
+        self.encoder_weights = enc
+        self.history, self.skipped, self.skipped_count, self.step = [], [], 0, 0
+        self._cpu_fast, self.fast_path_note = None, "AdaIN runs in the framework"
+        return enc, dw
+
+    @staticmethod
+    def _read_decoder(path) -> WeightSet:
+        p = Path(os.fspath(path))
+        if p.suffix.lower() in (".pth", ".pt"):
+            return read_pytorch_adain_decoder(p)
+        return load_weights(p, expect="adain")
+
+    # ------------------------------------------------------------------ training (driver hooks)
+    def _min_side(self) -> int:
+        return MIN_SIDE
+
+    def _fit_styles(self, plan: TrainingPlan, style, style_weights):
+        if style_weights is not None:
+            raise ArgumentError("style_weights: AdaIN trains on a collection of style images, not a blend")
+        plan.styles = list_training_images(style)
+        plan.style_schedule = BatchSchedule(len(plan.styles), 1, style_seed(plan.seed))
+        if plan.checkpoint_dir is not None:
+            plan.style_data = data_identity(style, plan.styles)
+        else:
+            plan.style_data = {"n_items": len(plan.styles)}
+        return [], ()
+
+    def _identity(self, plan: TrainingPlan, styles, blend) -> Dict[str, Any]:
+        """The driver's run identity, plus the AdaIN spec (σ conventions, loss, lr decay)."""
+        out = super()._identity(plan, styles, blend)
+        out["preset"]["adain"] = self.preset.adain.to_dict()
+        return out
+
+    def _build_vgg(self):
+        return self.encoder
+
+    def _grams_of(self, style):
+        return {}
+
+    # ------------------------------------------------------------------ inference
+    def _prepare(self, img, what: str) -> np.ndarray:
+        x = load_image(img)
+        if min(x.shape[:2]) < MIN_SIDE:
+            raise ImageError(f"<{what}>: {x.shape[0]}×{x.shape[1]} px is too small for AdaIN (sides must be >= "
+                             f"{MIN_SIDE} px)")
+        return x
+
+    def stylize(self, content, style, *, alpha: float = 1.0, style_weights=None, preserve_color: bool = False):
+        """``content`` (a path, PIL image or array) in the style of ``style`` (one image, or several
+        interpolated by ``style_weights``, normalised to sum 1: the weighted sum of their AdaIN
+        targets, as in the paper) -> H×W×3 float32 in [0, 1] at the content's size.
+        ``alpha`` in [0, 1]: ``target = α·AdaIN(f(c), f(s)) + (1 − α)·f(c)``.
+        ``preserve_color``: each style first takes the content's colour mean and covariance."""
+        try:
+            alpha = float(alpha)
+        except (TypeError, ValueError):
+            alpha = float("nan")
+        if not 0.0 <= alpha <= 1.0:
+            raise ArgumentError(f"alpha: got {alpha!r}; need a number in [0, 1]")
+        self._eval_mode()
+        c = self._prepare(content, "content")
+        styles, blend = prepare_styles(style, style_weights)
+        styles = [self._prepare(s, "style") for s in styles]
+        if preserve_color:
+            styles = [match_color(s, c) for s in styles]
+        h, w = c.shape[:2]
+        ph, pw = (-h) % 8, (-w) % 8
+        x = np.pad(c, ((0, ph), (0, pw), (0, 0)), mode="reflect") if ph or pw else c
+        fc = self._encode(x[None], ("relu4_1",))["relu4_1"]
+        target = None
+        for s, wgt in zip(styles, blend):
+            t = self._adain(fc, self._encode(s[None], ("relu4_1",))["relu4_1"]) * float(wgt)
+            target = t if target is None else target + t
+        if alpha != 1.0:
+            target = target * alpha + fc * (1.0 - alpha)
+        y = self._decode(target)[0, :h, :w]
+        return np.clip(y, 0.0, 1.0).astype(np.float32)
+
+    # ------------------------------------------------------------------ files
+    def save(self, path, *, overwrite=False) -> Path:
+        """The decoder as a canonical safetensors file (architecture ``adain``, the AdaINSpec and
+        the preset in its metadata): loadable by either backend."""
+        if not self._writes_files():
+            return Path(os.fspath(path))
+        tensors = {k: v if v.dtype == np.float64 else np.asarray(v, np.float32)
+                   for k, v in self.net.state_dict_canonical().items()}
+        ws = WeightSet(tensors, "adain", source=f"{type(self).__module__.split('.')[0]} AdaINStylizer "
+                       f"({self.preset.name})", spec=self.preset.adain,
+                       extra={"preset": self.preset.to_dict(), "steps": int(self.step),
+                              "skipped_count": int(self.skipped_count),
+                              "encoder": getattr(self.encoder_weights, "source", "")})
+        return save_weights(path, ws, overwrite=overwrite)
+
+    @classmethod
+    def load(cls, path, *, weights="imagenet", device=None, dtype="float32", **kw) -> "AdaINStylizerBase":
+        """A stylizer from a decoder written by :meth:`save` (either backend) or pytorch-AdaIN's
+        ``decoder.pth``; ``weights``: the encoder (``imagenet``, ``random:SEED``, a file, or
+        pytorch-AdaIN's ``vgg_normalised.pth``, which its decoder was trained with)."""
+        ws = cls._read_decoder(path)
+        saved = ws.extra.get("preset")
+        preset = resolve_adain_preset(saved) if saved else get_adain_preset("pytorch-adain")
+        preset = preset.replace(adain=ws.spec)
+        obj = cls(preset, weights=weights, device=device, dtype=dtype, decoder_weights=ws, **kw)
+        obj.step = int(ws.extra.get("steps", 0))
+        return obj
+
+    # ------------------------------------------------------------------ backend operations
+    def _encode(self, batch: np.ndarray, layers: Sequence[str] = ADAIN_ENCODER_LAYERS):
+        raise NotImplementedError
+
+    def _adain(self, fc, fs):
+        raise NotImplementedError
+
+    def _decode(self, t) -> np.ndarray:
+        raise NotImplementedError

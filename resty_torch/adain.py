@@ -1,0 +1,221 @@
+"""AdaIN (Huang & Belongie 2017) in PyTorch: the framework operations behind
+resty.adain.AdaINStylizerBase (encoder, AdaIN op, decoder, loss, one training step).  Every
+convention comes from resty.specs.AdaINSpec; the oracle is resty.reference.adain_*."""
+from __future__ import annotations
+
+from typing import Dict, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from resty.adain import ENCODER_CONVS, AdaINSessionBase, AdaINStylizerBase, encoder_tensors
+from resty.fast import TrainingPlan
+from resty.specs import ADAIN_ENCODER_LAYERS, AdaINSpec, adain_decoder_layers, vgg_truncate
+from resty.weights import WeightSet
+
+from ._util import to_hwc, to_nchw
+from .device import resolve_device, resolve_dtype
+from .optim import make_adam
+
+__all__ = ["AdaINEncoder", "AdaINDecoder", "AdaINStylizer", "mean_std", "adain", "adain_loss"]
+
+
+def _pad(x: torch.Tensor, mode: str) -> torch.Tensor:
+    return F.pad(x, (1, 1, 1, 1), mode="reflect" if mode == "reflect" else "constant")
+
+
+def mean_std(x: torch.Tensor, convention: str, eps: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Per sample and channel over H×W: ``(μ, σ)`` (N, C, 1, 1) by a resty.specs.SIGMA_CONVENTIONS name."""
+    n = x.shape[2] * x.shape[3]
+    mu = x.mean(dim=(2, 3), keepdim=True)
+    ss = (x - mu).pow(2).sum(dim=(2, 3), keepdim=True)
+    if convention == "biased":
+        return mu, (ss / n).sqrt()
+    if convention == "biased_eps":
+        return mu, (ss / n + eps).sqrt()
+    if convention == "unbiased_eps":
+        return mu, (ss / (n - 1) + eps).sqrt()
+    raise ValueError(f"σ convention: got {convention!r}")
+
+
+def adain(content: torch.Tensor, style: torch.Tensor, spec: AdaINSpec) -> torch.Tensor:
+    """``σ(y)·(x − μ(x))/σ(x) + μ(y)`` with the spec's content and style σ conventions."""
+    mc, sc = mean_std(content, spec.content_sigma, spec.eps)
+    ms, ss = mean_std(style, spec.style_sigma, spec.eps)
+    return ss * (content - mc) / sc + ms
+
+
+def adain_loss(g_feats: Mapping[str, torch.Tensor], target: torch.Tensor, style_feats: Mapping[str, torch.Tensor],
+               spec: AdaINSpec) -> torch.Tensor:
+    """``[total, content, style, 0]`` (weighted terms; resty.reference.adain_loss)."""
+    content = (g_feats["relu4_1"] - target).pow(2).mean()
+    style = content.new_zeros(())
+    for name in ADAIN_ENCODER_LAYERS:
+        mg, sg = mean_std(g_feats[name], spec.loss_sigma, spec.eps)
+        ms, ss = mean_std(style_feats[name], spec.loss_sigma, spec.eps)
+        for d in (mg - ms, sg - ss):
+            sq = d.pow(2)
+            style = style + (sq.mean() if spec.style_reduction == "mean" else sq.sum() / d.shape[0])
+    c, s = content * spec.content_weight, style * spec.style_weight
+    return torch.stack([c + s, c, s, torch.zeros_like(c)])
+
+
+class AdaINEncoder(nn.Module):
+    """VGG19 to relu4_1 after the 1×1 ``conv0`` (the preprocessing, as vgg_normalised), frozen;
+    ``weights``: a VGG19 WeightSet (resty.adain.resolve_encoder_weights)."""
+
+    def __init__(self, weights: WeightSet, spec: AdaINSpec, dtype="float32", device=None):
+        super().__init__()
+        self.spec = spec
+        dt, dev = resolve_dtype(dtype), resolve_device(device)
+        for k, v in encoder_tensors(weights).items():
+            self.register_buffer(k.replace(".", "_"), torch.from_numpy(np.asarray(v)).to(dev, dt))
+        self._table = vgg_truncate("vgg19", ["relu4_1"])
+
+    def forward(self, x01: torch.Tensor, layers: Sequence[str] = ADAIN_ENCODER_LAYERS) -> Dict[str, torch.Tensor]:
+        h = F.conv2d(x01, self.conv0_weight, self.conv0_bias)
+        out = {}
+        deepest = max(ADAIN_ENCODER_LAYERS.index(l) for l in layers)
+        for layer in self._table:
+            if layer.kind == "conv":
+                h = F.conv2d(_pad(h, self.spec.encoder_padding), getattr(self, f"{layer.name}_weight"),
+                             getattr(self, f"{layer.name}_bias"))
+            elif layer.kind == "relu":
+                h = F.relu(h)
+                if layer.name in layers:
+                    out[layer.name] = h
+                if layer.name == ADAIN_ENCODER_LAYERS[deepest]:
+                    break
+            else:
+                h = F.max_pool2d(h, 2, 2)
+        return out
+
+
+class AdaINDecoder(nn.Module):
+    """The decoder mirroring the encoder (resty.specs.adain_decoder_layers); canonical names
+    ``conv4_1.weight`` … ``conv1_1.bias`` (OIHW)."""
+
+    def __init__(self, spec: AdaINSpec, weights: WeightSet, dtype="float32", device=None):
+        super().__init__()
+        self.spec = spec
+        self.layers = adain_decoder_layers(spec)
+        dt, dev = resolve_dtype(dtype), resolve_device(device)
+        self.convs = nn.ModuleDict({name: nn.Conv2d(cin, cout, 3) for name, cin, cout, _ in self.layers}).to(dev, dt)
+        self.load_canonical(weights.tensors)
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        h = t
+        last = len(self.layers) - 1
+        for i, (name, _, _, up) in enumerate(self.layers):
+            h = self.convs[name](_pad(h, self.spec.decoder_padding))
+            if i < last:
+                h = F.relu(h)
+            if up:
+                h = F.interpolate(h, scale_factor=2, mode="nearest")
+        return h
+
+    def state_dict_canonical(self) -> Dict[str, np.ndarray]:
+        return {f"{n}.{k}": getattr(self.convs[n], k).detach().cpu().numpy().copy()
+                for n, *_ in self.layers for k in ("weight", "bias")}
+
+    def canonical_parameters(self) -> Dict[str, nn.Parameter]:
+        return {f"{n}.{k}": getattr(self.convs[n], k) for n, *_ in self.layers for k in ("weight", "bias")}
+
+    @torch.no_grad()
+    def load_canonical(self, tensors: Mapping[str, np.ndarray]) -> None:
+        for name, p in self.canonical_parameters().items():
+            p.copy_(torch.from_numpy(np.asarray(tensors[name])).to(p.device, p.dtype))
+
+
+class _Session(AdaINSessionBase):
+    def __init__(self, owner: "AdaINStylizer", plan: TrainingPlan):
+        super().__init__(owner, plan)
+        self.params = owner.net.canonical_parameters()
+        owner.net.train()
+        self.opt = make_adam(list(self.params.values()), owner.preset.training.adam, lr=plan.lr)
+
+    def __exit__(self, *exc) -> None:
+        self.owner.net.eval()
+
+    def _train(self, content, style, lr):
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        self.opt.zero_grad(set_to_none=True)
+        terms = self.owner.train_terms(self.owner._tensor(content), self.owner._tensor(style))
+        terms[0].backward()
+        self.opt.step()
+        return terms.detach()
+
+    def _to_numpy(self, terms):
+        return terms.to("cpu", torch.float64).numpy()
+
+    def optimizer_state(self):
+        m, v, step = {}, {}, 0
+        for name, p in self.params.items():
+            st = self.opt.state.get(p)
+            if st:
+                m[name] = st["exp_avg"].detach().cpu().numpy()
+                v[name] = st["exp_avg_sq"].detach().cpu().numpy()
+                step = int(float(st["step"]))
+        return step, m, v
+
+    def load_optimizer_state(self, step, exp_avg, exp_avg_sq) -> None:
+        for name, p in self.params.items():
+            if name in exp_avg:
+                self.opt.state[p] = {"step": torch.tensor(float(step)),
+                                     "exp_avg": torch.from_numpy(exp_avg[name]).to(p.device, p.dtype),
+                                     "exp_avg_sq": torch.from_numpy(exp_avg_sq[name]).to(p.device, p.dtype)}
+
+
+class AdaINStylizer(AdaINStylizerBase):
+    """Arbitrary style transfer with AdaIN in PyTorch (docs/BACKEND_API.md): ``fit(content_images,
+    style_images, steps=...)``, ``stylize(content, style, alpha=1.0, style_weights=None,
+    preserve_color=False)``, ``save``/``load`` (canonical safetensors, either backend)."""
+
+    backend_name = "torch"
+    engine_name = "torch"
+
+    def __init__(self, preset="pytorch-adain", weights="imagenet", device=None, dtype="float32",
+                 decoder_weights=None):
+        enc, dec = self._setup(preset, weights, decoder_weights)
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype)
+        self.precision = None
+        self.encoder = AdaINEncoder(enc, self.preset.adain, self.dtype, self.device)
+        self.net = AdaINDecoder(self.preset.adain, dec, self.dtype, self.device)
+        self.net.eval()
+
+    def _tensor(self, a: np.ndarray) -> torch.Tensor:
+        return to_nchw(a, self.device, self.dtype)
+
+    def train_terms(self, content: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+        """``[total, content, style, 0]`` of NCHW content/style batches (differentiable w.r.t. the decoder)."""
+        spec = self.preset.adain
+        with torch.no_grad():
+            fc = self.encoder(content, ("relu4_1",))["relu4_1"]
+            fs = self.encoder(style)
+            t = adain(fc, fs["relu4_1"], spec)
+        g = self.net(t)
+        return adain_loss(self.encoder(g), t, fs, spec)
+
+    def _training_session(self, plan: TrainingPlan) -> _Session:
+        return _Session(self, plan)
+
+    def _eval_mode(self) -> None:
+        self.net.eval()
+
+    def _weights_key(self):
+        return tuple((id(t), t._version) for t in self.net.parameters())
+
+    @torch.no_grad()
+    def _encode(self, batch, layers=ADAIN_ENCODER_LAYERS):
+        return self.encoder(self._tensor(batch), tuple(layers))
+
+    def _adain(self, fc, fs):
+        return adain(fc, fs, self.preset.adain)
+
+    @torch.no_grad()
+    def _decode(self, t) -> np.ndarray:
+        return self.net(t).detach().to("cpu", torch.float64).permute(0, 2, 3, 1).numpy()
