@@ -111,12 +111,14 @@ ADAIN_PRESETS: Dict[str, AdaINPreset] = {p.name: p for p in (
         "adain2017", "Huang & Belongie 2017, the paper's Lua/Torch code (xunhuang1995/AdaIN-style)",
         ("Huang & Belongie, ICCV 2017, arXiv:1703.06868", "github.com/xunhuang1995/AdaIN-style (train.lua, "
          "lib/AdaptiveInstanceNormalization.lua)"),
-        adain=AdaINSpec(content_sigma="biased_eps", style_sigma="biased", loss_sigma="biased", content_weight=1.0,
+        adain=AdaINSpec(content_sigma="biased_eps", style_sigma="biased", loss_sigma="biased_eps", content_weight=1.0,
                         style_weight=1e-2, style_reduction="sum_over_batch"),
         training=_train(),
         notes=("content σ: the Lua code normalises the content with nn.BatchNormalization over the reshaped "
                "(1, N·C, H·W) features in training mode: per sample and channel, biased variance plus eps 1e-5 "
                "inside the square root; the style σ is std(·, true): biased, no eps",
+               "the loss's σ (of the output and the style, per layer) is biased with eps 1e-5 inside the root: "
+               "without it a dead ReLU channel (σ = 0) has an infinite gradient (NaN weights)",
                "the style criterion sums the squared mean and σ differences and divides by the batch size",
                "images: short side resized to 512, random 256 crops (content and style)")),
     AdaINPreset(

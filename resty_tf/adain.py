@@ -1,0 +1,241 @@
+"""AdaIN (Huang & Belongie 2017) in TensorFlow: the framework operations behind
+resty.adain.AdaINStylizerBase (encoder, AdaIN op, decoder, loss, one training step as a
+``tf.function``).  NHWC, kernels HWIO; canonical names and layouts (OIHW) at the boundary.  Every
+convention comes from resty.specs.AdaINSpec; the oracle is resty.reference.adain_*."""
+from __future__ import annotations
+
+from typing import Dict, Mapping, Sequence, Tuple
+
+import numpy as np
+import tensorflow as tf
+
+from resty.adain import AdaINSessionBase, AdaINStylizerBase, encoder_tensors
+from resty.fast import TrainingPlan
+from resty.specs import ADAIN_ENCODER_LAYERS, AdaINSpec, adain_decoder_layers, vgg_truncate
+from resty.weights import WeightSet, from_keras_kernel, to_keras_kernel
+
+from .device import resolve_device
+from .optim import TorchAdam
+
+__all__ = ["AdaINEncoder", "AdaINDecoder", "AdaINStylizer", "mean_std", "adain", "adain_loss"]
+
+
+def _dt(dtype) -> tf.DType:
+    return tf.float64 if str(dtype) in ("float64", "tf.float64", "<dtype: 'float64'>") else tf.float32
+
+
+def _pad(x: tf.Tensor, mode: str) -> tf.Tensor:
+    return tf.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]], mode="REFLECT" if mode == "reflect" else "CONSTANT")
+
+
+def mean_std(x: tf.Tensor, convention: str, eps: float) -> Tuple[tf.Tensor, tf.Tensor]:
+    """Per sample and channel over H×W: ``(μ, σ)`` (N, 1, 1, C) by a resty.specs.SIGMA_CONVENTIONS name."""
+    n = tf.cast(tf.shape(x)[1] * tf.shape(x)[2], x.dtype)
+    mu = tf.reduce_mean(x, axis=(1, 2), keepdims=True)
+    ss = tf.reduce_sum(tf.square(x - mu), axis=(1, 2), keepdims=True)
+    if convention == "biased":
+        return mu, tf.sqrt(ss / n)
+    if convention == "biased_eps":
+        return mu, tf.sqrt(ss / n + eps)
+    if convention == "unbiased_eps":
+        return mu, tf.sqrt(ss / (n - 1) + eps)
+    raise ValueError(f"σ convention: got {convention!r}")
+
+
+def adain(content: tf.Tensor, style: tf.Tensor, spec: AdaINSpec) -> tf.Tensor:
+    """``σ(y)·(x − μ(x))/σ(x) + μ(y)`` with the spec's content and style σ conventions."""
+    mc, sc = mean_std(content, spec.content_sigma, spec.eps)
+    ms, ss = mean_std(style, spec.style_sigma, spec.eps)
+    return ss * (content - mc) / sc + ms
+
+
+def adain_loss(g_feats: Mapping[str, tf.Tensor], target: tf.Tensor, style_feats: Mapping[str, tf.Tensor],
+               spec: AdaINSpec) -> tf.Tensor:
+    """``[total, content, style, 0]`` (weighted terms; resty.reference.adain_loss)."""
+    content = tf.reduce_mean(tf.square(g_feats["relu4_1"] - target))
+    style = tf.zeros((), content.dtype)
+    for name in ADAIN_ENCODER_LAYERS:
+        mg, sg = mean_std(g_feats[name], spec.loss_sigma, spec.eps)
+        ms, ss = mean_std(style_feats[name], spec.loss_sigma, spec.eps)
+        for d in (mg - ms, sg - ss):
+            sq = tf.square(d)
+            style = style + (tf.reduce_mean(sq) if spec.style_reduction == "mean"
+                             else tf.reduce_sum(sq) / tf.cast(tf.shape(d)[0], sq.dtype))
+    c, s = content * spec.content_weight, style * spec.style_weight
+    return tf.stack([c + s, c, s, tf.zeros_like(c)])
+
+
+class AdaINEncoder:
+    """VGG19 to relu4_1 after the 1×1 ``conv0`` (the preprocessing, as vgg_normalised), frozen
+    (constants); ``weights``: a VGG19 WeightSet (resty.adain.resolve_encoder_weights)."""
+
+    def __init__(self, weights: WeightSet, spec: AdaINSpec, dtype="float32", device=None):
+        self.spec, self.dtype = spec, _dt(dtype)
+        self.device = resolve_device(device)
+        with tf.device(self.device):
+            self.k = {k[:-7]: tf.constant(to_keras_kernel(v), self.dtype)
+                      for k, v in encoder_tensors(weights).items() if k.endswith(".weight")}
+            self.b = {k[:-5]: tf.constant(np.asarray(v), self.dtype)
+                      for k, v in encoder_tensors(weights).items() if k.endswith(".bias")}
+        self._table = vgg_truncate("vgg19", ["relu4_1"])
+
+    def __call__(self, x01: tf.Tensor, layers: Sequence[str] = ADAIN_ENCODER_LAYERS) -> Dict[str, tf.Tensor]:
+        h = tf.nn.conv2d(x01, self.k["conv0"], 1, "VALID") + self.b["conv0"]
+        out = {}
+        deepest = ADAIN_ENCODER_LAYERS[max(ADAIN_ENCODER_LAYERS.index(l) for l in layers)]
+        for layer in self._table:
+            if layer.kind == "conv":
+                h = tf.nn.conv2d(_pad(h, self.spec.encoder_padding), self.k[layer.name], 1, "VALID") + self.b[layer.name]
+            elif layer.kind == "relu":
+                h = tf.nn.relu(h)
+                if layer.name in layers:
+                    out[layer.name] = h
+                if layer.name == deepest:
+                    break
+            else:
+                h = tf.nn.max_pool2d(h, 2, 2, "VALID")
+        return out
+
+
+class AdaINDecoder:
+    """The decoder mirroring the encoder (resty.specs.adain_decoder_layers): tf.Variables (HWIO);
+    canonical names ``conv4_1.weight`` … ``conv1_1.bias`` (OIHW) at the boundary."""
+
+    def __init__(self, spec: AdaINSpec, weights: WeightSet, dtype="float32", device=None):
+        self.spec, self.dtype = spec, _dt(dtype)
+        self.layers = adain_decoder_layers(spec)
+        self.device = resolve_device(device)
+        with tf.device(self.device):
+            self.vars = {}
+            for name, *_ in self.layers:
+                self.vars[f"{name}.weight"] = tf.Variable(to_keras_kernel(weights.tensors[f"{name}.weight"]).astype(
+                    self.dtype.as_numpy_dtype), name=f"{name}_kernel")
+                self.vars[f"{name}.bias"] = tf.Variable(np.asarray(weights.tensors[f"{name}.bias"]).astype(
+                    self.dtype.as_numpy_dtype), name=f"{name}_bias")
+
+    def __call__(self, t: tf.Tensor) -> tf.Tensor:
+        h = t
+        last = len(self.layers) - 1
+        for i, (name, _, _, up) in enumerate(self.layers):
+            h = tf.nn.conv2d(_pad(h, self.spec.decoder_padding), self.vars[f"{name}.weight"], 1, "VALID") \
+                + self.vars[f"{name}.bias"]
+            if i < last:
+                h = tf.nn.relu(h)
+            if up:
+                h = tf.repeat(tf.repeat(h, 2, axis=1), 2, axis=2)
+        return h
+
+    @staticmethod
+    def to_canonical_layout(name: str, a: np.ndarray) -> np.ndarray:
+        return from_keras_kernel(a) if name.endswith(".weight") else np.asarray(a)
+
+    @staticmethod
+    def from_canonical_layout(name: str, a: np.ndarray) -> np.ndarray:
+        return to_keras_kernel(a) if name.endswith(".weight") else np.asarray(a)
+
+    def canonical_variables(self) -> Dict[str, tf.Variable]:
+        return dict(self.vars)
+
+    def state_dict_canonical(self) -> Dict[str, np.ndarray]:
+        return {k: self.to_canonical_layout(k, v.numpy()) for k, v in self.vars.items()}
+
+    def load_canonical(self, tensors: Mapping[str, np.ndarray]) -> None:
+        for k, v in self.vars.items():
+            v.assign(self.from_canonical_layout(k, np.asarray(tensors[k])).astype(self.dtype.as_numpy_dtype))
+
+
+class _Session(AdaINSessionBase):
+    def __init__(self, owner: "AdaINStylizer", plan: TrainingPlan):
+        super().__init__(owner, plan)
+        net = owner.net
+        self.names = list(net.vars)
+        self.variables = [net.vars[n] for n in self.names]
+        with tf.device(owner.device):
+            self.opt = TorchAdam(owner.preset.training.adam, self.variables, lr=plan.lr)
+            self.opt.lr = tf.Variable(float(plan.lr), dtype=tf.float64, trainable=False)
+        size, dt = plan.image_size, owner.tf_dtype
+
+        @tf.function(autograph=False, input_signature=[tf.TensorSpec([None, size, size, 3], dt)] * 2)
+        def step(content, style):
+            with tf.GradientTape() as tape:
+                terms = owner.train_terms(content, style)
+                total = terms[0]
+            self.opt.apply(tape.gradient(total, self.variables))
+            return terms
+
+        self._step = step
+
+    def _train(self, content, style, lr):
+        self.opt.lr.assign(lr)
+        dt = self.owner.tf_dtype.as_numpy_dtype
+        with tf.device(self.owner.device):
+            return self._step(tf.constant(content.astype(dt)), tf.constant(style.astype(dt)))
+
+    def _to_numpy(self, terms):
+        return terms.numpy()
+
+    def optimizer_state(self):
+        net, opt = self.owner.net, self.opt
+        m = {n: net.to_canonical_layout(n, a.numpy()) for n, a in zip(self.names, opt.m)}
+        v = {n: net.to_canonical_layout(n, a.numpy()) for n, a in zip(self.names, opt.v)}
+        return int(opt.step.numpy()), m, v
+
+    def load_optimizer_state(self, step, exp_avg, exp_avg_sq) -> None:
+        net = self.owner.net
+        self.opt.set_state(step, [net.from_canonical_layout(n, exp_avg[n]) for n in self.names],
+                           [net.from_canonical_layout(n, exp_avg_sq[n]) for n in self.names])
+
+
+class AdaINStylizer(AdaINStylizerBase):
+    """Arbitrary style transfer with AdaIN in TensorFlow (docs/BACKEND_API.md): ``fit(content_images,
+    style_images, steps=...)``, ``stylize(content, style, alpha=1.0, style_weights=None,
+    preserve_color=False)``, ``save``/``load`` (canonical safetensors, either backend)."""
+
+    backend_name = "tf"
+    engine_name = "tensorflow"
+
+    def __init__(self, preset="pytorch-adain", weights="imagenet", device=None, dtype="float32",
+                 decoder_weights=None):
+        enc, dec = self._setup(preset, weights, decoder_weights)
+        self.device = resolve_device(device)
+        self.dtype = "float64" if dtype == "float64" else "float32"
+        if dtype not in ("float32", "float64"):
+            from resty.errors import ArgumentError
+            raise ArgumentError(f"dtype: got {dtype!r}; allowed: 'float32', 'float64'")
+        self.tf_dtype = _dt(self.dtype)
+        self.precision = None
+        self.encoder = AdaINEncoder(enc, self.preset.adain, self.dtype, self.device)
+        self.net = AdaINDecoder(self.preset.adain, dec, self.dtype, self.device)
+
+    def _dtype_name(self) -> str:
+        return self.dtype
+
+    def _tensor(self, a: np.ndarray) -> tf.Tensor:
+        a = np.asarray(a)
+        return tf.constant((a[None] if a.ndim == 3 else a).astype(self.tf_dtype.as_numpy_dtype))
+
+    def train_terms(self, content: tf.Tensor, style: tf.Tensor) -> tf.Tensor:
+        """``[total, content, style, 0]`` of NHWC content/style batches (differentiable w.r.t. the decoder)."""
+        spec = self.preset.adain
+        fc = tf.stop_gradient(self.encoder(content, ("relu4_1",))["relu4_1"])
+        fs = {k: tf.stop_gradient(v) for k, v in self.encoder(style).items()}
+        t = tf.stop_gradient(adain(fc, fs["relu4_1"], spec))
+        g = self.net(t)
+        return adain_loss(self.encoder(g), t, fs, spec)
+
+    def _training_session(self, plan: TrainingPlan) -> _Session:
+        return _Session(self, plan)
+
+    def _weights_key(self):
+        return tuple(v.numpy().tobytes() for v in self.net.vars.values())
+
+    def _encode(self, batch, layers=ADAIN_ENCODER_LAYERS):
+        with tf.device(self.device):
+            return self.encoder(self._tensor(batch), tuple(layers))
+
+    def _adain(self, fc, fs):
+        return adain(fc, fs, self.preset.adain)
+
+    def _decode(self, t) -> np.ndarray:
+        with tf.device(self.device):
+            return np.asarray(self.net(t).numpy(), np.float64)
