@@ -213,6 +213,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "multistyle26), for --method fast")
     p.add_argument("--style", default=None, metavar="I|I:W,...",
                    help="for a multi-style model: the style index (e.g. 19) or a blend (e.g. 3:0.5,12:0.5)")
+    p.add_argument("--style-image", action="append", default=None, metavar="IMAGE",
+                   help="any image as the style, through Magenta's arbitrary-style networks (model 'arbitrary', "
+                        "or --model FILE); repeat to blend (--style-weights)")
+    p.add_argument("--strength", type=float, default=1.0, metavar="S",
+                   help="with --style-image: 0..1, from the content's own style (0) to the style image's (1)")
     p.add_argument("--preset", type=_preset_name, default=None,
                    help="settings bundle (see `resty presets`); default gatys2015 for Gatys")
     p.add_argument("--size", type=_positive_int, default=None,
@@ -543,6 +548,9 @@ def cmd_stylize(args) -> int:
         _check_output(out, args.overwrite)
         _check_writable(out)
 
+    if args.style_image:
+        from .arbitrary_stylizer import cli_stylize
+        return cli_stylize(args, content, out, folder_mode, _backend(args.backend))
     if args.method == "gatys":
         if args.model:
             raise UsageError("--model is for --method fast; Gatys needs no model")
