@@ -930,6 +930,8 @@ def build() -> List[Quantity]:
                  "image_out", q_fast_cpu_path(SMALL_SPEC.replace(upsampling="transposed_conv")), dtypes=("float32",),
                  quick=False),
     ]
+    from . import adain_cases
+    qs += adain_cases.build()
     for q in qs:
         if q.key.startswith("gatys-grad"):
             q.sides = ("torch", "tf")

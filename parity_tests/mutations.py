@@ -288,6 +288,10 @@ MUTATIONS.update({
     "transpose_crop_backend": transpose_crop_via_backends,
 })
 
+from .adain_cases import ADAIN_MUTATIONS  # noqa: E402
+
+MUTATIONS.update(ADAIN_MUTATIONS)
+
 
 def _missing_on_import_error(fn):
     import functools
