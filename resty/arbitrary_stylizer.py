@@ -101,3 +101,31 @@ class ArbitraryStylizerBase:
         e = self.blended_embedding(style, style_weights=style_weights, strength=strength, content=img)
         y = np.clip(np.asarray(self._transfer(img, e), np.float32), 0.0, 1.0)
         return _preserve_color(y, img) if preserve_color else y
+
+
+def cli_stylize(args, content, out, folder_mode: bool, backend) -> int:
+    """``resty stylize PHOTO -o OUT --style-image PAINTING [--style-image ...] [--strength S]``
+    (called by resty.cli with the parsed arguments)."""
+    import time
+    from .cli import UsageError, _check_image, _say
+    from .images import save_image
+    if folder_mode:
+        raise UsageError("--style-image stylizes one CONTENT image (not a folder)")
+    if args.styles:
+        raise UsageError("--style-image replaces STYLE arguments; give the style images as --style-image")
+    if args.style is not None:
+        raise UsageError("--style picks a style of a multi-style model; --style-image uses any image as the style")
+    if not 0.0 <= args.strength <= 1.0:
+        raise UsageError(f"--strength must be between 0 and 1, got {args.strength}")
+    if args.style_weights is not None and len(args.style_weights) != len(args.style_image):
+        raise UsageError(f"--style-weights has {len(args.style_weights)} value(s) for "
+                         f"{len(args.style_image)} --style-image(s)")
+    styles = [_check_image(s, "style image") for s in args.style_image]
+    img = _check_image(str(content), "content image")
+    stylizer = backend.ArbitraryStylizer.load(args.model or "arbitrary", device=args.device)
+    t0 = time.perf_counter()
+    y = stylizer.stylize(img, styles, style_weights=args.style_weights, strength=args.strength,
+                         image_size=args.size, preserve_color=args.preserve_color)
+    save_image(y, out, overwrite=args.overwrite)
+    _say(f"{content} -> {out} ({time.perf_counter() - t0:.1f} s)")
+    return 0
