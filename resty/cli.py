@@ -128,7 +128,8 @@ def _preset_name(text: str) -> str:
         except (ValueError, TypeError) as exc:
             raise argparse.ArgumentTypeError(one_line(exc)) from None
         return text
-    if text not in presets.names():
+    from .adain import ADAIN_PRESETS
+    if text not in presets.names() and text not in ADAIN_PRESETS:
         raise argparse.ArgumentTypeError(f"unknown preset {text!r}; known presets: {', '.join(presets.names())}")
     return text
 
@@ -206,8 +207,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "Not used with --method fast (the model's style is used)")
     p.add_argument("-o", "--out", required=True, metavar="OUT",
                    help="output image (.png, .jpg, ...); a folder when CONTENT is a folder")
-    p.add_argument("--method", choices=("gatys", "fast"), default=None,
-                   help="gatys (default) or fast (the default with --model)")
+    p.add_argument("--method", choices=("gatys", "fast", "adain"), default=None,
+                   help="gatys (default), fast (the default with --model) or adain (the default with an AdaIN "
+                        "decoder as --model; the style from --style-image)")
+    p.add_argument("--alpha", type=float, default=None, metavar="A",
+                   help="AdaIN: 0..1, the content-style trade-off (default 1: the full style)")
     p.add_argument("--model", metavar="FILE|NAME",
                    help="trained fast model (.safetensors) or a model name (`resty models list`, e.g. "
                         "multistyle26), for --method fast")
@@ -250,11 +254,16 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train a Johnson-style feed-forward network on the images in --data to "
                                    "reproduce STYLE; writes a canonical .safetensors model usable by both "
                                    "backends.")
-    p.add_argument("style", metavar="STYLE", help="style image")
+    p.add_argument("style", metavar="STYLE", nargs="?", default=None, help="style image (not with --method adain)")
     p.add_argument("--data", required=True, metavar="DIR", help="folder of training images (searched recursively)")
+    p.add_argument("--method", choices=("fast", "adain"), default="fast",
+                   help="fast (Johnson network for one STYLE; default) or adain (a decoder for any style, "
+                        "trained on --styles)")
+    p.add_argument("--styles", metavar="DIR", default=None, help="--method adain: folder of style images")
     p.add_argument("--out", "-o", required=True, metavar="MODEL", help="output model file (.safetensors)")
-    p.add_argument("--preset", type=_preset_name, default="johnson2016",
-                   help="settings bundle (default johnson2016; see `resty presets`)")
+    p.add_argument("--preset", type=_preset_name, default=None,
+                   help="settings bundle (default johnson2016; see `resty presets`; --method adain: adain2017, "
+                        "pytorch-adain (default) or keras-adain)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--steps", type=_positive_int, default=None, help="training steps (batches)")
     g.add_argument("--epochs", type=_positive_int, default=None, help="passes over the data (default: the preset's)")
@@ -548,6 +557,10 @@ def cmd_stylize(args) -> int:
         _check_output(out, args.overwrite)
         _check_writable(out)
 
+    from .adain import is_adain_file
+    if args.method == "adain" or (args.model and is_adain_file(args.model)):
+        from .adain_cli import stylize as _adain_stylize
+        return _adain_stylize(args, _backend(args.backend), contents, targets)
     if args.style_image:
         from .arbitrary_stylizer import cli_stylize
         return cli_stylize(args, content, out, folder_mode, _backend(args.backend))
@@ -742,6 +755,12 @@ def _stylize_folder_nproc(args, out: Path, ok, failed: dict, total: int, done: i
 
 # =========================================================================== train
 def cmd_train(args) -> int:
+    if args.method == "adain":
+        from .adain_cli import train as _adain_train
+        return _adain_train(args, _backend(args.backend))
+    if args.style is None:
+        raise UsageError("give the STYLE image to train a fast network for")
+    args.preset = args.preset or "johnson2016"
     style_img = _check_image(args.style, "style image")
     data = Path(args.data).expanduser()
     if not data.exists():

@@ -15,7 +15,7 @@ from . import weights_io as _weights_io
 
 _weights_io.register()   # keras.utils.get_file downloads for 'imagenet:keras'
 
-__all__ = ["GatysStylizer", "FastStylizer", "ArbitraryStylizer", "ArbitraryTransferNet", "StylePredictor", "TransformerNet", "VGGFeatures", "set_tf32", "resolve_device"]
+__all__ = ["GatysStylizer", "FastStylizer", "AdaINStylizer", "ArbitraryStylizer", "ArbitraryTransferNet", "StylePredictor", "TransformerNet", "VGGFeatures", "set_tf32", "resolve_device"]
 
 
 def __getattr__(name):
@@ -26,6 +26,9 @@ def __getattr__(name):
     if name in ("ArbitraryStylizer", "ArbitraryTransferNet", "StylePredictor"):
         from . import arbitrary
         return getattr(arbitrary, name)
+    if name == "AdaINStylizer":
+        from .adain import AdaINStylizer
+        return AdaINStylizer
     if name == "FastStylizer":
         from .fast import FastStylizer
         return FastStylizer

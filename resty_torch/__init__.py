@@ -12,6 +12,7 @@ prepare_imports(warn_if_late=True)      # torchvision and torch._dynamo now, so 
 from . import weights_io as _weights_io  # noqa: E402
 from .device import autocast, resolve_device, resolve_dtype, set_tf32, get_tf32
 from .arbitrary import ArbitraryStylizer, ArbitraryTransferNet, StylePredictor
+from .adain import AdaINStylizer
 from .fast import FastStylizer
 from .gatys import GatysStylizer
 from .losses import content_loss, gram, style_loss, total_loss, tv_loss
@@ -20,6 +21,6 @@ from .vgg import VGGFeatures
 
 _weights_io.register()
 
-__all__ = ["GatysStylizer", "FastStylizer", "ArbitraryStylizer", "ArbitraryTransferNet", "StylePredictor", "TransformerNet", "VGGFeatures", "gram", "style_loss",
+__all__ = ["GatysStylizer", "FastStylizer", "AdaINStylizer", "ArbitraryStylizer", "ArbitraryTransferNet", "StylePredictor", "TransformerNet", "VGGFeatures", "gram", "style_loss",
            "content_loss", "tv_loss", "total_loss", "set_tf32", "get_tf32", "resolve_device",
            "resolve_dtype", "autocast"]

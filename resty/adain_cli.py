@@ -1,0 +1,66 @@
+"""``resty train --method adain`` and ``resty stylize --model DECODER --style-image IMAGE`` for
+AdaIN decoders (resty.adain); resty.cli dispatches here."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+
+
+def _usage(msg: str):
+    from .cli import UsageError
+    return UsageError(msg)
+
+
+def train(args, backend) -> int:
+    from .adain import resolve_adain_preset
+    from .training_data import list_training_images
+    for flag, folder in (("--data", args.data), ("--styles", args.styles)):
+        if not folder:
+            raise _usage(f"--method adain needs {flag} FOLDER")
+        p = Path(folder).expanduser()
+        if not p.is_dir():
+            raise _usage(f"{folder}: no such folder ({flag} takes a folder of images)")
+        list_training_images(str(p))
+    if args.style:
+        raise _usage("--method adain trains on a folder of styles (--styles DIR), not one STYLE image")
+    out = Path(args.out).expanduser()
+    if out.suffix.lower() != ".safetensors":
+        raise _usage(f"{out}: a model is saved as .safetensors")
+    if args.resume and not args.checkpoint_dir:
+        raise _usage("--resume needs --checkpoint-dir (where the checkpoints are)")
+    if (args.nproc or 1) > 1:
+        raise _usage("--nproc: AdaIN training runs in one process for now")
+    preset = resolve_adain_preset(args.preset or "pytorch-adain")
+    init = args.transformer_weights or f"random:{args.seed}"
+    st = backend.AdaINStylizer(preset, weights=args.weights, device=args.device, decoder_weights=init)
+    t0 = time.perf_counter()
+    summary = st.fit(str(Path(args.data).expanduser()), str(Path(args.styles).expanduser()), steps=args.steps,
+                     epochs=args.epochs, batch_size=args.batch_size, image_size=args.image_size,
+                     checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every, resume=args.resume,
+                     seed=args.seed, progress=not args.quiet, lr=args.lr)
+    st.save(str(out), overwrite=args.overwrite)
+    if not args.quiet:
+        print(f"trained to step {summary['steps']} in {time.perf_counter() - t0:.1f}s; decoder written to {out}")
+    if summary.get("skipped"):
+        print(f"warning: skipped {len(summary['skipped'])} unreadable image(s), e.g. {summary['skipped'][0]}")
+    return 0
+
+
+def stylize(args, backend, contents, targets) -> int:
+    from .images import save_image
+    if not args.model:
+        raise _usage("--method adain needs --model DECODER (.safetensors from `resty train --method adain`, "
+                         "or pytorch-AdaIN's decoder.pth)")
+    styles = list(args.style_image or []) + list(args.styles or [])
+    if not styles:
+        raise _usage("AdaIN needs a style: --style-image IMAGE (repeat to interpolate, --style-weights)")
+    alpha = args.alpha if getattr(args, "alpha", None) is not None else getattr(args, "strength", 1.0)
+    st = backend.AdaINStylizer.load(args.model, weights=args.weights, device=args.device)
+    for c, t in zip(contents, targets):
+        y = st.stylize(str(c), styles, alpha=alpha, style_weights=args.style_weights,
+                       preserve_color=args.preserve_color)
+        save_image(y, t, overwrite=args.overwrite)
+        if not args.quiet:
+            print(f"wrote {t}")
+    return 0

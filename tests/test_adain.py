@@ -1,0 +1,165 @@
+"""AdaIN (resty.adain): the pytorch-AdaIN importers against a re-creation of its net.py on files
+made here with the real key names and shapes; a checkpoint written by one backend resumed in the
+other; the CLI (train --method adain, stylize with an AdaIN decoder).  Numbers across backends and
+the oracle are in parity_tests/adain_cases.py."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from resty.adain import (get_adain_preset, random_decoder, read_pytorch_adain_decoder,  # noqa: E402
+                         resolve_encoder_weights)
+from resty.errors import WeightsError  # noqa: E402
+
+
+def _pytorch_adain_nets():
+    """pytorch-AdaIN's net.py ``vgg`` and ``decoder`` (the layer lists as published)."""
+    nn = torch.nn
+    R = lambda: nn.ReflectionPad2d((1, 1, 1, 1))  # noqa: E731
+    pool = lambda: nn.MaxPool2d((2, 2), (2, 2), (0, 0), ceil_mode=True)  # noqa: E731
+    vgg = [nn.Conv2d(3, 3, (1, 1))]
+    cin = 3
+    for block, (n, width) in enumerate(((2, 64), (2, 128), (4, 256), (4, 512), (4, 512))):
+        for _ in range(n):
+            vgg += [R(), nn.Conv2d(cin, width, (3, 3)), nn.ReLU()]
+            cin = width
+        vgg.append(pool())
+    decoder = []
+    for cin, cout, up in ((512, 256, True), (256, 256, False), (256, 256, False), (256, 256, False),
+                          (256, 128, True), (128, 128, False), (128, 64, True), (64, 64, False), (64, 3, None)):
+        decoder += [R(), nn.Conv2d(cin, cout, (3, 3))]
+        if up is not None:
+            decoder.append(nn.ReLU())
+        if up:
+            decoder.append(nn.Upsample(scale_factor=2, mode="nearest"))
+    return nn.Sequential(*vgg[:53]), nn.Sequential(*decoder)
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory):
+    """vgg_normalised.pth / decoder.pth with pytorch-AdaIN's keys and shapes (random numbers; layer 0
+    the published preprocessing: RGB [0, 1] -> BGR·255 − mean)."""
+    d = tmp_path_factory.mktemp("adain-pth")
+    torch.manual_seed(0)
+    vgg, dec = _pytorch_adain_nets()
+    with torch.no_grad():
+        w0 = torch.zeros(3, 3, 1, 1)
+        for c in range(3):
+            w0[c, 2 - c] = 255.0
+        vgg[0].weight.copy_(w0)
+        vgg[0].bias.copy_(-torch.tensor([103.939, 116.779, 123.68]))
+        for m in list(vgg)[1:]:
+            if isinstance(m, torch.nn.Conv2d):
+                m.weight.mul_(0.3 if m.in_channels == 3 else 1.0)
+    torch.save(vgg.state_dict(), d / "vgg_normalised.pth")
+    torch.save(dec.state_dict(), d / "decoder.pth")
+    assert "51.bias" in vgg.state_dict() and "28.weight" in dec.state_dict()
+    return d, vgg.eval(), dec.eval()
+
+
+def test_pytorch_adain_importers_match_its_network(published):
+    from resty_torch.adain import AdaINDecoder, AdaINEncoder
+    d, vgg, dec = published
+    preset = get_adain_preset("pytorch-adain")
+    enc_ws = resolve_encoder_weights(str(d / "vgg_normalised.pth"), preset)
+    assert enc_ws.preprocessing.channel_order == "BGR" and enc_ws.preprocessing.scale == 255.0
+    dec_ws = read_pytorch_adain_decoder(d / "decoder.pth")
+    assert dec_ws.spec.decoder_widths == (256, 128, 64)
+    x = torch.rand(1, 3, 32, 40, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = vgg[:31](x)                     # pytorch-AdaIN's encoder: up to relu4_1
+        got = AdaINEncoder(enc_ws, preset.adain)(x, ("relu4_1",))["relu4_1"]
+        assert (got - want).abs().max() <= 1e-4 * want.abs().max()
+        t = torch.rand(2, 512, 4, 5, generator=torch.Generator().manual_seed(2))
+        want_d = dec(t)
+        got_d = AdaINDecoder(dec_ws.spec, dec_ws)(t)
+        assert (got_d - want_d).abs().max() <= 1e-4 * want_d.abs().max()
+
+
+def test_importer_refuses_a_wrong_layout(tmp_path):
+    sd = {"1.weight": torch.zeros(256, 512, 3, 3), "1.bias": torch.zeros(256)}
+    torch.save(sd, tmp_path / "decoder.pth")
+    with pytest.raises(WeightsError, match="missing tensor"):
+        read_pytorch_adain_decoder(tmp_path / "decoder.pth")
+
+
+def _tiny():
+    p = get_adain_preset("pytorch-adain")
+    return p.replace(adain=p.adain.replace(decoder_widths=(8, 6, 4), load_size=40),
+                     training=p.training.replace(num_workers=0))
+
+
+def _data():
+    rng = np.random.default_rng(3)
+    return ([rng.random((40 + i, 50, 3)).astype(np.float32) for i in range(4)],
+            [rng.random((44, 36 + i, 3)).astype(np.float32) for i in range(3)])
+
+
+@pytest.mark.parametrize("first,second", [("torch", "tf"), ("tf", "torch")])
+def test_checkpoint_resumes_in_the_other_backend(first, second, tmp_path):
+    from resty.backends import get_backend
+    items, styles = _data()
+    kw = dict(batch_size=2, image_size=32, lr=1e-3, checkpoint_every=1, num_workers=0)
+    make = lambda side: get_backend(side).AdaINStylizer(_tiny(), weights="random:0", dtype="float64",  # noqa: E731
+                                                        decoder_weights=random_decoder(_tiny().adain, 1))
+    ref = make(first)
+    ref.fit(items, styles, steps=3, **kw)
+    a = make(first)
+    a.fit(items, styles, steps=1, checkpoint_dir=tmp_path, **kw)
+    b = make(second)
+    out = b.fit(items, styles, steps=3, checkpoint_dir=tmp_path, resume=True, **kw)
+    assert out["start_step"] == 1 and out["steps"] == 3
+    want, got = ref.net.state_dict_canonical(), b.net.state_dict_canonical()
+    scale = max(np.abs(v).max() for v in want.values())
+    assert max(np.abs(want[k] - got[k]).max() for k in want) <= 1e-10 * scale
+    assert [h["total"] for h in b.history] == pytest.approx([h["total"] for h in ref.history], rel=1e-10)
+
+
+def test_unreadable_style_is_skipped_and_named(tmp_path):
+    from resty.backends import get_backend
+    items, styles = _data()
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"not an image")
+    st = get_backend("torch").AdaINStylizer(_tiny(), weights="random:0")
+    out = st.fit(items, [str(bad)] + styles, steps=3, batch_size=2, image_size=32, num_workers=0)
+    assert str(bad) in out["skipped"] and out["steps"] == 3
+
+
+def test_stylize_controls():
+    from resty.backends import get_backend
+    from resty.errors import ArgumentError
+    st = get_backend("torch").AdaINStylizer(_tiny(), weights="random:0")
+    c, s = _data()[0][0], _data()[1][0]
+    y0 = st.stylize(c, s, alpha=0.0)
+    assert y0.shape == c.shape and y0.dtype == np.float32
+    assert not np.allclose(st.stylize(c, s, alpha=1.0), y0)
+    assert np.allclose(st.stylize(c, [s, s], style_weights=[0.2, 0.8]), st.stylize(c, s), atol=1e-5)
+    assert st.stylize(c, s, preserve_color=True).shape == c.shape
+    with pytest.raises(ArgumentError, match="alpha"):
+        st.stylize(c, s, alpha=1.5)
+
+
+def test_cli_train_and_stylize(tmp_path):
+    from resty.images import save_image
+    items, styles = _data()
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "paintings").mkdir()
+    for i, a in enumerate(items):
+        save_image(a, tmp_path / "photos" / f"{i}.png")
+    for i, a in enumerate(styles):
+        save_image(a, tmp_path / "paintings" / f"{i}.png")
+    model = tmp_path / "decoder.safetensors"
+    run = lambda *a: subprocess.run([sys.executable, "-m", "resty", *a], capture_output=True, text=True,  # noqa: E731
+                                    cwd=tmp_path, timeout=240)
+    r = run("train", "--method", "adain", "--data", "photos", "--styles", "paintings", "--out", str(model),
+            "--steps", "1", "--batch-size", "2", "--image-size", "32", "--weights", "random:0", "-q")
+    assert r.returncode == 0, r.stderr
+    r = run("stylize", "photos/0.png", "-o", "out.png", "--model", str(model), "--style-image", "paintings/1.png",
+            "--alpha", "0.6", "--weights", "random:0", "-q")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "out.png").is_file()
