@@ -277,8 +277,11 @@ class FastStylizerBase:
 
         Batches are a pure function of ``(seed, step)`` (resty.training_data), so
         ``resume=True`` continues from the newest checkpoint in ``checkpoint_dir`` to the same
-        weights an uninterrupted run reaches, in either backend.  Unreadable images are
-        skipped and listed in ``skipped``.  ``callback(step, losses, None)`` returning True
+        weights an uninterrupted run reaches, in either backend; it refuses a checkpoint of
+        another run (resty.run_identity: preset, styles, loss network, data, settings) and
+        skips an unreadable one with a warning.  Without ``resume`` a ``checkpoint_dir`` that
+        already holds checkpoints is refused.  Unreadable images are skipped and listed in
+        ``skipped``; no readable image at all raises ImageError.  ``callback(step, losses, None)`` returning True
         stops (after writing a checkpoint when a directory is given).  A non-finite loss
         raises TrainingError naming the step.  ``options`` are the backend's own."""
         plan = self._plan(images, steps, epochs, batch_size, image_size, seed, num_workers, lr, checkpoint_dir,
@@ -434,8 +437,12 @@ class FastStylizerBase:
                 bad.append(path)
                 warnings.warn(f"{one_line(exc)}; trying the checkpoint before it", RuntimeWarning, stacklevel=3)
                 continue
-            self._check_identity(path, meta)
-            problem = self._checkpoint_problem(tensors, meta)
+            problem = None
+            if "identity" in meta and not isinstance(meta["identity"], dict):
+                problem = f"its identity is a {type(meta['identity']).__name__}"
+            else:
+                self._check_identity(path, meta)
+                problem = self._checkpoint_problem(tensors, meta)
             if problem:
                 bad.append(path)
                 warnings.warn(f"{path}: cannot read checkpoint ({problem}); trying the checkpoint before it",

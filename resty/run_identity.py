@@ -16,6 +16,7 @@ Everything here is computed from the inputs every process sees alike (the listed
 decoded styles), never from a process's shard, so every rank of a distributed run agrees."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -90,9 +91,10 @@ def data_identity(source: Any, items: Sequence[Any]) -> Dict[str, Any]:
 
 def loss_network_identity(weights: Any, arch: str, preprocessing: Any) -> Dict[str, Any]:
     """``{"weights": how they were given, "fingerprint": ...}`` of the loss network's weights.
-    Seeded random weights are a pure function of (arch, preprocessing, seed) and are not built
-    for this; anything else is resolved as the backends resolve it (resty.weights) and its
-    tensors hashed."""
+    The weights are resolved as the backends resolve them (resty.weights) and their tensors
+    hashed, so ``random:0`` and the same numbers given as a WeightSet or a file are the same
+    weights; seeded random weights, a pure function of (arch, preprocessing, seed), are hashed
+    once per process."""
     from .weights import WeightSet
     from .weights.resolve import resolve_loss_network
 
@@ -105,18 +107,28 @@ def loss_network_identity(weights: Any, arch: str, preprocessing: Any) -> Dict[s
         label = f"<{type(weights).__name__}>"
     m = re.fullmatch(r"\s*random\s*:\s*(\d+)\s*", label) if isinstance(weights, str) else None
     if m:
-        basis = f"random|{arch}|{prep}|{int(m.group(1))}"
+        fingerprint = _random_fingerprint(arch, prep, int(m.group(1)))
     else:
-        ws = resolve_loss_network(weights, arch, preprocessing)
-        basis = f"tensors|{arch}|{getattr(ws.preprocessing, 'name', ws.preprocessing)}|{ws.fingerprint()}"
-    return {"weights": label, "fingerprint": hashlib.sha256(basis.encode()).hexdigest()}
+        fingerprint = _fingerprint(resolve_loss_network(weights, arch, preprocessing))
+    return {"weights": label, "fingerprint": fingerprint}
+
+
+def _fingerprint(ws: Any) -> str:
+    prep = getattr(ws.preprocessing, "name", ws.preprocessing)
+    return hashlib.sha256(f"{ws.architecture}|{prep}|{ws.fingerprint()}".encode()).hexdigest()
+
+
+@functools.lru_cache(maxsize=8)
+def _random_fingerprint(arch: str, preprocessing: Optional[str], seed: int) -> str:
+    from .weights.resolve import resolve_loss_network
+    return _fingerprint(resolve_loss_network(f"random:{seed}", arch, preprocessing))
 
 
 def _compared(identity: Mapping[str, Any]) -> Dict[str, Any]:
     """What two identities must share (how the loss network's weights were named is left out:
     ``imagenet`` and the file it resolves to are the same weights)."""
     out = {k: v for k, v in identity.items() if k not in ("version", "loss_network", "total_steps")}
-    out["loss_network"] = dict(identity.get("loss_network") or {}).get("fingerprint")
+    out["loss_network"] = _part(identity, "loss_network").get("fingerprint")
     return out
 
 
@@ -139,32 +151,38 @@ def _setting_diffs(old: Mapping[str, Any], new: Mapping[str, Any]) -> List[str]:
     return [f"{k}: checkpoint {old.get(k)!r}, this run {v!r}" for k, v in new.items() if old.get(k) != v]
 
 
+def _part(identity: Mapping[str, Any], key: str) -> Dict[str, Any]:
+    """One part of an identity as a dict (a checkpoint's JSON may hold anything)."""
+    value = identity.get(key)
+    return dict(value) if isinstance(value, Mapping) else {}
+
+
 def identity_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> List[str]:
     """What differs between a checkpoint's identity ``old`` and this run's ``new``, each as a
     phrase completing "the checkpoint was made with ..."; empty when they are the same run."""
     out: List[str] = []
-    po, pn = _flatten(old.get("preset")), _flatten(new.get("preset"))
+    po, pn = _flatten(_part(old, "preset")), _flatten(_part(new, "preset"))
     keys = [k for k in sorted(set(po) | set(pn)) if po.get(k) != pn.get(k)]
     if keys:
         more = f" and {len(keys) - 1} more" if len(keys) > 1 else ""
         out.append(f"a different preset ({keys[0]}: checkpoint {po.get(keys[0])!r}, this run "
                    f"{pn.get(keys[0])!r}{more})")
-    so, sn = dict(old.get("style") or {}), dict(new.get("style") or {})
+    so, sn = _part(old, "style"), _part(new, "style")
     if (so.get("count"), so.get("hash")) != (sn.get("count"), sn.get("hash")):
         noun = "a different style image" if sn.get("count") == 1 and so.get("count") == 1 else "different style images"
         out.append(f"{noun} (checkpoint {so.get('count')} image(s) {_short(so.get('hash'))}, "
                    f"this run {sn.get('count')} image(s) {_short(sn.get('hash'))})")
     elif so.get("weights") != sn.get("weights"):
         out.append(f"different style blend weights (checkpoint {so.get('weights')}, this run {sn.get('weights')})")
-    lo, ln = dict(old.get("loss_network") or {}), dict(new.get("loss_network") or {})
+    lo, ln = _part(old, "loss_network"), _part(new, "loss_network")
     if lo.get("fingerprint") != ln.get("fingerprint"):
         out.append(f"different loss-network weights (checkpoint {lo.get('weights')!r} {_short(lo.get('fingerprint'))}, "
                    f"this run {ln.get('weights')!r} {_short(ln.get('fingerprint'))})")
-    do, dn = dict(old.get("data") or {}), dict(new.get("data") or {})
+    do, dn = _part(old, "data"), _part(new, "data")
     if do != dn:
         out.append(f"different training data (checkpoint {do.get('n_items')} items {_short(do.get('hash'))}, "
                    f"this run {dn.get('n_items')} items {_short(dn.get('hash'))})")
-    diffs = _setting_diffs(dict(old.get("settings") or {}), dict(new.get("settings") or {}))
+    diffs = _setting_diffs(_part(old, "settings"), _part(new, "settings"))
     if diffs:
         out.append(f"different settings ({', '.join(diffs)})")
     return out
