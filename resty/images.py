@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import errno
 import os
 import secrets
 import struct
@@ -514,6 +515,11 @@ def _commit(tmp: Path, path: Path, overwrite: bool) -> None:
         os.unlink(tmp)
 
 
+#: Errors of the storage itself while an output is written (not of what is being written).
+_WRITE_ERRNOS = frozenset(getattr(errno, n) for n in ("ENOSPC", "EDQUOT", "EFBIG", "EROFS", "EIO")
+                          if hasattr(errno, n))
+
+
 @contextlib.contextmanager
 def atomic_path(path: PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Write a file atomically: ``with atomic_path(p) as tmp: write(tmp)``.
@@ -546,7 +552,7 @@ def atomic_path(path: PathLike, overwrite: bool = False) -> Iterator[Path]:
     except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        if isinstance(exc, OSError) and not isinstance(exc, RestyError):
+        if isinstance(exc, OSError) and exc.errno in _WRITE_ERRNOS and not isinstance(exc, RestyError):
             # A full disk, a quota, an I/O error: say which output failed; the old file is intact.
             raise OutputWriteError(f"{_label(target)}: cannot write ({one_line(exc.strerror or exc)}); "
                                    "nothing was changed") from None

