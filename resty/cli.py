@@ -242,6 +242,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nproc", type=_positive_int, default=None, metavar="N",
                    help="split a folder of contents over N local processes (one per GPU); outputs that "
                         "already exist are skipped, so a re-run finishes an interrupted job")
+    p.add_argument("--fps", type=float, default=None, metavar="R",
+                   help="video: frame rate of a folder of frames given as CONTENT (default 25; a video keeps its own)")
+    p.add_argument("--batch-size", type=_positive_int, default=4, metavar="B",
+                   help="video: frames stylized per batch (default 4)")
     _add_speed(p, low_memory=True)
     _add_common(p)
     p.set_defaults(func=cmd_stylize)
@@ -533,6 +537,10 @@ def cmd_stylize(args) -> int:
     if not content.exists():
         raise UsageError(f"{args.content}: no such content image or folder")
     out = Path(args.out).expanduser()
+    from .video import is_video_path
+    if is_video_path(content) or is_video_path(out):     # a clip: resty.video_cli
+        from .video_cli import stylize as _video_stylize
+        return _video_stylize(args, content, out, _backend(args.backend))
     folder_mode = content.is_dir()
     ext = args.ext if args.ext.startswith(".") else "." + args.ext
     if folder_mode:

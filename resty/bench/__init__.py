@@ -76,6 +76,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tiled-size", type=_pos, default=4096, help="side of the tiled fast stylization (GPU)")
     p.add_argument("--tile", type=_pos, default=1024)
     p.add_argument("--budget-s", type=float, default=None, help="skip remaining groups after this many seconds")
+    p.add_argument("--flicker", action="store_true",
+                   help="video flicker instead of timings: the warping error (Lai et al. 2018) and frames/s of "
+                        "multistyle26 on a synthetic 60-frame clip of known motion (DIR/flicker.md)")
+    p.add_argument("--clip", default=None, metavar="VIDEO",
+                   help="with --flicker: also this clip (flow from Farnebäck, OpenCV)")
     p.add_argument("--dry", action="store_true",
                    help="run the GPU plan on the CPU at tiny sizes (checks a GPU command before spending GPU time)")
 
@@ -94,6 +99,13 @@ def run_from_args(a: argparse.Namespace) -> int:
     os.environ.setdefault("RESTY_OFFLINE", "1")   # random weights only: nothing to download
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("MPLBACKEND", "Agg")
+    if getattr(a, "flicker", False):
+        from .flicker import markdown as _flicker_md, run_flicker
+        fdoc = run_flicker(a.out, tuple(a.backends), size=a.size or (64 if a.quick else 256),
+                           n_frames=12 if a.quick else 60, clip=a.clip)
+        print()
+        print(_flicker_md(fdoc))
+        return 0
     doc = run_bench(config_from_args(a))
     from .report import markdown
     print()

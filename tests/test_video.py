@@ -1,0 +1,151 @@
+"""Video (resty.video, resty.video_cli) and frame-to-frame stability (resty.temporal): streaming
+I/O round trip with audio, the warp and occlusion check vs the float64 oracle, the warping
+error on known motion, the CLI's one-line errors."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from resty import reference_temporal as R
+from resty import temporal as T
+
+av = pytest.importorskip("av")
+
+
+def _make_clip(path, n=5, w=32, h=32, fps=10, audio=True):
+    c = av.open(str(path), "w")
+    v = c.add_stream("libx264", rate=fps)
+    v.width, v.height, v.pix_fmt = w, h, "yuv420p"
+    a = c.add_stream("aac", rate=8000) if audio else None
+    if a is not None:
+        a.layout = "mono"
+    for i in range(n):
+        img = np.zeros((h, w, 3), np.uint8)
+        img[:, :, 0] = (np.arange(w) * 8 + i * 10) % 256
+        img[:, :, 1] = 128
+        f = av.VideoFrame.from_ndarray(img, format="rgb24")
+        f.pts = i
+        for p in v.encode(f):
+            c.mux(p)
+    if a is not None:
+        t = np.arange(int(8000 * n / fps)) / 8000
+        s = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)[None]
+        for k in range(0, s.shape[1], 1024):
+            fr = av.AudioFrame.from_ndarray(np.ascontiguousarray(s[:, k:k + 1024]), format="fltp", layout="mono")
+            fr.sample_rate, fr.pts = 8000, k
+            for p in a.encode(fr):
+                c.mux(p)
+        for p in a.encode(None):
+            c.mux(p)
+    for p in v.encode(None):
+        c.mux(p)
+    c.close()
+    return path
+
+
+def test_round_trip_streams_keeps_rate_size_and_audio(tmp_path):
+    from resty.video import open_frames, stylize_video
+    src = _make_clip(tmp_path / "in.mp4")
+    seen = []
+    r = stylize_video(src, tmp_path / "out.mp4", lambda b: (seen.append(len(b)), 1.0 - b)[1], batch_size=2)
+    assert r["frames"] == 5 and (r["width"], r["height"]) == (32, 32) and float(r["rate"]) == 10
+    assert seen == [2, 2, 1]                      # streamed in batches
+    assert r["audio"] == "aac"
+    c = av.open(str(tmp_path / "out.mp4"))
+    assert sorted(s.type for s in c.streams) == ["audio", "video"]
+    c.close()
+    with open_frames(src) as (_, fin), open_frames(tmp_path / "out.mp4") as (info, fout):
+        a, b = list(fin), list(fout)
+    assert len(b) == 5 and info.fps == 10
+    assert np.abs((1 - a[2]) - b[2]).mean() < 0.03      # H.264 at crf 18
+    assert not list(tmp_path.glob("*.tmp*")) and len(list(tmp_path.iterdir())) == 2
+
+
+def test_size_frames_folder_and_atomic_failure(tmp_path):
+    from resty.errors import RestyError
+    from resty.video import open_frames, stylize_video
+    src = _make_clip(tmp_path / "in.mp4", audio=False)
+    r = stylize_video(src, tmp_path / "frames", lambda b: b, size=16)
+    assert (r["width"], r["height"]) == (16, 16) and len(list((tmp_path / "frames").glob("*.png"))) == 5
+    r = stylize_video(tmp_path / "frames", tmp_path / "back.mkv", lambda b: b, fps=12)
+    assert r["frames"] == 5 and float(r["rate"]) == 12
+
+    def boom(b):
+        raise RestyError("boom")
+    with pytest.raises(RestyError):
+        stylize_video(src, tmp_path / "never.mp4", boom)
+    assert not (tmp_path / "never.mp4").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["back.mkv", "frames", "in.mp4"]
+    with open_frames(tmp_path / "back.mkv") as (info, f):
+        assert (info.width, info.height) == (16, 16) and len(list(f)) == 5
+
+
+def test_warp_and_occlusion_match_the_oracle():
+    rng = np.random.default_rng(0)
+    img = rng.random((9, 11, 3))
+    fl = rng.normal(0, 3, (9, 11, 2))
+    a, va = T.warp(img, fl)
+    b, vb = R.warp_bilinear(img, fl)
+    assert np.abs(a - b).max() < 1e-12 and (va == vb).all()
+    fl2 = rng.normal(0, 3, (9, 11, 2))
+    assert (T.occlusion_mask(fl, fl2) == R.occlusion(fl, fl2)).all()
+    # the temporal loss's plan (what both backends apply) is the same map
+    plans, noise = T.temporal_pair(0, 3, 9, 11, 2, magnitude=3.0)
+    flow0 = T.random_smooth_flow(np.random.default_rng([0, 3, 0x7E4D]), 9, 11, magnitude=3.0)
+    ref, valid = R.warp_bilinear(img, flow0)
+    assert np.abs(T.apply_plan(img, plans[0]) - ref).max() < 1e-12 and (plans[0].valid == valid).all()
+    assert noise.shape == (2, 9, 11, 3)
+    again, _ = T.temporal_pair(0, 3, 9, 11, 2, magnitude=3.0)
+    assert all((x.index == y.index).all() for x, y in zip(plans, again))
+
+
+def test_warping_error_zero_for_exact_motion_positive_for_noise():
+    rng = np.random.default_rng(1)
+    big = rng.random((40, 60, 3))
+    frames = [big[4:36, 2 * t:2 * t + 40] for t in range(5)]      # pans 2 px right per frame
+    fw = np.zeros((32, 40, 2))
+    fw[..., 0] = -2.0                 # pixel p of frame t is at p - 2 px in frame t+1
+    bw = -fw
+    res = T.clip_warping_error(frames, [(fw, bw)] * 4)
+    assert res["pairs"] == 4 and res["mean"] < 1e-20
+    noisy = [f + rng.normal(0, 0.05, f.shape) for f in frames]
+    assert T.clip_warping_error(noisy, [(fw, bw)] * 4)["mean"] > 1e-3
+    m = T.occlusion_mask(fw, bw)
+    assert not m[:, :2].any() and m[:, 2:].all()                     # left strip leaves the frame
+
+
+def test_synthetic_clip_true_flow_beats_farneback_and_zero_flow():
+    pytest.importorskip("cv2")
+    clip = T.synthetic_clip(n_frames=60, size=64)
+    f0, f1 = clip.frame(0), clip.frame(1)
+    fw, bw = next(clip.flows())
+    e_true = T.warping_error(f0, f1, fw, T.occlusion_mask(fw, bw))
+    e_zero = T.warping_error(f0, f1, np.zeros_like(fw))
+    assert e_true < 0.5 * e_zero
+    assert np.abs(T.farneback_flow(f0, f1) - fw).mean() < 0.5
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["{bad}", "-o", "{d}/o.mp4", "--model", "multistyle26"], "cannot read this video"),
+    (["{clip}", "-o", "{d}/o.gifx", "--model", "multistyle26"], "is written as a video"),
+    (["{clip}", "some_style.jpg", "-o", "{d}/o.mp4"], "video needs a fast network"),
+])
+def test_cli_one_line_errors(tmp_path, capsys, argv, words):
+    from resty.cli import main
+    clip = _make_clip(tmp_path / "c.mp4", n=2, audio=False)
+    (tmp_path / "bad.mp4").write_bytes(b"not a video at all")
+    argv = [a.format(bad=tmp_path / "bad.mp4", clip=clip, d=tmp_path) for a in argv]
+    assert main(["stylize", *argv, "-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert words in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "o.mp4").exists()
+
+
+def test_cli_stylizes_a_clip_with_multistyle26(tmp_path, capsys):
+    pytest.importorskip("torch")
+    from resty.cli import main
+    clip = _make_clip(tmp_path / "c.mp4", n=3)
+    assert main(["stylize", str(clip), "-o", str(tmp_path / "o.mp4"), "--model", "multistyle26", "--style", "19",
+                 "--weights", "random:0", "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "3 frames" in out and "audio aac copied" in out and "frames/s" in out
