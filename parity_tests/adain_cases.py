@@ -255,6 +255,36 @@ def q_stylize(ctx, dtype):
     return c.sides(ctx, torch=lambda: side("torch"), tf=lambda: side("tf"), ref=ref)
 
 
+def q_stylize_mask(ctx, dtype):
+    """Spatial control: stylize(mask=M, alpha 0.7) with two styles on an odd-sized 35×42 content;
+    M splits the content's left 20 columns (first style) from the rest, plus a diagonal blob, so
+    both regions are irregular on the 5×6 relu4_1 grid."""
+    c = _c()
+    from resty.adain import adain_regions_reference, mask_regions
+    x = c.image("adain-mask-c", (35, 42, 3)).astype(np.float32)
+    s1, s2 = c.image("adain-mask-1", (40, 33, 3)).astype(np.float32), c.image("adain-mask-2", (29, 37, 3)).astype(np.float32)
+    m = np.zeros((35, 42))
+    m[:, :20] = 1.0
+    m[20:, 28:] = 0.8
+    m[:10, :10] = 0.2
+
+    def side(name):
+        st = _stylizer(ctx, name, dtype)
+        return {"stylize(mask)": c.nchw(st.stylize(x, [s1, s2], alpha=0.7, mask=m)[None])}
+
+    def ref():
+        spec = preset().adain
+        enc = _enc_ref()
+        xp = np.pad(x.astype(np.float64), ((0, 5), (0, 6), (0, 0)), mode="reflect")
+        fc = R.adain_encoder(xp[None], enc, spec)["relu4_1"]
+        fss = [R.adain_encoder(s.astype(np.float64)[None], enc, spec)["relu4_1"] for s in (s1, s2)]
+        t = adain_regions_reference(fc, fss, mask_regions(m, (35, 42)), spec)
+        y = R.adain_decoder(0.7 * t + 0.3 * fc, _dec_ref(), spec)[:, :, :35, :42]
+        return {"stylize(mask)": np.clip(y, 0, 1).astype(np.float32).astype(np.float64)}
+
+    return c.sides(ctx, torch=lambda: side("torch"), tf=lambda: side("tf"), ref=ref)
+
+
 def build() -> List[Quantity]:
     return [
         Quantity("adain-op", f"AdaIN op, every σ convention pair ({', '.join(SIGMA_CONVENTIONS)})", "features", q_op),
@@ -276,6 +306,8 @@ def build() -> List[Quantity]:
                  q_fit_update, sides=("torch", "tf")),
         Quantity("adain-stylize", "AdaINStylizer.stylize: alpha 0.6, two styles 0.3/0.7, odd 35×42 content",
                  "image_out", q_stylize),
+        Quantity("adain-stylize-mask", "AdaINStylizer.stylize(mask=M): two styles, one per region of the relu4_1 "
+                 "grid, alpha 0.7, odd 35×42 content", "image_out", q_stylize_mask),
     ]
 
 

@@ -31,7 +31,8 @@ from .weights import WeightSet, load_weights, save_weights
 __all__ = ["AdaINPreset", "ADAIN_PRESETS", "get_adain_preset", "resolve_adain_preset", "encoder_tensors",
            "preprocessing_conv", "resolve_encoder_weights", "from_pytorch_adain_vgg", "from_pytorch_adain_decoder",
            "read_pytorch_adain_decoder", "random_decoder", "match_color", "AdaINSessionBase", "AdaINStylizerBase",
-           "MIN_SIDE", "is_adain_file"]
+           "MIN_SIDE", "is_adain_file", "load_mask", "mask_regions",
+           "adain_regions_reference", "SIGMA_FORMULAS"]
 
 #: The smallest image side (px): relu4_1 is 1/8 of the input, and its reflection pad needs 2 px.
 MIN_SIDE = 16
@@ -40,6 +41,11 @@ ENCODER_CONVS = tuple(l.name for l in vgg_truncate("vgg19", ["relu4_1"]) if l.ki
 
 
 # =========================================================================== presets
+#: Each named σ convention (resty.specs.SIGMA_CONVENTIONS) over a channel's N = H·W values.
+SIGMA_FORMULAS = {"biased": "sqrt(Σ(x−μ)²/N)", "biased_eps": "sqrt(Σ(x−μ)²/N + eps)",
+                  "unbiased_eps": "sqrt(Σ(x−μ)²/(N−1) + eps)"}
+
+
 @dataclass(frozen=True)
 class AdaINPreset(_Spec):
     """An AdaIN recipe: the network and loss (``adain``), the loss network's weights source,
@@ -88,14 +94,26 @@ class AdaINPreset(_Spec):
         return cls(**d)
 
     def describe(self) -> str:
-        a, t = self.adain, self.training
+        """Human-readable summary (``resty presets NAME``): the σ conventions written out, the
+        loss weights, the optimizer and the sources."""
+        a, t, o = self.adain, self.training, self.training.adam
+        sig = lambda c: SIGMA_FORMULAS[c].replace("eps", f"{a.eps:g}")     # noqa: E731
+        red = {"mean": "MSE (mean over batch and channels)",
+               "sum_over_batch": "squared differences summed, divided by the batch size"}[a.style_reduction]
         return "\n".join([
             f"{self.name}: {self.description}",
-            f"  AdaIN: encoder VGG19→relu4_1 ({a.encoder_padding} pad, {self.imagenet_source} weights), decoder widths "
-            f"{a.decoder_widths} ({a.decoder_padding} pad); σ content {a.content_sigma}, style {a.style_sigma}, eps {a.eps:g}",
-            f"  loss: content×{a.content_weight:g} + style×{a.style_weight:g} ({a.style_reduction}, σ {a.loss_sigma})",
+            "  method: AdaIN (arbitrary style; AdaINStylizer, `resty train --method adain`)",
+            f"  encoder: VGG19 to relu4_1, frozen, {a.encoder_padding} padding, {self.imagenet_source} ImageNet "
+            f"weights ({self.preprocessing_name} preprocessing as the 1×1 conv0)",
+            f"  decoder: widths {a.decoder_widths}, {a.decoder_padding} padding, nearest ×2 upsampling",
+            f"  AdaIN σ: content {a.content_sigma} = {sig(a.content_sigma)}; style {a.style_sigma} = "
+            f"{sig(a.style_sigma)}",
+            f"  loss: content MSE(relu4_1, target)×{a.content_weight:g} + style×{a.style_weight:g} over "
+            f"{', '.join(ADAIN_ENCODER_LAYERS)} (|Δμ|² + |Δσ|², {red}; σ {a.loss_sigma} = {sig(a.loss_sigma)})",
+            f"  optimizer: Adam lr {o.lr:g} (β1 {o.beta1:g}, β2 {o.beta2:g}, eps {o.eps:g}), lr_i = lr / "
+            f"(1 + {a.lr_decay:g}·i)",
             f"  train: {t.image_size}px crops of images resized to {a.load_size}, batch {t.batch_size}, "
-            f"{f'{t.steps} steps' if t.steps else f'{t.epochs} epochs'}, Adam lr {t.adam.lr:g} / (1 + {a.lr_decay:g}·i)",
+            f"{f'{t.steps} steps' if t.steps else f'{t.epochs} epochs'}",
             "  sources: " + "; ".join(self.sources)] + [f"  note: {n}" for n in self.notes])
 
 
@@ -333,6 +351,64 @@ def match_color(source: np.ndarray, target: np.ndarray, eps: float = 1e-5) -> np
     return np.clip(out, 0.0, 1.0).reshape(np.shape(source)).astype(np.float32)
 
 
+# =========================================================================== spatial control
+def load_mask(mask: Any, size_hw: Tuple[int, int]) -> np.ndarray:
+    """A mask (a path, PIL image or array: H×W, or H×W×C averaged over its channels; float in
+    [0, 1], uint8 or bool) as H×W float64 in [0, 1] at ``size_hw`` (resized when it differs)."""
+    if isinstance(mask, np.ndarray):
+        m = mask.astype(np.float64) / 255.0 if mask.dtype == np.uint8 else np.asarray(mask, np.float64)
+    else:
+        m = np.asarray(load_image(mask, name="mask"), np.float64)
+    if m.ndim == 3:
+        m = m.mean(axis=2)
+    if m.ndim != 2 or not np.isfinite(m).all() or m.size == 0:
+        raise ArgumentError(f"mask: expected an H×W image of finite values, got shape {np.shape(m)}")
+    if m.min() < 0.0 or m.max() > 1.0:
+        raise ArgumentError(f"mask: values must lie in [0, 1] (got {m.min():g} .. {m.max():g})")
+    if m.shape != tuple(size_hw):
+        m = np.clip(resize_to(m, tuple(size_hw)).astype(np.float64), 0.0, 1.0)
+    return m
+
+
+def mask_regions(mask: Any, size_hw: Tuple[int, int]) -> Tuple[np.ndarray, np.ndarray]:
+    """The (foreground, background) positions on the relu4_1 grid of a content of ``size_hw``:
+    the mask is padded as ``stylize`` pads the content (reflect, to a multiple of 8), averaged
+    over each 8×8 block (the encoder's three 2×2 poolings) and split at 0.5 (foreground: ≥ 0.5,
+    the first style).  A region of a single position is given to the other (its σ is undefined
+    with the unbiased convention); an empty region is allowed (the other style everywhere)."""
+    h, w = size_hw
+    m = load_mask(mask, (h, w))
+    ph, pw = (-h) % 8, (-w) % 8
+    if ph or pw:
+        m = np.pad(m, ((0, ph), (0, pw)), mode="reflect")
+    H, W = m.shape[0] // 8, m.shape[1] // 8
+    fg = m.reshape(H, 8, W, 8).mean(axis=(1, 3)) >= 0.5
+    if fg.sum() == 1:
+        fg[:] = False
+    elif (~fg).sum() == 1:
+        fg[:] = True
+    return fg, ~fg
+
+
+def adain_regions_reference(fc: np.ndarray, styles: Sequence[np.ndarray], regions: Sequence[np.ndarray],
+                            spec: AdaINSpec) -> np.ndarray:
+    """The NumPy float64 oracle of spatial control: ``fc`` (1, C, h, w) and each style's relu4_1
+    (1, C, h_i, w_i); ``regions`` disjoint h×w boolean masks covering the grid.  Each region's
+    positions are AdaIN'd on their own (their μ and σ, over that region only) with its style,
+    as the Lua original's ``-mask`` (``index`` the positions, AdaIN, ``indexCopy`` them back)."""
+    from . import reference as R
+    fc = np.asarray(fc, np.float64)
+    C = fc.shape[1]
+    flat = fc.reshape(C, -1)
+    out = np.zeros_like(flat)
+    for fs, region in zip(styles, regions):
+        idx = np.flatnonzero(np.asarray(region).ravel())
+        if idx.size:
+            part = flat[:, idx].reshape(1, C, idx.size, 1)
+            out[:, idx] = R.adain(part, np.asarray(fs, np.float64), spec).reshape(C, idx.size)
+    return out.reshape(fc.shape)
+
+
 # =========================================================================== training data
 def load_crop(item: Any, load_size: int, crop: int, seed: int, step: int, slot: int) -> Optional[np.ndarray]:
     """One training crop: the short side resized to ``max(load_size, crop)``, then the random
@@ -502,12 +578,17 @@ class AdaINStylizerBase(FastStylizerBase):
                              f"{MIN_SIDE} px)")
         return x
 
-    def stylize(self, content, style, *, alpha: float = 1.0, style_weights=None, preserve_color: bool = False):
+    def stylize(self, content, style, *, alpha: float = 1.0, style_weights=None, preserve_color: bool = False,
+                mask=None):
         """``content`` (a path, PIL image or array) in the style of ``style`` (one image, or several
         interpolated by ``style_weights``, normalised to sum 1: the weighted sum of their AdaIN
         targets, as in the paper) -> H×W×3 float32 in [0, 1] at the content's size.
         ``alpha`` in [0, 1]: ``target = α·AdaIN(f(c), f(s)) + (1 − α)·f(c)``.
-        ``preserve_color``: each style first takes the content's colour mean and covariance."""
+        ``preserve_color``: each style first takes the content's colour mean and covariance.
+        ``mask`` (spatial control; H×W in [0, 1] over the content, a path or an array) with
+        ``style=[style_a, style_b]``: on the relu4_1 grid (:func:`mask_regions`) the positions where
+        the mask is ≥ 0.5 are AdaIN'd with ``style_a``'s statistics, the others with ``style_b``'s,
+        each region normalised by its own μ and σ."""
         try:
             alpha = float(alpha)
         except (TypeError, ValueError):
@@ -516,6 +597,12 @@ class AdaINStylizerBase(FastStylizerBase):
             raise ArgumentError(f"alpha: got {alpha!r}; need a number in [0, 1]")
         self._eval_mode()
         c = self._prepare(content, "content")
+        if mask is not None:
+            if not isinstance(style, (list, tuple)) or len(style) != 2:
+                raise ArgumentError("mask: spatial control takes two styles, [style for mask ≥ 0.5, style for "
+                                    "the rest]")
+            if style_weights is not None:
+                raise ArgumentError("mask: spatial control does not take style_weights (each region has one style)")
         styles, blend = prepare_styles(style, style_weights)
         styles = [self._prepare(s, "style") for s in styles]
         if preserve_color:
@@ -524,10 +611,15 @@ class AdaINStylizerBase(FastStylizerBase):
         ph, pw = (-h) % 8, (-w) % 8
         x = np.pad(c, ((0, ph), (0, pw), (0, 0)), mode="reflect") if ph or pw else c
         fc = self._encode(x[None], ("relu4_1",))["relu4_1"]
-        target = None
-        for s, wgt in zip(styles, blend):
-            t = self._adain(fc, self._encode(s[None], ("relu4_1",))["relu4_1"]) * float(wgt)
-            target = t if target is None else target + t
+        if mask is not None:
+            regions = mask_regions(mask, (h, w))
+            target = self._adain_regions(fc, [self._encode(s[None], ("relu4_1",))["relu4_1"] for s in styles],
+                                         regions)
+        else:
+            target = None
+            for s, wgt in zip(styles, blend):
+                t = self._adain(fc, self._encode(s[None], ("relu4_1",))["relu4_1"]) * float(wgt)
+                target = t if target is None else target + t
         if alpha != 1.0:
             target = target * alpha + fc * (1.0 - alpha)
         y = self._decode(target)[0, :h, :w]
@@ -566,6 +658,11 @@ class AdaINStylizerBase(FastStylizerBase):
         raise NotImplementedError
 
     def _adain(self, fc, fs):
+        raise NotImplementedError
+
+    def _adain_regions(self, fc, styles, regions):
+        """Spatial control in the framework: ``fc`` (batch 1) with each boolean h×w region's
+        positions AdaIN'd with its style's features (:func:`adain_regions_reference`)."""
         raise NotImplementedError
 
     def _decode(self, t) -> np.ndarray:

@@ -56,10 +56,20 @@ def stylize(args, backend, contents, targets) -> int:
     if not styles:
         raise _usage("AdaIN needs a style: --style-image IMAGE (repeat to interpolate, --style-weights)")
     alpha = args.alpha if getattr(args, "alpha", None) is not None else getattr(args, "strength", 1.0)
+    mask = getattr(args, "mask", None)
+    if mask:
+        if len(styles) != 2:
+            raise _usage(f"--mask takes two styles (--style-image FOREGROUND --style-image BACKGROUND), "
+                         f"got {len(styles)}")
+        if args.style_weights is not None:
+            raise _usage("--mask: each region has one style; --style-weights does not apply")
+        if not Path(mask).expanduser().is_file():
+            raise _usage(f"{mask}: no such mask file (--mask takes a grey image)")
+        mask = str(Path(mask).expanduser())
     st = backend.AdaINStylizer.load(args.model, weights=args.weights, device=args.device)
     for c, t in zip(contents, targets):
         y = st.stylize(str(c), styles, alpha=alpha, style_weights=args.style_weights,
-                       preserve_color=args.preserve_color)
+                       preserve_color=args.preserve_color, mask=mask or None)
         save_image(y, t, overwrite=args.overwrite)
         if not args.quiet:
             print(f"wrote {t}")

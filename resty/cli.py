@@ -232,6 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--style-weights", type=_float_list, default=None, metavar="W[,W...]",
                    help="blend weights of several styles, e.g. 0.7,0.3 (normalised to sum 1)")
     p.add_argument("--preserve-color", action="store_true", help="keep the content's colours")
+    p.add_argument("--mask", default=None, metavar="MASK",
+                   help="AdaIN spatial control: a grey image over the content; where it is >= 0.5 the first "
+                        "--style-image, elsewhere the second (give two)")
     p.add_argument("--seed", type=_nonneg_int, default=0, help="random seed (default 0)")
     p.add_argument("--ext", default=".png",
                    help="output extension for a folder of contents (default .png). Each output is named "
@@ -569,6 +572,9 @@ def cmd_stylize(args) -> int:
     if args.method == "adain" or (args.model and is_adain_file(args.model)):
         from .adain_cli import stylize as _adain_stylize
         return _adain_stylize(args, _backend(args.backend), contents, targets)
+    if args.mask:
+        raise UsageError("--mask (spatial control) is for AdaIN: --method adain --model DECODER with two "
+                         "--style-image")
     if args.style_image:
         from .arbitrary_stylizer import cli_stylize
         return cli_stylize(args, content, out, folder_mode, _backend(args.backend))

@@ -3,17 +3,23 @@
 ``resty.presets.get(name)`` returns a frozen :class:`Preset`; ``names()`` lists them.
 Every number here says where it comes from.  Where a source leaves a setting open, the
 choice is marked "(choice)" in ``notes``.
+
+This is the one registry a user sees (``resty presets``): the Gatys/Johnson presets defined
+here and the AdaIN presets of resty.adain (:class:`resty.adain.AdaINPreset`: ``adain2017``,
+``pytorch-adain``, ``keras-adain``).  ``names()`` and ``get()`` cover both (``names("adain")``,
+``names("gatys")``/``names("fast")`` for one family); ``resolve()`` and :class:`Preset` stay the
+Gatys/Johnson API (an AdaIN preset given to them is refused with a pointer to AdaINStylizer).
 """
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Dict, Tuple, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
 from .specs import (AdamSpec, GatysConfig, LBFGSSpec, LossSpec, TrainConfig, TransformerSpec,
                     VGGSpec, _check_choice, _fail, _Spec, _NESTED, _tuple)
 
-__all__ = ["Preset", "get", "names", "resolve", "PRESETS", "AGREEMENT"]
+__all__ = ["Preset", "get", "names", "method_of", "resolve", "PRESETS", "AGREEMENT", "METHODS"]
 
 #: Measured agreement of a preset's Gatys run with its source's own loop (tests/test_preset_sources.py,
 #: seeded random weights, tiny images): what ``resty presets NAME`` and docs/PRESETS.md show.
@@ -68,6 +74,15 @@ class Preset(_Spec):
     @property
     def preprocessing_name(self) -> str:
         return "torchvision" if self.imagenet_source == "torchvision" else "caffe"
+
+    @classmethod
+    def from_dict(cls, d):
+        """A preset's dict; one written by an AdaIN preset (``"method": "adain"``) gives back
+        that :class:`resty.adain.AdaINPreset` (the registry's round trip)."""
+        if isinstance(d, dict) and d.get("method") == "adain":
+            from .adain import AdaINPreset
+            return AdaINPreset.from_dict(d)
+        return super().from_dict(d)
 
     def describe(self) -> str:
         """Human-readable summary (used by ``resty presets``)."""
@@ -300,28 +315,59 @@ _add(Preset(
 ))
 
 
-def names() -> Tuple[str, ...]:
-    return tuple(PRESETS)
+def _adain_presets() -> Dict[str, Any]:
+    from .adain import ADAIN_PRESETS      # lazily: resty.adain imports resty.fast, which imports this module
+    return ADAIN_PRESETS
 
 
-def get(name: str) -> Preset:
-    """The preset called ``name``; an unknown name lists the known ones."""
-    if isinstance(name, Preset):
+METHODS = ("gatys", "fast", "adain")
+
+
+def names(method: Optional[str] = None) -> Tuple[str, ...]:
+    """Every preset a user can name: the Gatys/Johnson ones (``method`` 'gatys' or 'fast': both
+    methods read the same :class:`Preset`), then the AdaIN ones (``method='adain'``)."""
+    if method is not None and method not in METHODS:
+        raise ValueError(f"names: method must be one of {', '.join(METHODS)}, got {method!r}")
+    out = () if method == "adain" else tuple(PRESETS)
+    return out if method in ("gatys", "fast") else out + tuple(_adain_presets())
+
+
+def method_of(name: str) -> str:
+    """'adain' for an AdaIN preset, else 'gatys/fast' (one Preset drives both)."""
+    get(name)
+    return "adain" if name in _adain_presets() else "gatys/fast"
+
+
+def get(name: str):
+    """The preset called ``name`` (a :class:`Preset`, or a :class:`resty.adain.AdaINPreset` for an
+    AdaIN name); an unknown name lists the known ones."""
+    if isinstance(name, Preset) or type(name).__name__ == "AdaINPreset":
         return name
-    if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; known presets: {', '.join(PRESETS)}")
-    return PRESETS[name]
+    if name in PRESETS:
+        return PRESETS[name]
+    adain = _adain_presets()
+    if name in adain:
+        return adain[name]
+    raise ValueError(f"unknown preset {name!r}; known presets: {', '.join(names())}")
+
+
+def _not_adain(p):
+    if type(p).__name__ == "AdaINPreset":
+        raise ValueError(f"preset {p.name!r} is an AdaIN preset: use it with AdaINStylizer (resty.adain) or "
+                         f"`--method adain`; Gatys and fast-network presets: {', '.join(PRESETS)}")
+    return p
 
 
 def resolve(preset: Union[str, Preset, dict]) -> Preset:
-    """Accept a preset name, a Preset, or its dict/JSON form wherever a preset is accepted."""
+    """Accept a preset name, a Preset, or its dict/JSON form wherever a Gatys/Johnson preset is
+    accepted (an AdaIN one is refused: resty.adain.resolve_adain_preset takes those)."""
     if isinstance(preset, Preset):
         return preset
     if isinstance(preset, dict):
-        return Preset.from_dict(preset)
+        return _not_adain(Preset.from_dict(preset))
     if isinstance(preset, str) and preset.lstrip().startswith("{"):
-        return Preset.from_dict(json.loads(preset))
+        return _not_adain(Preset.from_dict(json.loads(preset)))
     if isinstance(preset, str):
-        return get(preset)
+        return _not_adain(get(preset))
     raise ValueError(f"preset: expected a name, a Preset or a dict, got {type(preset).__name__}; "
                      f"known presets: {', '.join(PRESETS)}")

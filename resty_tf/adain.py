@@ -236,6 +236,19 @@ class AdaINStylizer(AdaINStylizerBase):
     def _adain(self, fc, fs):
         return adain(fc, fs, self.preset.adain)
 
+    def _adain_regions(self, fc, styles, regions):
+        C = fc.shape[-1]
+        with tf.device(self.device):
+            flat = tf.reshape(fc, (-1, C))                 # NHWC, batch 1: positions × channels
+            out = tf.zeros_like(flat)
+            for fs, region in zip(styles, regions):
+                idx = np.flatnonzero(np.asarray(region).ravel())
+                if idx.size:
+                    part = tf.reshape(tf.gather(flat, idx), (1, -1, 1, C))
+                    t = tf.reshape(adain(part, fs, self.preset.adain), (-1, C))
+                    out = tf.tensor_scatter_nd_update(out, idx[:, None].astype(np.int64), t)
+            return tf.reshape(out, tf.shape(fc))
+
     def _decode(self, t) -> np.ndarray:
         with tf.device(self.device):
             return np.asarray(self.net(t).numpy(), np.float64)

@@ -217,5 +217,17 @@ class AdaINStylizer(AdaINStylizerBase):
         return adain(fc, fs, self.preset.adain)
 
     @torch.no_grad()
+    def _adain_regions(self, fc, styles, regions):
+        C = fc.shape[1]
+        flat = fc.reshape(C, -1)
+        out = torch.zeros_like(flat)
+        for fs, region in zip(styles, regions):
+            idx = torch.as_tensor(np.flatnonzero(np.asarray(region).ravel()), device=fc.device)
+            if idx.numel():
+                part = flat.index_select(1, idx).reshape(1, C, -1, 1)
+                out[:, idx] = adain(part, fs, self.preset.adain).reshape(C, -1)
+        return out.reshape(fc.shape)
+
+    @torch.no_grad()
     def _decode(self, t) -> np.ndarray:
         return self.net(t).detach().to("cpu", torch.float64).permute(0, 2, 3, 1).numpy()

@@ -144,6 +144,30 @@ def test_stylize_controls():
         st.stylize(c, s, alpha=1.5)
 
 
+def test_stylize_mask_spatial_control():
+    """mask=M with two styles: an all-foreground mask is the first style alone, an all-background
+    mask the second; a split mask changes each side; the mask needs exactly two styles."""
+    from resty.adain import mask_regions
+    from resty.backends import get_backend
+    from resty.errors import ArgumentError
+    st = get_backend("torch").AdaINStylizer(_tiny(), weights="random:0")
+    c, (s1, s2) = _data()[0][0], _data()[1][:2]
+    h, w = c.shape[:2]
+    ones, zeros = np.ones((h, w)), np.zeros((h, w), np.uint8)
+    assert np.allclose(st.stylize(c, [s1, s2], mask=ones), st.stylize(c, s1), atol=1e-5)
+    assert np.allclose(st.stylize(c, [s1, s2], mask=zeros), st.stylize(c, s2), atol=1e-5)
+    half = np.zeros((h, w))
+    half[:, : w // 2] = 1.0
+    fg, bg = mask_regions(half, (h, w))
+    assert fg.shape == (5, 7) and fg[:, :3].all() and bg[:, 4:].all() and not (fg & bg).any()
+    y = st.stylize(c, [s1, s2], mask=half, alpha=0.8)
+    assert y.shape == c.shape and not np.allclose(y, st.stylize(c, s1, alpha=0.8), atol=1e-3)
+    with pytest.raises(ArgumentError, match="two styles"):
+        st.stylize(c, s1, mask=half)
+    with pytest.raises(ArgumentError, match=r"\[0, 1\]"):
+        st.stylize(c, [s1, s2], mask=half * 2)
+
+
 def test_cli_train_and_stylize(tmp_path):
     from resty.images import save_image
     items, styles = _data()
@@ -163,3 +187,24 @@ def test_cli_train_and_stylize(tmp_path):
             "--alpha", "0.6", "--weights", "random:0", "-q")
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "out.png").is_file()
+
+
+def test_cli_stylize_mask(tmp_path, capsys):
+    """``resty stylize --mask M`` with two --style-image (in process; a saved tiny decoder)."""
+    from cli_helpers import assert_usage_error, run
+    from resty.backends import get_backend
+    from resty.images import save_image
+    (c,), (s1, s2) = _data()[0][:1], _data()[1][:2]
+    model = get_backend("torch").AdaINStylizer(_tiny(), weights="random:0").save(tmp_path / "dec.safetensors")
+    mask = np.zeros((40, 50, 3))
+    mask[:, :25] = 1.0
+    for name, a in (("c.png", c), ("a.png", s1), ("b.png", s2), ("mask.png", mask)):
+        save_image(a, tmp_path / name)
+    d = str(tmp_path) + "/"
+    rc, _, err = run(["stylize", d + "c.png", "-o", d + "m.png", "--model", str(model), "--style-image", d + "a.png",
+                      "--style-image", d + "b.png", "--mask", d + "mask.png", "--weights", "random:0", "-q"], capsys)
+    assert rc == 0, err
+    assert (tmp_path / "m.png").is_file()
+    rc, _, err = run(["stylize", d + "c.png", "-o", d + "n.png", "--model", str(model), "--style-image", d + "a.png",
+                      "--mask", d + "mask.png", "--weights", "random:0", "-q"], capsys)
+    assert_usage_error(rc, err, "--mask", "two styles")

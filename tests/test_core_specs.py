@@ -120,6 +120,24 @@ def test_presets_all_present_and_round_trip():
         assert name in p.describe()
 
 
+def test_adain_presets_in_the_one_registry():
+    from resty.adain import ADAIN_PRESETS, AdaINPreset
+    assert set(ADAIN_PRESETS) <= set(presets.names())
+    assert presets.names("adain") == tuple(ADAIN_PRESETS)
+    assert presets.names("gatys") == presets.names("fast") == tuple(presets.PRESETS)
+    for name in ADAIN_PRESETS:
+        p = presets.get(name)
+        assert isinstance(p, AdaINPreset) and presets.method_of(name) == "adain"
+        text = p.describe()
+        assert "σ" in text and "Adam" in text and "sources:" in text
+    assert "unbiased_eps = sqrt(Σ(x−μ)²/(N−1) + 1e-05)" in presets.get("pytorch-adain").describe()
+    assert "style biased = sqrt(Σ(x−μ)²/N)" in presets.get("adain2017").describe()
+    with pytest.raises(ValueError, match="AdaIN preset"):     # resolve() stays the Gatys/Johnson API
+        presets.resolve("adain2017")
+    with pytest.raises(ValueError, match="AdaIN preset"):
+        presets.resolve(presets.get("keras-adain").to_dict())
+
+
 def test_unknown_preset_lists_known():
     with pytest.raises(ValueError) as e:
         presets.get("picasso")
