@@ -316,28 +316,75 @@ def resolve_model(name_or_path) -> Any:
     raise WeightsError(f"{text}: no such file or model{hint}; models: {', '.join(known) or 'none'}")
 
 
+def _file_kind(p: Path) -> str:
+    """The ``architecture`` in a model file's metadata (``transformer``, ``arbitrary``, ...;
+    ``unreadable`` when the header cannot be read)."""
+    try:
+        return read_metadata(p).get("architecture") or "unknown"
+    except (RestyError, OSError):
+        return "unreadable"
+
+
 def list_models() -> List[Dict[str, Any]]:
-    """Imported models and the ones installed packages bundle (not yet imported)."""
+    """Imported models and the ones installed packages bundle (not yet imported): the
+    feed-forward transformers (``kind`` ``transformer``) and Magenta's arbitrary-style pair
+    (``kind`` ``arbitrary``, resty.models_arbitrary)."""
+    from .models_arbitrary import BUNDLED_ARBITRARY, bundled_arbitrary
     rows = []
     d = models_dir()
     seen = set()
     if d.is_dir():
         for p in sorted(d.glob("*.safetensors")):
-            rows.append({"name": p.stem, "path": str(p), "status": "imported"})
+            rows.append({"name": p.stem, "path": str(p), "status": "imported", "kind": _file_kind(p)})
             seen.add(p.stem)
     for name in sorted(BUNDLED):
         if name not in seen:
             f = bundled_onnx(name)
             if f is not None:
-                rows.append({"name": name, "path": str(f), "status": f"bundled by {BUNDLED[name][0]}"})
+                rows.append({"name": name, "path": str(f), "status": f"bundled by {BUNDLED[name][0]}",
+                             "kind": "transformer"})
+    for name in sorted(BUNDLED_ARBITRARY):
+        if name not in seen:
+            pair = bundled_arbitrary(name)
+            if pair is not None:
+                rows.append({"name": name, "path": " + ".join(map(str, pair)),
+                             "status": f"bundled by {BUNDLED_ARBITRARY[name][0]}", "kind": "arbitrary"})
     return rows
 
 
+def _arbitrary_info(name_or_path) -> Dict[str, Any]:
+    from .models_arbitrary import resolve_arbitrary
+    ws = resolve_arbitrary(name_or_path)
+    found = find_model(ws.extra.get("name", "")) if isinstance(ws.extra.get("name"), str) else None
+    path = str(found) if found is not None else (os.fspath(name_or_path) if os.path.exists(os.fspath(name_or_path))
+                                                 else None)
+    sp = ws.spec
+    info = {"name": ws.extra.get("name", str(name_or_path)), "kind": "arbitrary", "path": path, "source": ws.source,
+            "parameters": ws.n_params, "style_dim": sp.transfer.style_dim,
+            "parameters_predictor": int(sum(np.size(v) for k, v in ws.tensors.items() if k.startswith("predictor."))),
+            "parameters_transfer": int(sum(np.size(v) for k, v in ws.tensors.items() if k.startswith("transfer."))),
+            "spec": sp.to_dict()}
+    for k in ("imported_from", "dequantized"):
+        if k in ws.extra:
+            info[k] = ws.extra[k]
+    return info
+
+
 def model_info(name_or_path) -> Dict[str, Any]:
-    """The spec, parameter count and provenance of a model (imported, bundled or a file)."""
+    """The spec, parameter count and provenance of a model (imported, bundled or a file): a
+    feed-forward transformer (``kind`` ``transformer``) or an arbitrary-style pair (``arbitrary``)."""
+    from .models_arbitrary import BUNDLED_ARBITRARY
+    if not isinstance(name_or_path, WeightSet):
+        text = os.fspath(name_or_path)
+        found = Path(text) if os.path.isfile(text) else find_model(text)
+        if (found is None and text in BUNDLED_ARBITRARY) or (found is not None and _file_kind(found) == "arbitrary"):
+            return _arbitrary_info(text)
+    elif name_or_path.architecture == "arbitrary":
+        return _arbitrary_info(name_or_path)
     where = resolve_model(name_or_path)
     ws = where if isinstance(where, WeightSet) else load_weights(where, expect="transformer")
-    info = {"name": ws.extra.get("name", str(name_or_path)), "path": None if isinstance(where, WeightSet) else str(where),
+    info = {"name": ws.extra.get("name", str(name_or_path)), "kind": "transformer",
+            "path": None if isinstance(where, WeightSet) else str(where),
             "source": ws.source, "parameters": ws.n_params, "styles": ws.spec.num_styles,
             "spec": ws.spec.to_dict()}
     for k in ("imported_from", "onnx_check_max_abs"):
@@ -373,7 +420,7 @@ def run_cli(args) -> int:
         if not rows:
             print(f"no models (resty models import FILE; they go to {models_dir()})")
         for r in rows:
-            print(f"{r['name']}\t{r['status']}\t{r['path']}")
+            print(f"{r['name']}\t{r['kind']}\t{r['status']}\t{r['path']}")
     else:
         print(json.dumps(model_info(args.name), indent=2, sort_keys=True))
     return 0
