@@ -270,7 +270,8 @@ class FastStylizerBase:
 
     def fit(self, images, style, *, steps=None, epochs=None, batch_size=None, image_size=None,
             checkpoint_dir=None, checkpoint_every=None, resume=False, seed=None, num_workers=None,
-            progress=False, callback=None, lr=None, style_weights=None, **options) -> Dict[str, Any]:
+            progress=False, callback=None, lr=None, style_weights=None, train_only=None, style_row=None,
+            **options) -> Dict[str, Any]:
         """Train the transformer on ``images`` (a folder, a list of paths, or an iterable of
         arrays) to reproduce ``style`` (one image, or several blended by ``style_weights``).
         Returns a summary dict (steps, history, skipped, images per second, ...).
@@ -283,7 +284,52 @@ class FastStylizerBase:
         already holds checkpoints is refused.  Unreadable images are skipped and listed in
         ``skipped``; no readable image at all raises ImageError.  ``callback(step, losses, None)`` returning True
         stops (after writing a checkpoint when a directory is given).  A non-finite loss
-        raises TrainingError naming the step.  ``options`` are the backend's own."""
+        raises TrainingError naming the step.  ``options`` are the backend's own.
+
+        ``train_only="style_row"`` (a multi-style network, e.g. ``load("multistyle26",
+        new_style=True)``): train only row ``style_row`` (default: the last) of every norm's
+        gamma/beta table, the network run with that style; every other parameter is frozen (the
+        backends' training sessions honour :meth:`_is_trainable`) and the other rows get exactly
+        zero gradient, so they do not move (Dumoulin et al. 2017)."""
+        self._setup_train_only(train_only, style_row)
+        try:
+            return self._fit(images, style, steps=steps, epochs=epochs, batch_size=batch_size,
+                             image_size=image_size, checkpoint_dir=checkpoint_dir,
+                             checkpoint_every=checkpoint_every, resume=resume, seed=seed, num_workers=num_workers,
+                             progress=progress, callback=callback, lr=lr, style_weights=style_weights, **options)
+        finally:
+            self._train_filter = None
+
+    def _setup_train_only(self, train_only, style_row) -> None:
+        self._train_filter = None
+        self._train_only = None
+        if train_only is None:
+            if style_row is not None:
+                raise ArgumentError("style_row: only with train_only='style_row'")
+            return
+        if train_only != "style_row":
+            raise ArgumentError(f"train_only: got {train_only!r}; allowed None or 'style_row'")
+        spec = self.preset.transformer
+        if not spec.conditional:
+            raise ArgumentError("train_only='style_row' needs a multi-style network (conditional instance norm)")
+        row = spec.num_styles - 1 if style_row is None else integer_arg(style_row, "style_row", 0)
+        if row >= spec.num_styles:
+            raise ArgumentError(f"style_row: got {row}; this network has styles 0..{spec.num_styles - 1}")
+        if self.preset.training.adam.weight_decay:
+            raise ArgumentError("train_only='style_row' needs Adam without weight decay (it would move the frozen rows)")
+        self.net.set_style(np.eye(spec.num_styles)[row])
+        self._train_filter = lambda name: name.endswith((".norm.weight", ".norm.bias"))
+        self._train_only = {"train_only": "style_row", "style_row": row}
+
+    def _is_trainable(self, name: str) -> bool:
+        """Whether the canonical parameter ``name`` is trained by the current ``fit`` (the
+        backends' training sessions give the optimizer these only)."""
+        f = getattr(self, "_train_filter", None)
+        return f is None or bool(f(name))
+
+    def _fit(self, images, style, *, steps=None, epochs=None, batch_size=None, image_size=None,
+             checkpoint_dir=None, checkpoint_every=None, resume=False, seed=None, num_workers=None,
+             progress=False, callback=None, lr=None, style_weights=None, **options) -> Dict[str, Any]:
         plan = self._plan(images, steps, epochs, batch_size, image_size, seed, num_workers, lr, checkpoint_dir,
                           checkpoint_every)
         tc = self.preset.training
@@ -338,7 +384,8 @@ class FastStylizerBase:
                     trained = True
                     if not np.isfinite(out.terms[0]):
                         raise TrainingError(nonfinite_message(float(out.terms[0]), done))
-                    self.history.append({"step": done, **dict(zip(LOSS_TERMS, map(float, out.terms)))})
+                    # a fifth term is the temporal loss (resty.temporal), when the preset weights it
+                    self.history.append({"step": done, **dict(zip(LOSS_TERMS + ("temporal",), map(float, out.terms)))})
 
             def last_terms() -> Dict[str, float]:
                 last = self.history[-1] if self.history else {}
@@ -409,10 +456,12 @@ class FastStylizerBase:
         if cached is None or cached[0] != key:
             cached = (key, loss_network_identity(self.weights, p.vgg.arch, p.preprocessing_name))
             self._loss_network_id = cached
+        settings = plan.identity_settings(p.training.style_size)
+        if getattr(self, "_train_only", None):
+            settings.update(self._train_only)      # only then: older identities stay the same
         return {"version": IDENTITY_VERSION, "preset": preset_identity(p.to_dict()),
                 "style": plan.style_data if plan.styles is not None else style_identity(styles, blend),
-                "loss_network": dict(cached[1]), "data": plan.data,
-                "settings": plan.identity_settings(p.training.style_size)}
+                "loss_network": dict(cached[1]), "data": plan.data, "settings": settings}
 
     def _checkpoint_to_resume(self, ckdir: str, resume: bool):
         """``(path, tensors, meta)`` of the checkpoint to resume from (None: start at step 0).
@@ -592,13 +641,18 @@ class FastStylizerBase:
         return save_weights(path, ws, overwrite=overwrite)
 
     @classmethod
-    def load(cls, path, *, weights="imagenet", device=None, dtype="float32", **kw) -> "FastStylizerBase":
+    def load(cls, path, *, weights="imagenet", device=None, dtype="float32", new_style=False,
+             **kw) -> "FastStylizerBase":
         """A stylizer from a file written by :meth:`save` (either backend), or a model name
         (``"multistyle26"``: imported with ``resty models import`` or bundled by an installed
-        package, see resty.models)."""
-        from .models import resolve_model
+        package, see resty.models).  ``new_style=True`` (a multi-style network): one more style
+        row, initialised by resty.models.add_style, to train with ``fit(...,
+        train_only="style_row")``."""
+        from .models import add_style, resolve_model
         where = resolve_model(path)
         ws = where if isinstance(where, WeightSet) else load_weights(where, expect="transformer")
+        if new_style:
+            ws = add_style(ws)
         obj = cls(model_preset(ws), weights=weights, device=device, dtype=dtype, transformer_weights=ws, **kw)
         obj.step = int(ws.extra.get("steps", 0))
         return obj

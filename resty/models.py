@@ -30,7 +30,7 @@ from .errors import ArgumentError, RestyError, WeightsError, one_line
 from .specs import TransformerSpec
 from .weights import WeightSet, cache_dir, load_weights, read_metadata, save_weights
 
-__all__ = ["import_onnx", "onnx_to_weightset", "models_dir", "list_models", "find_model", "model_info",
+__all__ = ["add_style", "import_onnx", "onnx_to_weightset", "models_dir", "list_models", "find_model", "model_info",
            "resolve_model", "bundled_onnx", "BUNDLED", "check_against_onnx"]
 
 # name -> (package, path inside the package) of ONNX files other packages ship.
@@ -253,6 +253,35 @@ def check_against_onnx(ws: WeightSet, onnx_path, *, size: int = 48, style: int =
                           ws.extra["style_input"]: w})[0][0].transpose(1, 2, 0)
     ref = transformer_forward(img, ws.tensors, ws.spec, style=style)[0]
     return float(np.abs(ref - out).max())
+
+
+# --------------------------------------------------------------------------- fine-tuning
+def add_style(ws: WeightSet, init: str = "mean") -> WeightSet:
+    """An N-style conditional-instance-norm network with one more style: every norm's gamma/beta
+    table gets row N, initialised to the mean of the N rows (``init="mean"``: the uniform blend
+    of the existing styles) or to row 0 (``"first"``); everything else is copied.  What
+    ``FastStylizer.load(..., new_style=True)`` / ``resty train --new-style`` start from; training
+    then moves only that row (``fit(..., train_only="style_row")``, Dumoulin et al. 2017: a new
+    style costs 2·C parameters per norm)."""
+    if not isinstance(ws, WeightSet) or ws.architecture != "transformer" or not ws.spec.conditional:
+        raise ArgumentError("new style: the model must be a multi-style network (conditional instance norm, "
+                            "e.g. multistyle26)")
+    if init not in ("mean", "first"):
+        raise ArgumentError(f"new style init {init!r}: allowed mean, first")
+    tensors = {}
+    for k, v in ws.tensors.items():
+        if k.endswith((".norm.weight", ".norm.bias")):
+            row = np.mean(v, axis=0, dtype=np.float64) if init == "mean" else v[0]
+            v = np.concatenate([v, np.asarray(row, v.dtype)[None]], axis=0)
+        tensors[k] = np.array(v)
+    spec = ws.spec.replace(num_styles=ws.spec.num_styles + 1)
+    extra = dict(ws.extra)
+    extra["new_style_row"] = spec.num_styles - 1
+    extra.pop("onnx_check_max_abs", None)
+    if "preset" in extra and isinstance(extra["preset"], dict) and isinstance(extra["preset"].get("transformer"), dict):
+        extra["preset"] = dict(extra["preset"], transformer=spec.to_dict())
+    return WeightSet(tensors, "transformer", source=f"{ws.source} + style {spec.num_styles - 1} (row init {init})",
+                     spec=spec, extra=extra).validate("new style")
 
 
 # --------------------------------------------------------------------------- the registry

@@ -17,9 +17,10 @@ import numpy as np
 import tensorflow as tf
 
 from resty import distributed as rdist
-from resty.errors import RestyError
+from resty.errors import ArgumentError, RestyError
 from resty.fast import FastStylizerBase, StepOutcome, TrainingPlan, TrainingSession
 from resty.runtime import warn_cpu_half_precision
+from resty.temporal import plan_arrays, training_perturbation
 from resty.training_data import load_step_slots
 
 from . import distributed as tdist
@@ -46,7 +47,10 @@ class _TrainingSession(TrainingSession):
 
     def __enter__(self) -> "_TrainingSession":
         self.scope.__enter__()
-        self.names, self.variables = self.owner._variables()
+        names, variables = self.owner._variables()
+        # Only the variables the driver trains (FastStylizerBase._is_trainable); the rest frozen.
+        keep = [i for i, n in enumerate(names) if self.owner._is_trainable(n)]
+        self.names, self.variables = [names[i] for i in keep], [variables[i] for i in keep]
         self.opt = TorchAdam(self.owner.preset.training.adam, self.variables, lr=self.plan.lr)
         return self
 
@@ -66,6 +70,9 @@ class _TrainingSession(TrainingSession):
 
     def start(self, style_grams, start_step: int) -> None:
         owner, plan = self.owner, self.plan
+        if owner.strategy is not None and owner.preset.training.temporal_weight:
+            raise ArgumentError("temporal_weight: the temporal loss trains in one process for now (not under a "
+                                "distribution strategy)")
         if owner.strategy is None:
             self.train_step = owner._make_train_step(self.opt, self.variables, style_grams, plan.image_size)
             self.dataset = owner._pipeline(plan, start_step)
@@ -85,7 +92,8 @@ class _TrainingSession(TrainingSession):
                 continue
             x, bad, n, step = elem
             bad = [int(j) for j in np.flatnonzero(bad.numpy())]
-            yield int(step), (self.train_step(x) if int(n) else None, bad, int(n))
+            warp = self.owner._temporal_inputs(self.plan.seed, int(step), x) if int(n) else ()
+            yield int(step), (self.train_step(x, *warp) if int(n) else None, bad, int(n))
 
     def resolve(self, handles):
         out = []
@@ -211,13 +219,20 @@ class FastStylizer(FastStylizerBase):
                                   per_pipeline)
         return self.strategy.distribute_datasets_from_function(dataset_fn)
 
-    def _loss_and_grads(self, x, grams, variables, factor=None):
-        """The terms of the batch ``x`` and the gradients of ``total · factor``."""
+    def _loss_and_grads(self, x, grams, variables, factor=None, warp=()):
+        """The terms of the batch ``x`` and the gradients of ``total · factor``; ``warp``: the
+        temporal term's perturbation as tensors (:meth:`_temporal_inputs`), appended as a fifth
+        term ``temporal`` (its weighted value, also in ``total``)."""
         loss = self.preset.fast_loss
         fx = {k: tf.stop_gradient(v) for k, v in self.vgg(x).items() if k in loss.content_layers}
         with tf.GradientTape() as tape:
             y = self.net(x, training=True)
             terms = L.total_loss(self.vgg(y), y, loss, fx, grams)
+            if warp:
+                from .temporal import temporal_loss_tensors
+                lt = temporal_loss_tensors(lambda a: self.net(a, training=True), x, *warp, y=y)
+                wt = tf.cast(self.preset.training.temporal_weight * tf.cast(lt, tf.float64), terms.dtype)
+                terms = tf.concat([terms[:1] + wt, terms[1:], wt[None]], 0)
             objective = terms[0] if factor is None else terms[0] * tf.cast(factor, terms.dtype)
         return terms, tape.gradient(objective, variables)
 
@@ -269,10 +284,16 @@ class FastStylizer(FastStylizerBase):
         # One trace for the whole run: the batch dimension is dynamic (a batch shrinks when an
         # item is unreadable), the spatial size static (the loss factors are then constants,
         # which XLA needs).
+        # The temporal term's warps (resty.temporal.plan_arrays) and noise are inputs of the step.
+        hw = size * size
+        warp_spec = [tf.TensorSpec([None, 4, hw], tf.int64), tf.TensorSpec([None, 4, hw], tf.float64),
+                     tf.TensorSpec([None, hw], tf.float64), tf.TensorSpec([None, size, size, 3], tf.float32)] \
+            if self.preset.training.temporal_weight else []
+
         @tf.function(jit_compile=self.jit_compile, autograph=False,
-                     input_signature=[tf.TensorSpec([None, size, size, 3], self.tf_dtype)])
-        def step(x):
-            terms, g = self._loss_and_grads(x, grams, variables, scale)
+                     input_signature=[tf.TensorSpec([None, size, size, 3], self.tf_dtype)] + warp_spec)
+        def step(x, *warp):
+            terms, g = self._loss_and_grads(x, grams, variables, scale, warp=warp)
             if fp16:
                 # Dynamic loss scaling: float16 gradients underflow without it.  A step with
                 # non-finite gradients is skipped and the scale halved (torch's GradScaler).
@@ -292,6 +313,16 @@ class FastStylizer(FastStylizerBase):
             return tf.cast(terms, tf.float64)
 
         return step
+
+    def _temporal_inputs(self, seed: int, step: int, x) -> tuple:
+        """The temporal term's perturbation of training step ``step`` (resty.temporal), as the
+        arrays the traced step takes; () when the preset's temporal_weight is 0."""
+        tc = self.preset.training
+        pert = training_perturbation(tc, seed, step, int(x.shape[0]), int(x.shape[1]), int(x.shape[2]))
+        if pert is None:
+            return ()
+        plans, noise = pert
+        return (*plan_arrays(plans), noise)
 
     # ------------------------------------------------------------------ inference
     def _writes_files(self) -> bool:

@@ -9,9 +9,10 @@ import numpy as np
 import torch
 
 from resty import distributed as rdist
-from resty.errors import RestyError
+from resty.errors import ArgumentError, RestyError
 from resty.fast import FastStylizerBase, StepOutcome, TrainingPlan, TrainingSession
 from resty.runtime import warn_cpu_half_precision
+from resty.temporal import training_perturbation
 from resty.training_data import BatchSchedule, load_training_item
 
 from . import distributed as tdist
@@ -87,12 +88,20 @@ class _TrainingSession(TrainingSession):
         self.owner, self.plan = owner, plan
         self.ctx = self.dist = tdist.setup(owner.device)
         owner.net.train()
-        self.opt = make_adam(owner.net.parameters(), owner.preset.training.adam, lr=plan.lr, foreach=None)
+        # Only the parameters the driver trains (FastStylizerBase._is_trainable, e.g. the norm
+        # tables for train_only="style_row"); the others are frozen for this fit.
+        self._frozen = [p for n, p in owner.net.named_parameters() if p.requires_grad and not owner._is_trainable(n)]
+        for p in self._frozen:
+            p.requires_grad_(False)
+        self.opt = make_adam([p for p in owner.net.parameters() if p.requires_grad], owner.preset.training.adam,
+                             lr=plan.lr, foreach=None)
         self.scaler = torch.amp.GradScaler(owner.device.type) if owner.train_precision == torch.float16 else None
         self.cuda_graph = owner.cuda_graph if cuda_graph is None else bool(cuda_graph)
 
     def __exit__(self, *exc) -> None:
         self.owner.net.eval()
+        for p in self._frozen:
+            p.requires_grad_(True)
 
     # -- optimizer and RNG state, by canonical parameter name
     def optimizer_state(self):
@@ -140,7 +149,11 @@ class _TrainingSession(TrainingSession):
                 if owner.device.type == "cuda" else None
             # DDP broadcasts rank 0's parameters now and averages gradients in backward.
             self.net_fn = DDP(owner._net_fn, device_ids=ids)
+        if ctx.enabled and owner.preset.training.temporal_weight:
+            raise ArgumentError("temporal_weight: the temporal loss trains in one process for now (not under DDP)")
+        # The temporal term's warps change every step: it runs the eager step.
         use_graph = self.cuda_graph and not ctx.enabled and self.scaler is None \
+            and not owner.preset.training.temporal_weight \
             and isinstance(self.opt, torch.optim.Adam)
         self.graph_step = owner.make_train_step(style_grams, self.opt, self.net_fn, cuda_graph=True) \
             if use_graph else None
@@ -182,6 +195,7 @@ class _TrainingSession(TrainingSession):
             x = x.to(owner.device, owner.dtype, non_blocking=True)
             if owner.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
+            owner._temporal_key = (self.plan.seed, int(s))      # the temporal term's perturbation
             if self.graph_step is not None:
                 terms = self.graph_step(x).clone()      # the graph's static output
             else:
@@ -310,7 +324,8 @@ class FastStylizer(FastStylizerBase):
     def _train_loss(self, x: torch.Tensor, grams, net_fn=None) -> torch.Tensor:
         """``[total, content, style, tv]`` of the batch ``x`` through ``net_fn`` (default: this
         stylizer's own net; with ``compile`` the whole loss is the compiled function)."""
-        if (net_fn is None or net_fn is self._net_fn) and self._train_loss_compiled is not None:
+        if (net_fn is None or net_fn is self._net_fn) and self._train_loss_compiled is not None \
+                and not self.preset.training.temporal_weight:
             return self._train_loss_compiled(x, grams)
         return self._train_loss_eager(x, grams, net_fn or self._net_fn)
 
@@ -324,7 +339,21 @@ class FastStylizer(FastStylizerBase):
             fy = self.vgg(y)
             with torch.no_grad():
                 fx = self.vgg(x, layers=loss.content_layers) if loss.content_layers else {}
-        return L.total_loss(fy, y, loss, fx, grams)
+        return self._temporal_terms(L.total_loss(fy, y, loss, fx, grams), x, y, net_fn)
+
+    def _temporal_terms(self, terms: torch.Tensor, x: torch.Tensor, y: torch.Tensor, net_fn) -> torch.Tensor:
+        """``terms`` with the ReReVST term (resty.temporal.temporal_loss) of this step: ``total``
+        gains ``w·L_temporal``, appended as a fifth term ``temporal``; unchanged at weight 0."""
+        tc = self.preset.training
+        key = getattr(self, "_temporal_key", None)
+        pert = None if key is None else training_perturbation(tc, key[0], key[1], x.shape[0], x.shape[2], x.shape[3])
+        if pert is None:
+            return terms
+        from .temporal import temporal_loss
+        with self._autocast("train"):
+            lt = temporal_loss(net_fn, x, pert[0], pert[1], y=y)
+        wt = tc.temporal_weight * lt.to(terms.dtype)
+        return torch.cat([terms[:1] + wt, terms[1:], wt[None]])
 
     def make_train_step(self, grams, opt: torch.optim.Optimizer, net_fn=None, cuda_graph: Optional[bool] = None,
                         warmup: int = 3) -> Callable[[torch.Tensor], torch.Tensor]:
