@@ -25,7 +25,7 @@ import numpy as np
 
 from resty import presets as P
 from resty import reference as R
-from resty.specs import (CONTENT_CONVENTIONS, GRAM_CONVENTIONS, TV_CONVENTIONS, AdamSpec, LBFGSSpec,
+from resty.specs import (CLAMP_MODES, CONTENT_CONVENTIONS, GRAM_CONVENTIONS, TV_CONVENTIONS, AdamSpec, LBFGSSpec,
                          LossSpec, PREPROCESSING, TransformerSpec, VGGSpec, vgg_layer_names)
 from resty.weights import random_transformer, random_vgg
 
@@ -522,6 +522,112 @@ def q_lbfgs_device(ctx: Ctx, dtype: str):
     return sides(ctx, torch=torch_side, ref=lambda: _lbfgs_ref(x0, p, a))
 
 
+# --------------------------------------------------------------------------- clamp modes
+def q_clamp(mode: str):
+    """Clamp ``mode`` (GatysConfig.clamp) on the analytic objective, Adam and L-BFGS, each side
+    projecting where resty.gatys.clamp_points says (the points the stylizers' loops use):
+    torch (make_adam / lbfgs_outer_steps with the closure's clamp_ and the outer-step
+    projection), TF (TorchAdam / lbfgs_minimize(project_at=...)), the oracle (adam_step /
+    reference.lbfgs_minimize(project_at=...)).  The start is stretched so that ~15% of its
+    pixels lie at 0 or 1 and every mode projects something; x_N is before the result's final
+    clip (so ``end`` and ``never`` agree here; they differ only there)."""
+    def fn(ctx: Ctx, dtype: str):
+        from resty.gatys import clamp_points
+        x0, p, a = _opt_inputs()
+        x0 = np.clip(1.6 * (x0 - 0.5) + 0.5, 0.0, 1.0)
+        ad, lb = clamp_points(mode, "adam"), clamp_points(mode, "lbfgs")
+        project_at = "evaluation" if lb.before_eval else "step"
+        np_clip = lambda z: np.clip(z, 0, 1)  # noqa: E731
+
+        def torch_side():
+            import torch
+            L, O = ctx.hook("torch", "losses"), ctx.hook("torch", "optim")
+            pt, at = ctx.t(p, dtype), ctx.t(a, dtype)
+            out = {}
+            x = ctx.t(x0, dtype).requires_grad_(True)
+            opt = O.make_adam([x], ADAM)
+            for _ in range(ADAM_STEPS):
+                with torch.no_grad():
+                    if ad.before_eval:
+                        x.clamp_(0, 1)
+                opt.zero_grad()
+                _torch_objective(L, x, pt, at).backward()
+                opt.step()
+                with torch.no_grad():
+                    if ad.after_update:
+                        x.clamp_(0, 1)
+            out["Adam x_N − x_0"] = ctx.np_t(x) - x0
+            x = ctx.t(x0, dtype).requires_grad_(True)
+            opt = O.make_lbfgs(x, LBFGS)
+            losses = []
+
+            def closure():
+                if lb.before_eval:
+                    with torch.no_grad():
+                        x.clamp_(0, 1)
+                opt.zero_grad()
+                v = _torch_objective(L, x, pt, at)
+                v.backward()
+                losses.append(float(v.detach()))
+                return v
+
+            def project():
+                with torch.no_grad():
+                    x.clamp_(0, 1)
+
+            O.lbfgs_outer_steps(opt, closure, LBFGS, LBFGS_EVALS, lambda: len(losses),
+                                project if lb.between_steps else None)
+            out["L-BFGS x_N − x_0"] = ctx.np_t(x) - x0
+            out["L-BFGS loss per evaluation"] = np.asarray(losses)
+            return out
+
+        def tf_side():
+            import tensorflow as tf
+            L, O = ctx.hook("tf", "losses"), ctx.hook("tf", "optim")
+            pt, at = ctx.f(nhwc(p), dtype), ctx.f(a, dtype)
+            out = {}
+            x = tf.Variable(nhwc(x0).astype(dtype))
+            opt = O.TorchAdam(ADAM, [x])
+            for _ in range(ADAM_STEPS):
+                if ad.before_eval:
+                    x.assign(tf.clip_by_value(x, 0, 1))
+                with tf.GradientTape() as tape:
+                    v = _tf_objective(L, x, pt, at)
+                opt.apply([tape.gradient(v, x)])
+                if ad.after_update:
+                    x.assign(tf.clip_by_value(x, 0, 1))
+            out["Adam x_N − x_0"] = nchw(ctx.np_f(x)) - x0
+
+            def fun(z):
+                with tf.GradientTape() as tape:
+                    tape.watch(z)
+                    v = _tf_objective(L, z, pt, at)
+                return v, tape.gradient(v, z)
+
+            xl, losses = O.lbfgs_minimize(fun, ctx.f(nhwc(x0), dtype), LBFGS, LBFGS_EVALS,
+                                          project=(lambda z: tf.clip_by_value(z, 0, 1)) if lb.between_steps else None,
+                                          project_at=project_at)
+            out["L-BFGS x_N − x_0"] = nchw(ctx.np_f(xl)) - x0
+            out["L-BFGS loss per evaluation"] = np.asarray(losses)
+            return out
+
+        def ref_side():
+            x, st = x0.copy(), R.AdamState(x0.shape)
+            for _ in range(ADAM_STEPS):
+                if ad.before_eval:
+                    x = np_clip(x)
+                x = R.adam_step(x, _ref_objective(x, p, a)[1], st, ADAM)
+                if ad.after_update:
+                    x = np_clip(x)
+            xl, losses = R.lbfgs_minimize(lambda z: _ref_objective(z, p, a), x0, LBFGS, LBFGS_EVALS,
+                                          project=np_clip if lb.between_steps else None, project_at=project_at)
+            return {"Adam x_N − x_0": x - x0, "L-BFGS x_N − x_0": xl - x0,
+                    "L-BFGS loss per evaluation": np.asarray(losses)}
+
+        return sides(ctx, torch=torch_side, tf=tf_side, ref=ref_side)
+    return fn
+
+
 # --------------------------------------------------------------------------- Gatys stylize
 def q_stylize(optimizer: str, iterations: int):
     """End-to-end GatysStylizer.stylize with a fixed seed: output change from the init image,
@@ -960,6 +1066,9 @@ def build() -> List[Quantity]:
         Quantity("gatys-grad-johnson2016", "Gatys total loss gradient w.r.t. the image, johnson2016", "grad", q_gatys_grad("johnson2016"), quick=False),
         Quantity("adam", f"Adam trajectory, {ADAM_STEPS} steps (torch formula, lr {ADAM.lr:g})", "trajectory", q_adam),
         Quantity("lbfgs", f"L-BFGS trajectory, {LBFGS_EVALS} evaluations (max_iter {LBFGS.max_iter}, history {LBFGS.history_size}, clamp)", "trajectory", q_lbfgs),
+        *[Quantity(f"clamp-{mode}", f"clamp {mode!r}: Adam {ADAM_STEPS} steps and L-BFGS {LBFGS_EVALS} evaluations "
+                   "projected where resty.gatys.clamp_points says", "trajectory", q_clamp(mode))
+          for mode in CLAMP_MODES],
         Quantity("lbfgs-device", f"device-resident L-BFGS (torch cuda_graph path), {LBFGS_EVALS} evaluations, same schedule", "trajectory",
                  q_lbfgs_device, sides=("torch", "ref")),
         Quantity("transformer-nearest", "transformer forward, nearest ×2 + conv (small spec; even/odd/non-square, batch>1)", "output",

@@ -20,7 +20,8 @@ __all__ = [
     "as_batch", "preprocess", "pad", "conv2d", "conv_transpose2d", "relu", "max_pool2d",
     "avg_pool2d", "instance_norm", "conditional_instance_norm", "style_mix", "batch_norm", "upsample_nearest2x", "vgg_features", "gram",
     "style_loss", "content_loss", "tv_loss", "style_loss_grad", "content_loss_grad", "tv_loss_grad",
-    "total_loss", "transformer_forward", "AdamState", "adam_step", "lbfgs_minimize",
+    "total_loss", "transformer_forward", "AdamState", "adam_betas", "adam_bias_corrections", "adam_step",
+    "lbfgs_minimize",
 ]
 
 Array = np.ndarray
@@ -315,24 +316,45 @@ class AdamState:
         self.step = 0
 
 
+def adam_betas(spec: AdamSpec) -> Tuple[float, float]:
+    """The β1, β2 that Adam's bias corrections ``1 - β^t`` use.  Torch: the spec's.  Keras
+    (``spec.epsilon_hat``): the spec's rounded to float32, whatever the variables' dtype, since
+    Keras 3's Adam computes ``ops.power(ops.cast(self.beta_1, variable.dtype), step)`` and
+    ``tf.cast`` of a Python float goes through a float32 tensor (0.99 -> 0.9900000095367432).
+    In a float64 run this moves the first step by ~1e-7 (the tf-tutorial mismatch, issue 16)."""
+    if spec.epsilon_hat:
+        return float(np.float32(spec.beta1)), float(np.float32(spec.beta2))
+    return spec.beta1, spec.beta2
+
+
+def adam_bias_corrections(spec: AdamSpec, t) -> Tuple[float, float]:
+    """``(1 - β1^t, 1 - β2^t)`` in float64 with :func:`adam_betas`."""
+    b1, b2 = adam_betas(spec)
+    return 1 - b1 ** t, 1 - b2 ** t
+
+
 def adam_step(x: Array, grad: Array, state: AdamState, spec: AdamSpec) -> Array:
     """One Adam update.  PyTorch's formula (``torch.optim.Adam``, foreach=False) by default:
 
         m = β1 m + (1-β1) g;  v = β2 v + (1-β2) g²
         x -= lr/(1-β1^t) · m / (sqrt(v)/sqrt(1-β2^t) + eps)
 
-    With ``spec.epsilon_hat`` Keras's placement (the eps inside before bias correction):
+    With ``spec.epsilon_hat`` Keras 3's Adam (the eps inside before bias correction, its
+    moment updates ``m += (g - m)(1-β1)``, betas rounded to float32 in the bias corrections,
+    :func:`adam_betas`):
         x -= lr·sqrt(1-β2^t)/(1-β1^t) · m / (sqrt(v) + eps)
     """
     g = grad + spec.weight_decay * x if spec.weight_decay else grad
     state.step += 1
     t = state.step
+    bc1, bc2 = adam_bias_corrections(spec, t)
+    if spec.epsilon_hat:
+        # Keras's moment updates, m += (g - m)(1-β1), and its operation order
+        state.m = state.m + (g - state.m) * (1 - spec.beta1)
+        state.v = state.v + (g * g - state.v) * (1 - spec.beta2)
+        return x - (spec.lr * np.sqrt(bc2) / bc1 * state.m) / (np.sqrt(state.v) + spec.eps)
     state.m = spec.beta1 * state.m + (1 - spec.beta1) * g
     state.v = spec.beta2 * state.v + (1 - spec.beta2) * g * g
-    bc1 = 1 - spec.beta1 ** t
-    bc2 = 1 - spec.beta2 ** t
-    if spec.epsilon_hat:
-        return x - spec.lr * np.sqrt(bc2) / bc1 * state.m / (np.sqrt(state.v) + spec.eps)
     return x - (spec.lr / bc1) * state.m / (np.sqrt(state.v) / np.sqrt(bc2) + spec.eps)
 
 

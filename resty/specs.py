@@ -271,6 +271,8 @@ class AdamSpec(_Spec):
 
     ``epsilon_hat=True`` selects Keras's placement (epsilon added to sqrt(v_t) before the
     bias correction of the step size), used only by presets that reproduce a Keras source.
+    It is Keras 3's Adam exactly, including the bias corrections from β rounded to float32
+    (resty.reference.adam_betas).
     """
     lr: float = 1e-3
     beta1: float = 0.9

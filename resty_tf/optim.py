@@ -16,6 +16,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
+from resty.reference import adam_betas
 from resty.specs import AdamSpec, LBFGSSpec
 
 __all__ = ["TorchAdam", "lbfgs_minimize", "lbfgs_workspace"]
@@ -41,22 +42,25 @@ class TorchAdam:
         s = self.spec
         self.step.assign_add(1)
         t = tf.cast(self.step, tf.float64)
-        bc1 = 1.0 - tf.pow(tf.constant(s.beta1, tf.float64), t)
-        bc2 = 1.0 - tf.pow(tf.constant(s.beta2, tf.float64), t)
+        b1, b2 = adam_betas(s)          # Keras (epsilon_hat): rounded to float32, as Keras does
+        bc1 = 1.0 - tf.pow(tf.constant(b1, tf.float64), t)
+        bc2 = 1.0 - tf.pow(tf.constant(b2, tf.float64), t)
         for var, g, m, v in zip(self.variables, grads, self.m, self.v):
             dt = var.dtype
             g = tf.cast(g, dt)
             if s.weight_decay:
                 g = g + tf.constant(s.weight_decay, dt) * var
+            if s.epsilon_hat:            # Keras 3's Adam.update_step, operation for operation
+                m.assign_add((g - m) * tf.constant(1 - s.beta1, dt))
+                v.assign_add((tf.square(g) - v) * tf.constant(1 - s.beta2, dt))
+                step_size = tf.cast(self.lr * tf.sqrt(bc2) / bc1, dt)
+                var.assign_sub((m * step_size) / (tf.sqrt(v) + tf.constant(s.eps, dt)))
+                continue
             m.assign(tf.constant(s.beta1, dt) * m + tf.constant(1 - s.beta1, dt) * g)
             v.assign(tf.constant(s.beta2, dt) * v + tf.constant(1 - s.beta2, dt) * g * g)
-            if s.epsilon_hat:
-                step_size = tf.cast(self.lr * tf.sqrt(bc2) / bc1, dt)
-                var.assign_sub(step_size * m / (tf.sqrt(v) + tf.constant(s.eps, dt)))
-            else:
-                step_size = tf.cast(self.lr / bc1, dt)
-                denom = tf.sqrt(v) / tf.cast(tf.sqrt(bc2), dt) + tf.constant(s.eps, dt)
-                var.assign_sub(step_size * m / denom)
+            step_size = tf.cast(self.lr / bc1, dt)
+            denom = tf.sqrt(v) / tf.cast(tf.sqrt(bc2), dt) + tf.constant(s.eps, dt)
+            var.assign_sub(step_size * m / denom)
 
     def reset(self) -> None:
         self.step.assign(0)

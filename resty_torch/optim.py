@@ -7,6 +7,7 @@ from typing import Callable, Iterable, Optional, Sequence
 
 import torch
 
+from resty.reference import adam_betas, adam_bias_corrections
 from resty.specs import AdamSpec, LBFGSSpec
 
 __all__ = ["make_adam", "EpsilonHatAdam", "make_lbfgs", "lbfgs_outer_steps"]
@@ -29,6 +30,7 @@ class EpsilonHatAdam(torch.optim.Optimizer):
 
         x -= lr·sqrt(1-β2^t)/(1-β1^t) · m / (sqrt(v) + eps)
 
+    with Keras's float32-rounded betas in the bias corrections (resty.reference.adam_betas).
     State keys (``step``, ``exp_avg``, ``exp_avg_sq``) match torch.optim.Adam, so checkpoints
     have one layout.  ``step`` is a CPU tensor as in torch's non-capturable Adam: the bias
     corrections are host floats and no device sync happens."""
@@ -59,7 +61,8 @@ class EpsilonHatAdam(torch.optim.Optimizer):
                 t = float(st["step"])
                 st["exp_avg"].lerp_(g, 1 - b1)
                 st["exp_avg_sq"].mul_(b2).addcmul_(g, g, value=1 - b2)
-                step_size = group["lr"] * math.sqrt(1 - b2 ** t) / (1 - b1 ** t)
+                bc1, bc2 = adam_bias_corrections(AdamSpec(beta1=b1, beta2=b2, epsilon_hat=True), t)
+                step_size = group["lr"] * math.sqrt(bc2) / bc1
                 denom = st["exp_avg_sq"].sqrt().add_(group["eps"])
                 p.addcdiv_(st["exp_avg"], denom, value=-step_size)
         return loss
@@ -217,8 +220,9 @@ class DeviceAdam:
     def step(self, grads: Sequence[torch.Tensor]) -> None:
         s = self.spec
         self.step_count += 1
-        bc1 = 1 - s.beta1 ** self.step_count
-        bc2 = 1 - s.beta2 ** self.step_count
+        b1, b2 = adam_betas(s)      # Keras (epsilon_hat): float32-rounded, as Keras does
+        bc1 = 1 - b1 ** self.step_count
+        bc2 = 1 - b2 ** self.step_count
         for p, g, m, v in zip(self.params, grads, self.exp_avg, self.exp_avg_sq):
             if s.weight_decay:
                 g = g.add(p, alpha=s.weight_decay)

@@ -152,8 +152,8 @@ def run_style_transfer(cnn, normalization_mean, normalization_std, content_img, 
 
 def vgg19_features(weights) -> nn.Module:
     """``models.vgg19().features`` with a resty WeightSet's canonical conv weights, float64."""
-    import torchvision
-    cnn = torchvision.models.vgg19(weights=None).features
+    from torchvision.models.vgg import cfgs, make_layers
+    cnn = make_layers(cfgs["E"])       # == models.vgg19(weights=None).features, without its classifier's init
     convs = [m for m in cnn if isinstance(m, nn.Conv2d)]
     names = [k[:-len(".weight")] for k in weights.tensors if k.endswith(".weight")]
     with torch.no_grad():
