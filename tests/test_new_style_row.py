@@ -114,3 +114,25 @@ def test_refusals(tmp_path):
         one.fit(images, style, steps=1, train_only="everything")
     with pytest.raises(ArgumentError, match="multi-style"):
         add_style(random_transformer(get_preset("restynet").transformer, 0))
+
+
+def test_cli_train_new_style(tmp_path, capsys):
+    from resty.cli import main
+    from resty.images import save_image
+    base = _base(tmp_path)
+    images, style = _data()
+    (tmp_path / "photos").mkdir()
+    for i, im in enumerate(images):
+        save_image(im, tmp_path / "photos" / f"{i}.png")
+    save_image(style, tmp_path / "style.png")
+    out = tmp_path / "m4.safetensors"
+    assert main(["train", str(tmp_path / "style.png"), "--data", str(tmp_path / "photos"), "--resume-from", str(base),
+                 "--new-style", "--out", str(out), "--steps", "1", "--batch-size", "1", "--image-size", "32",
+                 "--weights", "random:0", "--backend", BACKENDS[0], "-q"]) == 0
+    assert "--style 3" in capsys.readouterr().out
+    ws, orig = load_weights(out, expect="transformer"), load_weights(base, expect="transformer")
+    assert ws.spec.num_styles == 4
+    for k, v in orig.tensors.items():
+        np.testing.assert_array_equal(ws.tensors[k][:3] if ROW(k) else ws.tensors[k], v, err_msg=k)
+    assert main(["train", str(tmp_path / "style.png"), "--data", str(tmp_path / "photos"), "--new-style",
+                 "--out", str(tmp_path / "x.safetensors"), "--weights", "random:0"]) == 2
