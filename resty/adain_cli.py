@@ -74,3 +74,16 @@ def stylize(args, backend, contents, targets) -> int:
         if not args.quiet:
             print(f"wrote {t}")
     return 0
+
+
+def convert(args, model, out) -> int:
+    """``resty convert DECODER --to onnx -o OUT.onnx [--weights W]``: encoder + AdaIN + decoder in
+    one ONNX graph (AdaINStylizerBase.export_onnx), checked with onnxruntime."""
+    if args.to != "onnx":
+        raise _usage(f"an AdaIN decoder converts --to onnx (one graph with its encoder); for torch or tf use the "
+                     f".safetensors itself (both backends load it), not --to {args.to}")
+    from .backends import get_backend
+    st = get_backend("torch").AdaINStylizer.load(str(model), weights=args.weights, device="cpu")
+    path = st.export_onnx(out, opset=args.opset, overwrite=args.overwrite)
+    print(f"{model} -> {path} (onnx: inputs content, style, alpha; encoder weights {args.weights})")
+    return 0

@@ -169,6 +169,21 @@ class _Session(AdaINSessionBase):
                                      "exp_avg_sq": torch.from_numpy(exp_avg_sq[name]).to(p.device, p.dtype)}
 
 
+class AdaINExportNet(nn.Module):
+    """Encoder + AdaIN + decoder as one graph for export: ``(content, style, alpha) -> stylized``
+    (NCHW RGB in [0, 1]; sides multiples of 8; ``alpha`` a float32 scalar; output clamped)."""
+
+    def __init__(self, owner: "AdaINStylizer"):
+        super().__init__()
+        self.encoder, self.decoder, self.spec = owner.encoder, owner.net, owner.preset.adain
+
+    def forward(self, content: torch.Tensor, style: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+        fc = self.encoder(content, ("relu4_1",))["relu4_1"]
+        fs = self.encoder(style, ("relu4_1",))["relu4_1"]
+        t = adain(fc, fs, self.spec)
+        return self.decoder(alpha * t + (1.0 - alpha) * fc).clamp(0.0, 1.0)
+
+
 class AdaINStylizer(AdaINStylizerBase):
     """Arbitrary style transfer with AdaIN in PyTorch (docs/BACKEND_API.md): ``fit(content_images,
     style_images, steps=...)``, ``stylize(content, style, alpha=1.0, style_weights=None,
@@ -215,6 +230,24 @@ class AdaINStylizer(AdaINStylizerBase):
 
     def _adain(self, fc, fs):
         return adain(fc, fs, self.preset.adain)
+
+    def _export_onnx(self, path, opset: int) -> None:
+        import warnings
+        net = AdaINExportNet(self).to("cpu", torch.float32).eval()
+        x = torch.rand(1, 3, 32, 40)
+        s = torch.rand(1, 3, 24, 32)
+        a = torch.tensor(1.0)
+        kwargs = dict(input_names=["content", "style", "alpha"], output_names=["stylized"], opset_version=int(opset),
+                      dynamic_axes={"content": {2: "height", 3: "width"}, "style": {2: "style_height", 3: "style_width"},
+                                    "stylized": {2: "height", 3: "width"}})
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            try:
+                torch.onnx.export(net, (x, s, a), str(path), dynamo=False, **kwargs)
+            except TypeError:   # torch without the dynamo switch
+                torch.onnx.export(net, (x, s, a), str(path), **kwargs)
+        self.encoder.to(self.device, self.dtype)
+        self.net.to(self.device, self.dtype)
 
     @torch.no_grad()
     def _adain_regions(self, fc, styles, regions):

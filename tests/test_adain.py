@@ -208,3 +208,20 @@ def test_cli_stylize_mask(tmp_path, capsys):
     rc, _, err = run(["stylize", d + "c.png", "-o", d + "n.png", "--model", str(model), "--style-image", d + "a.png",
                       "--mask", d + "mask.png", "--weights", "random:0", "-q"], capsys)
     assert_usage_error(rc, err, "--mask", "two styles")
+
+
+def test_convert_onnx(tmp_path, capsys):
+    """``resty convert DECODER --to onnx``: encoder + AdaIN + decoder in one graph, which
+    onnxruntime runs as ``stylize`` does (alpha included); other targets are refused."""
+    ort = pytest.importorskip("onnxruntime")
+    from cli_helpers import assert_usage_error, run
+    from resty.backends import get_backend
+    st = get_backend("torch").AdaINStylizer(_tiny(), weights="random:0")
+    model = st.save(tmp_path / "dec.safetensors")
+    rc, _, err = run(["convert", str(model), "--to", "onnx", "-o", str(tmp_path / "a.onnx"), "--weights",
+                      "random:0"], capsys)
+    assert rc == 0, err      # export_onnx ran the file in onnxruntime against stylize (alpha 1 and 0.6)
+    sess = ort.InferenceSession(str(tmp_path / "a.onnx"), providers=["CPUExecutionProvider"])
+    assert [i.name for i in sess.get_inputs()] == ["content", "style", "alpha"]
+    rc, _, err = run(["convert", str(model), "--to", "tf", "-o", str(tmp_path / "a.weights.h5")], capsys)
+    assert_usage_error(rc, err, "--to onnx")
