@@ -289,6 +289,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_nonneg_int, default=0, help="random seed (default 0)")
     p.add_argument("--transformer-weights", default=None, metavar="W",
                    help="initial transformer weights: 'random:SEED' (default random:SEED of --seed) or a model file")
+    p.add_argument("--resume-from", default=None, metavar="MODEL",
+                   help="start from this model (a file or a name such as multistyle26), its own architecture")
+    p.add_argument("--new-style", action="store_true",
+                   help="with --resume-from a multi-style model: add one style and train only its gamma/beta "
+                        "row (everything else frozen); stylize with --style N afterwards")
     p.add_argument("--nproc", type=_positive_int, default=None, metavar="N",
                    help="train with N local processes (torch: torchrun + DDP; tf: MultiWorkerMirroredStrategy "
                         "workers); --batch-size stays the global batch")
@@ -816,6 +821,19 @@ def cmd_train(args) -> int:
     preset = _preset_arg(args.preset)
     backend = _backend(args.backend)
     tw = args.transformer_weights or f"random:{args.seed}"
+    fit_kw = {}
+    if args.new_style and not args.resume_from:
+        raise UsageError("--new-style needs --resume-from MODEL (the multi-style network to extend)")
+    if args.resume_from:
+        if args.transformer_weights:
+            raise UsageError("--resume-from and --transformer-weights both give the initial weights: pick one")
+        from .models import add_style, resolve_model
+        from .weights import WeightSet, load_weights
+        where = resolve_model(args.resume_from)
+        tw = where if isinstance(where, WeightSet) else load_weights(where, expect="transformer")
+        if args.new_style:
+            tw = add_style(tw)
+            fit_kw["train_only"] = "style_row"
     stylizer = backend.FastStylizer(preset, weights=args.weights, device=args.device, transformer_weights=tw,
                                     **_speed_kwargs(args))
 
@@ -843,7 +861,7 @@ def cmd_train(args) -> int:
                            batch_size=args.batch_size, image_size=args.image_size,
                            checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every,
                            resume=args.resume, seed=args.seed, progress=not args.quiet,
-                           callback=callback, lr=args.lr)
+                           callback=callback, lr=args.lr, **fit_kw)
     seconds = time.perf_counter() - t0
     stylizer.save(str(out), overwrite=args.overwrite)
     summary = summary or {}
@@ -856,6 +874,9 @@ def cmd_train(args) -> int:
     if not is_main:
         return 0
     _say(f"trained to step {steps}{resumed} in {_fmt_seconds(seconds)}{rate}; model written to {out}")
+    if fit_kw.get("train_only") == "style_row":
+        _say(f"new style: --style {stylizer.preset.transformer.num_styles - 1} "
+             f"({stylizer.preset.transformer.num_styles} styles)")
     if written:
         _say(f"{len(written)} sample image(s) in {sample_dir}")
     if skipped:
