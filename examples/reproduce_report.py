@@ -44,6 +44,8 @@ def main(argv=None) -> int:
     s.train_lr = None                                # the preset's Adam lr 1e-3
     s.title = "RestyNet report, reproduced"
     s.report = REPORT_SECONDS
+    s.pretrained = None                              # the report's two methods only
+    s.edge_threshold = None                          # show what the report's settings give (the column stays)
     for field, value in (("size", a.size), ("iterations", a.iterations), ("train_steps", a.train_steps),
                          ("weights", a.weights), ("device", a.device)):
         if value is not None:

