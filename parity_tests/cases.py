@@ -1116,6 +1116,8 @@ def build() -> List[Quantity]:
     ]
     from . import adain_cases
     qs += adain_cases.build()
+    from . import temporal_cases
+    qs += temporal_cases.build()
     for q in qs:
         if q.key.startswith("gatys-grad"):
             q.sides = ("torch", "tf")

@@ -289,6 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sample-dir", metavar="DIR", default=None,
                    help="where samples go (default: MODEL's name + '_samples')")
     p.add_argument("--seed", type=_nonneg_int, default=0, help="random seed (default 0)")
+    p.add_argument("--temporal-weight", type=_nonneg_float, default=None, metavar="W",
+                   help="weight of the temporal loss (ReReVST: stable video without optical flow at test time; "
+                        "default: the preset's, 0); with --resume-from MODEL it fine-tunes that network")
     p.add_argument("--transformer-weights", default=None, metavar="W",
                    help="initial transformer weights: 'random:SEED' (default random:SEED of --seed) or a model file")
     p.add_argument("--resume-from", default=None, metavar="MODEL",
@@ -823,6 +826,8 @@ def cmd_train(args) -> int:
         return _dist.relaunch_cli(args.backend, args.nproc, args.argv)
 
     preset = _preset_arg(args.preset)
+    if args.temporal_weight is not None:
+        preset = preset.replace(training=preset.training.replace(temporal_weight=args.temporal_weight))
     backend = _backend(args.backend)
     tw = args.transformer_weights or f"random:{args.seed}"
     fit_kw = {}

@@ -48,6 +48,9 @@ def preset_identity(preset_dict: Mapping[str, Any]) -> Dict[str, Any]:
     settings: ``fit(lr=...)`` overrides it)."""
     out = {k: preset_dict.get(k) for k in ("vgg", "imagenet_source", "fast_loss", "transformer")}
     training = {k: v for k, v in dict(preset_dict.get("training") or {}).items() if k not in _TRAINING_NOT_COMPARED}
+    if not training.get("temporal_weight"):     # off: the identity of runs made before the term existed
+        for k in ("temporal_weight", "temporal_flow", "temporal_noise"):
+            training.pop(k, None)
     adam = dict(training.pop("adam", None) or {})
     adam.pop("lr", None)
     training["adam"] = adam

@@ -551,10 +551,17 @@ class TrainConfig(_Spec):
     log_every: int = 50
     seed: int = 0
     num_workers: int = 2
+    #: The ReReVST temporal term (resty.temporal): its weight (0: off, the results unchanged), the
+    #: largest displacement (px) of the random smooth flow and the std of the added noise.
+    temporal_weight: float = 0.0
+    temporal_flow: float = 4.0
+    temporal_noise: float = 0.01
 
     def __post_init__(self):
         for name in ("image_size", "batch_size", "checkpoint_every", "keep_checkpoints", "log_every"):
             _check_positive(self, name, integer=True)
+        for name in ("temporal_weight", "temporal_flow", "temporal_noise"):
+            _check_positive(self, name, allow_zero=True)
         _check_positive(self, "num_workers", allow_zero=True, integer=True)
         if self.epochs is None and self.steps is None:
             _fail(type(self), "epochs", None, "an integer > 0 (or set steps)")

@@ -302,3 +302,34 @@ def temporal_pair(seed: int, step: int, h: int, w: int, batch: int, *, magnitude
     plans = [warp_plan(random_smooth_flow(rng, h, w, magnitude=magnitude)) for _ in range(batch)]
     noise = (rng.standard_normal((batch, h, w, 3)) * noise_std).astype(np.float32)
     return plans, noise
+
+
+def plan_arrays(plans: Sequence[WarpPlan]) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A batch of plans as arrays a backend takes: ``index`` (B, 4, H·W) int64, ``weights``
+    (B, 4, H·W) float64, ``valid`` (B, H·W) float64 (1 inside, 0 where the sample left the image)."""
+    return (np.stack([p.index for p in plans]), np.stack([p.weights for p in plans]),
+            np.stack([p.valid.reshape(-1).astype(np.float64) for p in plans]))
+
+
+def temporal_loss(forward: Callable[[np.ndarray], np.ndarray], x: np.ndarray, plans: Sequence[WarpPlan],
+                  noise: np.ndarray) -> float:
+    """The ReReVST temporal term, defined once (NumPy, float64 for the oracle):
+    ``Σ valid·(S(W(x) + n) − W(S(x)))² / (3 Σ valid)`` over the batch, ``S`` = ``forward``
+    (B×H×W×3 -> B×H×W×3), ``W`` the batch item's warp, ``n`` the noise.  Both backends compute
+    the same expression on their tensors (resty_torch.temporal / resty_tf.temporal)."""
+    x = np.asarray(x, np.float64)
+    wx = np.stack([apply_plan(x[b], p) for b, p in enumerate(plans)]) + np.asarray(noise, np.float64)
+    s_wx = np.asarray(forward(wx), np.float64)
+    sx = np.asarray(forward(x), np.float64)
+    w_sx = np.stack([apply_plan(sx[b], p) for b, p in enumerate(plans)])
+    valid = np.stack([p.valid for p in plans]).astype(np.float64)[..., None]
+    return float(np.sum(valid * (s_wx - w_sx) ** 2) / (3.0 * max(valid.sum(), 1.0)))
+
+
+def training_perturbation(training, seed: int, step: int, batch: int, h: int, w: int):
+    """The temporal loss's perturbation of training step ``step`` (the driver's step number, the
+    same in both backends) under ``training`` (a TrainConfig: ``temporal_flow`` px,
+    ``temporal_noise``); None when its ``temporal_weight`` is 0."""
+    if not getattr(training, "temporal_weight", 0.0):
+        return None
+    return temporal_pair(seed, step, h, w, batch, magnitude=training.temporal_flow, noise_std=training.temporal_noise)
