@@ -183,3 +183,23 @@ def test_temporal_loss_matches_the_oracle(backend):
         assert any(g is not None and float(tf.reduce_sum(tf.abs(g))) > 0 for g in grads)
         got = float(got)
     assert want > 0 and abs(got - want) <= 1e-10 * max(1.0, want)
+
+
+def test_fit_books_the_temporal_term_only_when_weighted():
+    pytest.importorskip("torch")
+    from resty.backends import get_backend
+    from resty.presets import get
+    from resty.specs import TransformerSpec
+    p = get("johnson2016")
+    p = p.replace(transformer=TransformerSpec(channels=(4, 8, 8), residual_blocks=1),
+                  training=p.training.replace(image_size=32, batch_size=1, num_workers=0))
+    rng = np.random.default_rng(0)
+    imgs = [rng.random((36, 40, 3)).astype(np.float32)]
+    style = rng.random((32, 32, 3)).astype(np.float32)
+    rows = {}
+    for w in (0.0, 50.0):
+        st = get_backend("torch").FastStylizer(p.replace(training=p.training.replace(temporal_weight=w)),
+                                               weights="random:0", transformer_weights="random:1")
+        rows[w] = st.fit(imgs, style, steps=1)["history"][0]
+    assert "temporal" not in rows[0.0] and rows[50.0]["temporal"] > 0
+    assert rows[50.0]["total"] == pytest.approx(rows[0.0]["total"] + rows[50.0]["temporal"], rel=1e-5)
