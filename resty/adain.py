@@ -690,8 +690,8 @@ class AdaINStylizerBase(FastStylizerBase):
         return out
 
     def _export_onnx(self, path, opset: int) -> None:
-        raise RestyError(f"ONNX export of an AdaIN decoder goes through the torch backend (the decoder file is "
-                         f"either backend's: AdaINStylizer.load it with get_backend('torch'))")
+        raise RestyError("ONNX export of an AdaIN decoder goes through the torch backend (the decoder file is "
+                         "either backend's: AdaINStylizer.load it with get_backend('torch'))")
 
     # ------------------------------------------------------------------ backend operations
     def _encode(self, batch: np.ndarray, layers: Sequence[str] = ADAIN_ENCODER_LAYERS):
