@@ -125,3 +125,44 @@ def weighted_terms(loss: Any, features: Mapping[str, Any], image: Any, content_t
     style = style * loss.style_weight
     tv = tv_loss(image, loss.tv) * loss.tv_weight if loss.tv_weight else zero
     return content + style + tv, content, style, tv
+
+
+# --------------------------------------------------------------------------- AdaIN (Huang & Belongie 2017)
+def sigma_form(convention: str, n: Any, eps: float) -> Tuple[Any, float]:
+    """``(divisor, eps under the root)`` of a σ convention over ``n`` values:
+    ``σ = sqrt(Σ(x − μ)² / divisor + eps)`` (resty.specs.SIGMA_CONVENTIONS)."""
+    if convention == "biased":
+        return n, 0.0
+    if convention == "biased_eps":
+        return n, eps
+    if convention == "unbiased_eps":
+        return n - 1, eps
+    raise ValueError(f"σ convention: got {convention!r}; allowed: 'biased', 'biased_eps', 'unbiased_eps'")
+
+
+def adain_transfer(content: Any, style: Any, spec: Any, mean_std: Callable) -> Any:
+    """``σ(y)·(x − μ(x))/σ(x) + μ(y)`` with the spec's content and style σ conventions;
+    ``mean_std(features, convention)`` is one framework's per-sample, per-channel statistics."""
+    mc, sc = mean_std(content, spec.content_sigma)
+    ms, ss = mean_std(style, spec.style_sigma)
+    return ss * (content - mc) / sc + ms
+
+
+def adain_loss_terms(g_feats: Mapping[str, Any], target: Any, style_feats: Mapping[str, Any], spec: Any, *,
+                     mean_std: Callable, reduce_mean: Callable, reduce_sum: Callable, batch: Callable,
+                     zero: Any) -> Tuple[Any, Any, Any]:
+    """``(total, content, style)`` of the AdaIN training loss: content = content_weight · MSE of
+    relu4_1 against the AdaIN target; style = style_weight · Σ over relu1_1..relu4_1 of
+    reduce((μ_g − μ_s)²) + reduce((σ_g − σ_s)²), reduce the spec's style_reduction (a mean, or a
+    sum divided by the batch as the Lua code does)."""
+    d = g_feats["relu4_1"] - target
+    content = reduce_mean(d * d)
+    style = zero
+    for name in ("relu1_1", "relu2_1", "relu3_1", "relu4_1"):
+        mg, sg = mean_std(g_feats[name], spec.loss_sigma)
+        ms, ss = mean_std(style_feats[name], spec.loss_sigma)
+        for diff in (mg - ms, sg - ss):
+            sq = diff * diff
+            style = style + (reduce_mean(sq) if spec.style_reduction == "mean" else reduce_sum(sq) / batch(diff))
+    c, s = content * spec.content_weight, style * spec.style_weight
+    return c + s, c, s

@@ -466,23 +466,14 @@ def lbfgs_minimize(fun: Callable[[Array], Tuple[float, Array]], x0: Array, spec:
 def adain_mean_std(x: Array, convention: str, eps: float) -> Tuple[Array, Array]:
     """Per sample and channel over H×W: ``(μ, σ)``, each (N, C, 1, 1); ``convention`` is one of
     resty.specs.SIGMA_CONVENTIONS (biased, biased_eps, unbiased_eps)."""
-    n = x.shape[2] * x.shape[3]
     mu = x.mean(axis=(2, 3), keepdims=True)
-    ss = ((x - mu) ** 2).sum(axis=(2, 3), keepdims=True)
-    if convention == "biased":
-        return mu, np.sqrt(ss / n)
-    if convention == "biased_eps":
-        return mu, np.sqrt(ss / n + eps)
-    if convention == "unbiased_eps":
-        return mu, np.sqrt(ss / (n - 1) + eps)
-    raise ValueError(f"σ convention: got {convention!r}; allowed: 'biased', 'biased_eps', 'unbiased_eps'")
+    div, e = _conv.sigma_form(convention, x.shape[2] * x.shape[3], eps)
+    return mu, np.sqrt(((x - mu) ** 2).sum(axis=(2, 3), keepdims=True) / div + e)
 
 
 def adain(content: Array, style: Array, spec) -> Array:
-    """``σ(y)·(x − μ(x))/σ(x) + μ(y)`` with the spec's content and style σ conventions."""
-    mc, sc = adain_mean_std(content, spec.content_sigma, spec.eps)
-    ms, ss = adain_mean_std(style, spec.style_sigma, spec.eps)
-    return ss * (content - mc) / sc + ms
+    """resty.losses.adain_transfer in float64."""
+    return _conv.adain_transfer(content, style, spec, lambda x, c: adain_mean_std(x, c, spec.eps))
 
 
 def adain_encoder(img01: Array, weights: Mapping[str, Array], spec) -> Dict[str, Array]:
@@ -521,19 +512,11 @@ def adain_decoder(t: Array, weights: Mapping[str, Array], spec) -> Array:
 
 
 def adain_loss(g_feats: Mapping[str, Array], target: Array, style_feats: Mapping[str, Array], spec) -> Dict[str, float]:
-    """The training loss: ``content`` = content_weight · MSE(relu4_1 of the output, the AdaIN
-    target); ``style`` = style_weight · Σ_layers reduce((μ_g − μ_s)²) + reduce((σ_g − σ_s)²)
-    (reduce: the spec's style_reduction); ``total`` = content + style."""
-    content = float(np.mean((g_feats["relu4_1"] - target) ** 2))
-    style = 0.0
-    for name in ("relu1_1", "relu2_1", "relu3_1", "relu4_1"):
-        mg, sg = adain_mean_std(g_feats[name], spec.loss_sigma, spec.eps)
-        ms, ss = adain_mean_std(style_feats[name], spec.loss_sigma, spec.eps)
-        for d in (mg - ms, sg - ss):
-            sq = d ** 2
-            style += float(sq.mean() if spec.style_reduction == "mean" else sq.sum() / d.shape[0])
-    c, s = spec.content_weight * content, spec.style_weight * style
-    return {"total": c + s, "content": c, "style": s, "tv": 0.0}
+    """resty.losses.adain_loss_terms in float64: ``{total, content, style, tv}`` (tv 0)."""
+    t = _conv.adain_loss_terms(g_feats, target, style_feats, spec,
+                               mean_std=lambda x, c: adain_mean_std(x, c, spec.eps), reduce_mean=np.mean,
+                               reduce_sum=np.sum, batch=lambda d: d.shape[0], zero=0.0)
+    return {"total": float(t[0]), "content": float(t[1]), "style": float(t[2]), "tv": 0.0}
 
 
 def adain_train_terms(content01: Array, style01: Array, encoder: Mapping[str, Array], decoder: Mapping[str, Array],

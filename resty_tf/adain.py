@@ -9,6 +9,7 @@ from typing import Dict, Mapping, Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
+from resty.losses import adain_loss_terms, adain_transfer, sigma_form
 from resty.adain import AdaINSessionBase, AdaINStylizerBase, encoder_tensors
 from resty.fast import TrainingPlan
 from resty.specs import ADAIN_ENCODER_LAYERS, AdaINSpec, adain_decoder_layers, vgg_truncate
@@ -30,39 +31,23 @@ def _pad(x: tf.Tensor, mode: str) -> tf.Tensor:
 
 def mean_std(x: tf.Tensor, convention: str, eps: float) -> Tuple[tf.Tensor, tf.Tensor]:
     """Per sample and channel over H×W: ``(μ, σ)`` (N, 1, 1, C) by a resty.specs.SIGMA_CONVENTIONS name."""
-    n = tf.cast(tf.shape(x)[1] * tf.shape(x)[2], x.dtype)
     mu = tf.reduce_mean(x, axis=(1, 2), keepdims=True)
-    ss = tf.reduce_sum(tf.square(x - mu), axis=(1, 2), keepdims=True)
-    if convention == "biased":
-        return mu, tf.sqrt(ss / n)
-    if convention == "biased_eps":
-        return mu, tf.sqrt(ss / n + eps)
-    if convention == "unbiased_eps":
-        return mu, tf.sqrt(ss / (n - 1) + eps)
-    raise ValueError(f"σ convention: got {convention!r}")
+    div, e = sigma_form(convention, tf.cast(tf.shape(x)[1] * tf.shape(x)[2], x.dtype), eps)
+    return mu, tf.sqrt(tf.reduce_sum(tf.square(x - mu), axis=(1, 2), keepdims=True) / div + e)
 
 
 def adain(content: tf.Tensor, style: tf.Tensor, spec: AdaINSpec) -> tf.Tensor:
-    """``σ(y)·(x − μ(x))/σ(x) + μ(y)`` with the spec's content and style σ conventions."""
-    mc, sc = mean_std(content, spec.content_sigma, spec.eps)
-    ms, ss = mean_std(style, spec.style_sigma, spec.eps)
-    return ss * (content - mc) / sc + ms
+    """resty.losses.adain_transfer in TensorFlow."""
+    return adain_transfer(content, style, spec, lambda x, c: mean_std(x, c, spec.eps))
 
 
 def adain_loss(g_feats: Mapping[str, tf.Tensor], target: tf.Tensor, style_feats: Mapping[str, tf.Tensor],
                spec: AdaINSpec) -> tf.Tensor:
-    """``[total, content, style, 0]`` (weighted terms; resty.reference.adain_loss)."""
-    content = tf.reduce_mean(tf.square(g_feats["relu4_1"] - target))
-    style = tf.zeros((), content.dtype)
-    for name in ADAIN_ENCODER_LAYERS:
-        mg, sg = mean_std(g_feats[name], spec.loss_sigma, spec.eps)
-        ms, ss = mean_std(style_feats[name], spec.loss_sigma, spec.eps)
-        for d in (mg - ms, sg - ss):
-            sq = tf.square(d)
-            style = style + (tf.reduce_mean(sq) if spec.style_reduction == "mean"
-                             else tf.reduce_sum(sq) / tf.cast(tf.shape(d)[0], sq.dtype))
-    c, s = content * spec.content_weight, style * spec.style_weight
-    return tf.stack([c + s, c, s, tf.zeros_like(c)])
+    """``[total, content, style, 0]`` (resty.losses.adain_loss_terms)."""
+    t = adain_loss_terms(g_feats, target, style_feats, spec, mean_std=lambda x, c: mean_std(x, c, spec.eps),
+                         reduce_mean=tf.reduce_mean, reduce_sum=tf.reduce_sum,
+                         batch=lambda d: tf.cast(tf.shape(d)[0], d.dtype), zero=tf.zeros((), target.dtype))
+    return tf.stack([*t, tf.zeros_like(t[0])])
 
 
 class AdaINEncoder:

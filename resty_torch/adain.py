@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from resty.losses import adain_loss_terms, adain_transfer, sigma_form
 from resty.adain import ENCODER_CONVS, AdaINSessionBase, AdaINStylizerBase, encoder_tensors
 from resty.fast import TrainingPlan
 from resty.specs import ADAIN_ENCODER_LAYERS, AdaINSpec, adain_decoder_layers, vgg_truncate
@@ -28,38 +29,23 @@ def _pad(x: torch.Tensor, mode: str) -> torch.Tensor:
 
 def mean_std(x: torch.Tensor, convention: str, eps: float) -> Tuple[torch.Tensor, torch.Tensor]:
     """Per sample and channel over H×W: ``(μ, σ)`` (N, C, 1, 1) by a resty.specs.SIGMA_CONVENTIONS name."""
-    n = x.shape[2] * x.shape[3]
     mu = x.mean(dim=(2, 3), keepdim=True)
-    ss = (x - mu).pow(2).sum(dim=(2, 3), keepdim=True)
-    if convention == "biased":
-        return mu, (ss / n).sqrt()
-    if convention == "biased_eps":
-        return mu, (ss / n + eps).sqrt()
-    if convention == "unbiased_eps":
-        return mu, (ss / (n - 1) + eps).sqrt()
-    raise ValueError(f"σ convention: got {convention!r}")
+    div, e = sigma_form(convention, x.shape[2] * x.shape[3], eps)
+    return mu, ((x - mu).pow(2).sum(dim=(2, 3), keepdim=True) / div + e).sqrt()
 
 
 def adain(content: torch.Tensor, style: torch.Tensor, spec: AdaINSpec) -> torch.Tensor:
-    """``σ(y)·(x − μ(x))/σ(x) + μ(y)`` with the spec's content and style σ conventions."""
-    mc, sc = mean_std(content, spec.content_sigma, spec.eps)
-    ms, ss = mean_std(style, spec.style_sigma, spec.eps)
-    return ss * (content - mc) / sc + ms
+    """resty.losses.adain_transfer in torch."""
+    return adain_transfer(content, style, spec, lambda x, c: mean_std(x, c, spec.eps))
 
 
 def adain_loss(g_feats: Mapping[str, torch.Tensor], target: torch.Tensor, style_feats: Mapping[str, torch.Tensor],
                spec: AdaINSpec) -> torch.Tensor:
-    """``[total, content, style, 0]`` (weighted terms; resty.reference.adain_loss)."""
-    content = (g_feats["relu4_1"] - target).pow(2).mean()
-    style = content.new_zeros(())
-    for name in ADAIN_ENCODER_LAYERS:
-        mg, sg = mean_std(g_feats[name], spec.loss_sigma, spec.eps)
-        ms, ss = mean_std(style_feats[name], spec.loss_sigma, spec.eps)
-        for d in (mg - ms, sg - ss):
-            sq = d.pow(2)
-            style = style + (sq.mean() if spec.style_reduction == "mean" else sq.sum() / d.shape[0])
-    c, s = content * spec.content_weight, style * spec.style_weight
-    return torch.stack([c + s, c, s, torch.zeros_like(c)])
+    """``[total, content, style, 0]`` (resty.losses.adain_loss_terms)."""
+    t = adain_loss_terms(g_feats, target, style_feats, spec, mean_std=lambda x, c: mean_std(x, c, spec.eps),
+                         reduce_mean=torch.mean, reduce_sum=torch.sum, batch=lambda d: d.shape[0],
+                         zero=target.new_zeros(()))
+    return torch.stack([*t, torch.zeros_like(t[0])])
 
 
 class AdaINEncoder(nn.Module):
