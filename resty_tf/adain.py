@@ -13,9 +13,11 @@ from resty.losses import adain_loss_terms, adain_transfer, sigma_form
 from resty.adain import AdaINSessionBase, AdaINStylizerBase, encoder_tensors
 from resty.fast import TrainingPlan
 from resty.specs import ADAIN_ENCODER_LAYERS, AdaINSpec, adain_decoder_layers, vgg_truncate
+from resty.runtime import check_dtype
 from resty.weights import WeightSet, from_keras_kernel, to_keras_kernel
 
 from .device import resolve_device
+from .fast import adam_state, load_adam_state
 from .optim import TorchAdam
 
 __all__ = ["AdaINEncoder", "AdaINDecoder", "AdaINStylizer", "mean_std", "adain", "adain_loss"]
@@ -160,33 +162,24 @@ class _Session(AdaINSessionBase):
         return terms.numpy()
 
     def optimizer_state(self):
-        net, opt = self.owner.net, self.opt
-        m = {n: net.to_canonical_layout(n, a.numpy()) for n, a in zip(self.names, opt.m)}
-        v = {n: net.to_canonical_layout(n, a.numpy()) for n, a in zip(self.names, opt.v)}
-        return int(opt.step.numpy()), m, v
+        return adam_state(self.opt, self.owner.net, self.names)
 
     def load_optimizer_state(self, step, exp_avg, exp_avg_sq) -> None:
-        net = self.owner.net
-        self.opt.set_state(step, [net.from_canonical_layout(n, exp_avg[n]) for n in self.names],
-                           [net.from_canonical_layout(n, exp_avg_sq[n]) for n in self.names])
+        load_adam_state(self.opt, self.owner.net, self.names, step, exp_avg, exp_avg_sq)
 
 
 class AdaINStylizer(AdaINStylizerBase):
-    """Arbitrary style transfer with AdaIN in TensorFlow (docs/BACKEND_API.md): ``fit(content_images,
-    style_images, steps=...)``, ``stylize(content, style, alpha=1.0, style_weights=None,
-    preserve_color=False)``, ``save``/``load`` (canonical safetensors, either backend)."""
+    """AdaIN in TensorFlow: frozen encoder kernels as constants, the decoder's as tf.Variables (the
+    API is resty.adain.AdaINStylizerBase's)."""
 
     backend_name = "tf"
     engine_name = "tensorflow"
 
     def __init__(self, preset="pytorch-adain", weights="imagenet", device=None, dtype="float32",
                  decoder_weights=None):
+        self.dtype = check_dtype(dtype)          # the same words as every stylizer
         enc, dec = self._setup(preset, weights, decoder_weights)
         self.device = resolve_device(device)
-        self.dtype = "float64" if dtype == "float64" else "float32"
-        if dtype not in ("float32", "float64"):
-            from resty.errors import ArgumentError
-            raise ArgumentError(f"dtype: got {dtype!r}; allowed: 'float32', 'float64'")
         self.tf_dtype = _dt(self.dtype)
         self.precision = None
         self.encoder = AdaINEncoder(enc, self.preset.adain, self.dtype, self.device)

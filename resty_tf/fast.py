@@ -33,6 +33,18 @@ from .vgg import VGGFeatures
 __all__ = ["FastStylizer"]
 
 
+def adam_state(opt: TorchAdam, net, names):
+    """``(step, exp_avg, exp_avg_sq)`` of a TorchAdam by canonical name, in canonical layouts."""
+    m = {n: net.to_canonical_layout(n, a.numpy()) for n, a in zip(names, opt.m)}
+    v = {n: net.to_canonical_layout(n, a.numpy()) for n, a in zip(names, opt.v)}
+    return int(opt.step.numpy()), m, v
+
+
+def load_adam_state(opt: TorchAdam, net, names, step, exp_avg, exp_avg_sq) -> None:
+    opt.set_state(step, [net.from_canonical_layout(n, exp_avg[n]) for n in names],
+                  [net.from_canonical_layout(n, exp_avg_sq[n]) for n in names])
+
+
 class _TrainingSession(TrainingSession):
     """One ``fit``: the torch-formula Adam, a traced training step and a ``tf.data`` pipeline;
     under a strategy, one global step over the replicas (SIGTERM then kills at once: the
@@ -58,15 +70,10 @@ class _TrainingSession(TrainingSession):
         self.scope.__exit__(*exc)
 
     def optimizer_state(self):
-        net, opt = self.owner.net, self.opt
-        m = {n: net.to_canonical_layout(n, a.numpy()) for n, a in zip(self.names, opt.m)}
-        v = {n: net.to_canonical_layout(n, a.numpy()) for n, a in zip(self.names, opt.v)}
-        return int(opt.step.numpy()), m, v
+        return adam_state(self.opt, self.owner.net, self.names)
 
     def load_optimizer_state(self, step, exp_avg, exp_avg_sq) -> None:
-        net = self.owner.net
-        self.opt.set_state(step, [net.from_canonical_layout(n, exp_avg[n]) for n in self.names],
-                           [net.from_canonical_layout(n, exp_avg_sq[n]) for n in self.names])
+        load_adam_state(self.opt, self.owner.net, self.names, step, exp_avg, exp_avg_sq)
 
     def start(self, style_grams, start_step: int) -> None:
         owner, plan = self.owner, self.plan

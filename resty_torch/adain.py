@@ -18,6 +18,7 @@ from resty.weights import WeightSet
 
 from ._util import to_hwc, to_nchw
 from .device import resolve_device, resolve_dtype
+from .fast import adam_state, load_adam_state
 from .optim import make_adam
 
 __all__ = ["AdaINEncoder", "AdaINDecoder", "AdaINStylizer", "mean_std", "adain", "adain_loss"]
@@ -138,21 +139,10 @@ class _Session(AdaINSessionBase):
         return terms.to("cpu", torch.float64).numpy()
 
     def optimizer_state(self):
-        m, v, step = {}, {}, 0
-        for name, p in self.params.items():
-            st = self.opt.state.get(p)
-            if st:
-                m[name] = st["exp_avg"].detach().cpu().numpy()
-                v[name] = st["exp_avg_sq"].detach().cpu().numpy()
-                step = int(float(st["step"]))
-        return step, m, v
+        return adam_state(self.opt, self.params)
 
     def load_optimizer_state(self, step, exp_avg, exp_avg_sq) -> None:
-        for name, p in self.params.items():
-            if name in exp_avg:
-                self.opt.state[p] = {"step": torch.tensor(float(step)),
-                                     "exp_avg": torch.from_numpy(exp_avg[name]).to(p.device, p.dtype),
-                                     "exp_avg_sq": torch.from_numpy(exp_avg_sq[name]).to(p.device, p.dtype)}
+        load_adam_state(self.opt, self.params, step, exp_avg, exp_avg_sq)
 
 
 class AdaINExportNet(nn.Module):
@@ -171,9 +161,7 @@ class AdaINExportNet(nn.Module):
 
 
 class AdaINStylizer(AdaINStylizerBase):
-    """Arbitrary style transfer with AdaIN in PyTorch (docs/BACKEND_API.md): ``fit(content_images,
-    style_images, steps=...)``, ``stylize(content, style, alpha=1.0, style_weights=None,
-    preserve_color=False)``, ``save``/``load`` (canonical safetensors, either backend)."""
+    """AdaIN in PyTorch (the API is resty.adain.AdaINStylizerBase's)."""
 
     backend_name = "torch"
     engine_name = "torch"

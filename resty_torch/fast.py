@@ -80,6 +80,27 @@ def _collate(batch):
 
 
 # --------------------------------------------------------------------------- training session
+def adam_state(opt: torch.optim.Optimizer, params: Dict[str, torch.Tensor]):
+    """``(step, exp_avg, exp_avg_sq)`` of torch's Adam by parameter name, as NumPy."""
+    m, v, step = {}, {}, 0
+    for name, p in params.items():
+        st = opt.state.get(p)
+        if st:
+            m[name] = st["exp_avg"].detach().cpu().numpy()
+            v[name] = st["exp_avg_sq"].detach().cpu().numpy()
+            step = int(float(st["step"]))
+    return step, m, v
+
+
+def load_adam_state(opt: torch.optim.Optimizer, params: Dict[str, torch.Tensor], step, exp_avg, exp_avg_sq) -> None:
+    for name, p in params.items():
+        if name in exp_avg:
+            opt.state[p] = {"step": torch.tensor(float(step)),
+                            "exp_avg": torch.from_numpy(exp_avg[name]).to(p.device, p.dtype),
+                            "exp_avg_sq": torch.from_numpy(exp_avg_sq[name]).to(p.device, p.dtype)}
+
+
+
 class _TrainingSession(TrainingSession):
     """One ``fit``: torch's Adam (or a captured CUDA-graph step), a DataLoader over the core's
     batch schedule, and under torchrun DDP with one small gloo all_reduce per step."""
@@ -105,21 +126,10 @@ class _TrainingSession(TrainingSession):
 
     # -- optimizer and RNG state, by canonical parameter name
     def optimizer_state(self):
-        m, v, step = {}, {}, 0
-        for name, p in self.owner.net.named_parameters():
-            st = self.opt.state.get(p)
-            if st:
-                m[name] = st["exp_avg"].detach().cpu().numpy()
-                v[name] = st["exp_avg_sq"].detach().cpu().numpy()
-                step = int(float(st["step"]))
-        return step, m, v
+        return adam_state(self.opt, dict(self.owner.net.named_parameters()))
 
     def load_optimizer_state(self, step, exp_avg, exp_avg_sq) -> None:
-        for name, p in self.owner.net.named_parameters():
-            if name in exp_avg:
-                self.opt.state[p] = {"step": torch.tensor(float(step)),
-                                     "exp_avg": torch.from_numpy(exp_avg[name]).to(p.device, p.dtype),
-                                     "exp_avg_sq": torch.from_numpy(exp_avg_sq[name]).to(p.device, p.dtype)}
+        load_adam_state(self.opt, dict(self.owner.net.named_parameters()), step, exp_avg, exp_avg_sq)
 
     def rng_state(self):
         rng = {"torch": torch.get_rng_state().tolist()}
