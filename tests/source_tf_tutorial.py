@@ -83,8 +83,10 @@ def clip_0_1(image):
 def tutorial(content: np.ndarray, style: np.ndarray, weights, max_dim: int, steps: int) -> np.ndarray:
     """The tutorial from ``load_img`` to the "Total variation loss" section's loop (its
     ``train_step`` with ``total_variation_weight=30``), ``steps`` steps, in float64."""
-    saved = keras.config.floatx()
+    saved, saved_policy = keras.config.floatx(), keras.config.dtype_policy()
     keras.config.set_floatx("float64")
+    # a global dtype policy left by other code would override floatx for new layers
+    keras.config.set_dtype_policy("float64")
     try:
         content_image = tf.cast(load_img(content, max_dim), tf.float64)
         style_image = tf.cast(load_img(style, max_dim), tf.float64)
@@ -124,3 +126,4 @@ def tutorial(content: np.ndarray, style: np.ndarray, weights, max_dim: int, step
         return image.numpy()[0]
     finally:
         keras.config.set_floatx(saved)
+        keras.config.set_dtype_policy(saved_policy)

@@ -356,7 +356,9 @@ def test_torchrun_workers_get_omp_num_threads(monkeypatch):
 def test_torchrun_prints_no_omp_banner(tmp_path):
     pytest.importorskip("torch")
     script = tmp_path / "worker.py"
-    script.write_text("import os; print('threads', os.environ.get('OMP_NUM_THREADS'))\n")
+    # one write per line: two workers share the pipe (print writes text and newline separately
+    # when unbuffered, and lines then interleave)
+    script.write_text("import os; os.write(1, f\"threads {os.environ.get('OMP_NUM_THREADS')}\\n\".encode())\n")
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     code = f"from resty import distributed as d; raise SystemExit(d.launch_torch(2, [{str(script)!r}], timeout=60))"

@@ -229,5 +229,8 @@ def test_adam_torch_vs_keras_epsilon():
     b = R.adam_step(x, g, s2, AdamSpec(lr=0.1, epsilon_hat=True))
     # first torch step: m̂/ (sqrt(v̂)+eps) = g/(|g|+eps) -> a step of lr·sign(g)
     np.testing.assert_allclose(a, x - 0.1 * g / (np.abs(g) + 1e-8), rtol=1e-12)
-    np.testing.assert_allclose(b, x - 0.1 * np.sqrt(1 - 0.999) / 0.1 * 0.1 * g / (np.sqrt(0.001) * np.abs(g) + 1e-8), rtol=1e-12)
+    # Keras 3: bias corrections with beta_1/beta_2 rounded through float32; moments with the exact 1 - beta
+    b1, b2 = float(np.float32(0.9)), float(np.float32(0.999))
+    m, v = (1 - 0.9) * g, (1 - 0.999) * g * g
+    np.testing.assert_allclose(b, x - 0.1 * np.sqrt(1 - b2) / (1 - b1) * m / (np.sqrt(v) + 1e-8), rtol=1e-12)
     assert not np.allclose(a, b, rtol=1e-9, atol=0)
