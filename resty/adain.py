@@ -9,7 +9,6 @@ one training step (resty_torch/adain.py, resty_tf/adain.py); the NumPy oracle is
 resty.reference.adain_*."""
 from __future__ import annotations
 
-import dataclasses
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -26,7 +25,7 @@ from .run_identity import data_identity
 from .specs import (ADAIN_ENCODER_LAYERS, AdaINSpec, AdamSpec, Preprocessing, TrainConfig, VGGSpec, _Spec,
                     _check_choice, _fail, _tuple, adain_decoder_layers, adain_decoder_shapes, vgg_truncate)
 from .training_data import BatchSchedule, crop_rng, list_training_images
-from .weights import WeightSet, load_weights, save_weights
+from .weights import WeightSet, load_weights
 
 __all__ = ["AdaINPreset", "ADAIN_PRESETS", "get_adain_preset", "resolve_adain_preset", "encoder_tensors",
            "preprocessing_conv", "resolve_encoder_weights", "from_pytorch_adain_vgg", "from_pytorch_adain_decoder",
@@ -626,19 +625,14 @@ class AdaINStylizerBase(FastStylizerBase):
         return np.clip(y, 0.0, 1.0).astype(np.float32)
 
     # ------------------------------------------------------------------ files
-    def save(self, path, *, overwrite=False) -> Path:
-        """The decoder as a canonical safetensors file (architecture ``adain``, the AdaINSpec and
-        the preset in its metadata): loadable by either backend."""
-        if not self._writes_files():
-            return Path(os.fspath(path))
-        tensors = {k: v if v.dtype == np.float64 else np.asarray(v, np.float32)
-                   for k, v in self.net.state_dict_canonical().items()}
-        ws = WeightSet(tensors, "adain", source=f"{type(self).__module__.split('.')[0]} AdaINStylizer "
-                       f"({self.preset.name})", spec=self.preset.adain,
-                       extra={"preset": self.preset.to_dict(), "steps": int(self.step),
-                              "skipped_count": int(self.skipped_count),
-                              "encoder": getattr(self.encoder_weights, "source", "")})
-        return save_weights(path, ws, overwrite=overwrite)
+    # save() (the base's) writes the decoder: architecture ``adain``, the AdaINSpec and the preset
+    _file_architecture = "adain"
+
+    def _file_spec(self):
+        return self.preset.adain
+
+    def _file_extra(self) -> Dict[str, Any]:
+        return {"encoder": getattr(self.encoder_weights, "source", "")}
 
     @classmethod
     def load(cls, path, *, weights="imagenet", device=None, dtype="float32", **kw) -> "AdaINStylizerBase":

@@ -15,7 +15,7 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .checkpoints import (adam_state_from_tensors, adam_state_to_tensors, checkpoint_run_id, latest_checkpoint,
+from .checkpoints import (adam_state_from_tensors, adam_state_to_tensors, checkpoint_run_id,
                           list_checkpoints, load_checkpoint, save_checkpoint)
 from .errors import ArgumentError, ImageError, RestyError, TrainingError, one_line
 from .images import resize_longest
@@ -626,18 +626,27 @@ class FastStylizerBase:
                               batch_size=batch_size)
 
     # ------------------------------------------------------------------ files
+    #: The weight file's architecture and the spec saved in it (AdaIN saves its decoder).
+    _file_architecture = "transformer"
+
+    def _file_spec(self):
+        return self.preset.transformer
+
+    def _file_extra(self) -> Dict[str, Any]:
+        return {}
+
     def save(self, path, *, overwrite=False) -> Path:
-        """The canonical safetensors file (resty.weights) with the TransformerSpec and the preset
+        """The canonical safetensors file (resty.weights) with the network's spec and the preset
         in its metadata: loadable by either backend.  In a distributed run only the main
         process writes (the others return the path)."""
         if not self._writes_files():
             return Path(os.fspath(path))
         tensors = {k: v if v.dtype == np.float64 else np.asarray(v, np.float32)
                    for k, v in self.net.state_dict_canonical().items()}
-        ws = WeightSet(tensors, "transformer", source=f"{type(self).__module__.split('.')[0]} FastStylizer "
-                       f"({self.preset.name})", spec=self.preset.transformer,
+        ws = WeightSet(tensors, self._file_architecture, source=f"{type(self).__module__.split('.')[0]} "
+                       f"{type(self).__name__} ({self.preset.name})", spec=self._file_spec(),
                        extra={"preset": self.preset.to_dict(), "steps": int(self.step),
-                              "skipped_count": int(self.skipped_count)})
+                              "skipped_count": int(self.skipped_count), **self._file_extra()})
         return save_weights(path, ws, overwrite=overwrite)
 
     @classmethod

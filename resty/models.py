@@ -46,12 +46,9 @@ def models_dir() -> Path:
     return cache_dir() / "models"
 
 
-def bundled_onnx(name: str) -> Optional[Path]:
-    """The ONNX file an installed package ships for ``name`` (None when not installed)."""
-    if name not in BUNDLED:
-        return None
+def package_files(pkg: str, *rels: str) -> Optional[Tuple[Path, ...]]:
+    """The files ``rels`` (all of them) inside an installed package ``pkg``, or None."""
     import importlib.util
-    pkg, rel = BUNDLED[name]
     try:
         spec = importlib.util.find_spec(pkg)
     except (ImportError, ValueError):
@@ -59,10 +56,16 @@ def bundled_onnx(name: str) -> Optional[Path]:
     if spec is None or not spec.submodule_search_locations:
         return None
     for root in spec.submodule_search_locations:
-        p = Path(root) / rel
-        if p.is_file():
-            return p
+        paths = tuple(Path(root) / r for r in rels)
+        if all(p.is_file() for p in paths):
+            return paths
     return None
+
+
+def bundled_onnx(name: str) -> Optional[Path]:
+    """The ONNX file an installed package ships for ``name`` (None when not installed)."""
+    found = package_files(*BUNDLED[name]) if name in BUNDLED else None
+    return found[0] if found else None
 
 
 # --------------------------------------------------------------------------- reading the graph

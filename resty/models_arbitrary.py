@@ -42,21 +42,8 @@ BUNDLED_ARBITRARY: Dict[str, Tuple[str, str, str]] = {
 
 def bundled_arbitrary(name: str = "arbitrary") -> Optional[Tuple[Path, Path]]:
     """(predictor, transfer) ONNX files an installed package ships, or None."""
-    if name not in BUNDLED_ARBITRARY:
-        return None
-    import importlib.util
-    pkg, a, b = BUNDLED_ARBITRARY[name]
-    try:
-        spec = importlib.util.find_spec(pkg)
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    for root in spec.submodule_search_locations:
-        p, t = Path(root) / a, Path(root) / b
-        if p.is_file() and t.is_file():
-            return p, t
-    return None
+    from .models import package_files
+    return package_files(*BUNDLED_ARBITRARY[name]) if name in BUNDLED_ARBITRARY else None
 
 
 def dequantize(q: np.ndarray, scale: np.ndarray, zero_point: Optional[np.ndarray], axis: int = 1) -> np.ndarray:
