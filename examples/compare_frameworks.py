@@ -12,7 +12,6 @@ check.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 
 import numpy as np

@@ -15,7 +15,6 @@ network here is trained briefly on the scikit-image sample photos; the report tr
 from __future__ import annotations
 
 import argparse
-import sys
 
 from resty.demo import DemoSettings, run_demo
 

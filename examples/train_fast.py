@@ -11,7 +11,6 @@ This is what ``resty train`` does, as a script you can adapt.
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path

@@ -14,7 +14,7 @@ from resty import reference as R
 from resty.specs import SIGMA_CONVENTIONS
 
 from . import tolerances as T
-from .compare import ItemResult, Missing, Quantity, compare_arrays
+from .compare import Quantity, compare_arrays
 
 WIDTHS = (8, 6, 4)
 HW = (32, 40)

@@ -10,7 +10,6 @@
 """
 from __future__ import annotations
 
-import math
 from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np

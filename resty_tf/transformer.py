@@ -1,7 +1,7 @@
 """Johnson's image transformation network (with Ulyanov's instance norm) from the core's spec."""
 from __future__ import annotations
 
-from typing import Dict, Optional, Union
+from typing import Dict, Optional
 
 import keras
 import numpy as np
@@ -13,7 +13,7 @@ from resty.weights import (WeightSet, from_keras_kernel, iohw_to_keras_transpose
                            keras_transposed_to_iohw, resolve_weights, to_keras_kernel)
 
 from .device import assert_compute_dtype, dtype_policy, resolve_device
-from .layers import SpecConv, TorchBatchNormalization, reflection_pad
+from .layers import SpecConv, TorchBatchNormalization
 
 __all__ = ["TransformerNet"]
 

@@ -1,14 +1,14 @@
 """VGG16/VGG19 feature extractor built from the core's layer table (NHWC, Keras 3)."""
 from __future__ import annotations
 
-from typing import Dict, Iterable, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from resty.specs import VGGSpec, vgg_layer_names, vgg_truncate
-from resty.weights import WeightSet, from_keras_kernel, resolve_loss_network, resolve_weights, to_keras_kernel
+from resty.weights import WeightSet, from_keras_kernel, resolve_loss_network, to_keras_kernel
 
 from .device import assert_compute_dtype, dtype_policy, resolve_device
 

@@ -6,7 +6,6 @@ the wrong place), which show as O(1e-3..1) errors.
 """
 from __future__ import annotations
 
-import os
 
 import numpy as np
 import pytest

@@ -310,6 +310,7 @@ def test_device_helpers():
     assert rt.get_tf32()["matmul"] in ("ieee", False)
     rt.set_tf32(True)
     assert rt.get_tf32()["conv"] in ("tf32", True)
+    rt.set_tf32(before["matmul"] in ("tf32", True))     # leave the process as it was for later tests
     from resty.errors import RestyError
     with pytest.raises(RestyError):
         rt.resolve_dtype("float16")
