@@ -258,3 +258,59 @@ def fast_train(device: str, batch: int, size: int) -> Callable[[], object]:
         with tf.device(device):
             step()
     return run
+
+
+# ----------------------------------------------------------------------------- AdaIN (keras-io example)
+def keras_adain_nets(widths=(256, 128, 64)):
+    """The keras-io "Neural Style Transfer with AdaIN" example's encoder and decoder: Keras
+    VGG19 (``weights=None``: random) cut at ``block4_conv1`` (relu4_1), and a
+    ``keras.Sequential`` decoder of ``Conv2D(padding="same")`` and ``UpSampling2D``.  The
+    example's first decoder conv is 512 wide; here the decoder mirrors the paper's widths so
+    that the work equals Resty's ``pytorch-adain`` decoder."""
+    vgg19 = keras.applications.VGG19(include_top=False, weights=None, input_shape=(None, None, 3))
+    vgg19.trainable = False
+    encoder = keras.Model(vgg19.input, vgg19.get_layer("block4_conv1").output, name="mini_vgg19")
+    a, b, c = widths
+    config = {"kernel_size": 3, "strides": 1, "padding": "same", "activation": "relu"}
+    decoder = keras.Sequential([
+        keras.layers.InputLayer(shape=(None, None, 512)),
+        keras.layers.Conv2D(filters=a, **config), keras.layers.UpSampling2D(),
+        keras.layers.Conv2D(filters=a, **config), keras.layers.Conv2D(filters=a, **config),
+        keras.layers.Conv2D(filters=a, **config), keras.layers.Conv2D(filters=b, **config),
+        keras.layers.UpSampling2D(),
+        keras.layers.Conv2D(filters=b, **config), keras.layers.Conv2D(filters=c, **config),
+        keras.layers.UpSampling2D(),
+        keras.layers.Conv2D(filters=c, **config),
+        keras.layers.Conv2D(filters=3, kernel_size=3, strides=1, padding="same", activation="sigmoid"),
+    ], name="decoder")
+    return encoder, decoder
+
+
+def _get_mean_std(x, epsilon=1e-5):
+    """The example's ``get_mean_std``: ``tf.nn.moments`` over H, W (biased variance + eps)."""
+    mean, variance = tf.nn.moments(x, axes=[1, 2], keepdims=True)
+    return mean, tf.sqrt(variance + epsilon)
+
+
+def _ada_in(style, content):
+    content_mean, content_std = _get_mean_std(content)
+    style_mean, style_std = _get_mean_std(style)
+    return style_std * (content - content_mean) / content_std + style_mean
+
+
+def adain_infer(content: np.ndarray, style: np.ndarray, device: str, alpha: float = 1.0) -> Callable[[], object]:
+    """One stylization the way the example runs its models (eager Keras calls: encode style and
+    content, ``ada_in``, alpha blend, decode), host image in and host image out, as
+    ``AdaINStylizer.stylize`` takes and returns them."""
+    with tf.device(device):
+        encoder, decoder = keras_adain_nets()
+
+    def run():
+        with tf.device(device):
+            c = tf.constant(np.asarray(content, np.float32)[None])
+            s = tf.constant(np.asarray(style, np.float32)[None])
+            cf, sf = encoder(c, training=False), encoder(s, training=False)
+            t = _ada_in(style=sf, content=cf)
+            t = alpha * t + (1 - alpha) * cf
+            decoder(t, training=False).numpy()
+    return run

@@ -336,3 +336,60 @@ def fast_whole_image(image: np.ndarray, device) -> Callable[[], object]:
         with torch.inference_mode():
             net(_nchw(image, device) * 255).cpu()
     return run
+
+
+# ----------------------------------------------------------------------------- AdaIN (pytorch-AdaIN)
+def pytorch_adain_nets(widths=(256, 128, 64)):
+    """pytorch-AdaIN's net.py ``vgg`` (to relu4_1: its test.py cuts ``vgg[:31]``) and
+    ``decoder`` as nn.Sequential, layer by layer as published (reflection pads, nearest ×2)."""
+    R = lambda: nn.ReflectionPad2d((1, 1, 1, 1))  # noqa: E731
+    vgg = [nn.Conv2d(3, 3, (1, 1))]
+    cin = 3
+    for n, width in ((2, 64), (2, 128), (4, 256), (1, 512)):
+        for _ in range(n):
+            vgg += [R(), nn.Conv2d(cin, width, (3, 3)), nn.ReLU()]
+            cin = width
+        if width != 512:
+            vgg.append(nn.MaxPool2d((2, 2), (2, 2), (0, 0), ceil_mode=True))
+    a, b, c = widths
+    decoder = []
+    for cin, cout, up in ((512, a, True), (a, a, False), (a, a, False), (a, a, False), (a, b, True),
+                          (b, b, False), (b, c, True), (c, c, False), (c, 3, None)):
+        decoder += [R(), nn.Conv2d(cin, cout, (3, 3))]
+        if up is not None:
+            decoder.append(nn.ReLU())
+        if up:
+            decoder.append(nn.Upsample(scale_factor=2, mode="nearest"))
+    return nn.Sequential(*vgg), nn.Sequential(*decoder)
+
+
+def _calc_mean_std(feat, eps=1e-5):
+    """pytorch-AdaIN's function.py ``calc_mean_std`` (unbiased variance + eps)."""
+    N, C = feat.size()[:2]
+    feat_var = feat.view(N, C, -1).var(dim=2) + eps
+    return feat_var.sqrt().view(N, C, 1, 1), feat.view(N, C, -1).mean(dim=2).view(N, C, 1, 1)
+
+
+def _adaptive_instance_normalization(content_feat, style_feat):
+    size = content_feat.size()
+    style_std, style_mean = _calc_mean_std(style_feat)
+    content_std, content_mean = _calc_mean_std(content_feat)
+    normalized = (content_feat - content_mean.expand(size)) / content_std.expand(size)
+    return normalized * style_std.expand(size) + style_mean.expand(size)
+
+
+def adain_infer(content: np.ndarray, style: np.ndarray, device, alpha: float = 1.0) -> Callable[[], object]:
+    """One call of pytorch-AdaIN's test.py ``style_transfer`` (encode content and style, AdaIN,
+    alpha blend, decode) under ``torch.no_grad``, host image in and host image out, as
+    ``AdaINStylizer.stylize`` takes and returns them."""
+    vgg, decoder = pytorch_adain_nets()
+    vgg, decoder = vgg.to(device).eval(), decoder.to(device).eval()
+
+    def run():
+        with torch.no_grad():
+            c, s = _nchw(content, device), _nchw(style, device)
+            cf, sf = vgg(c), vgg(s)
+            feat = _adaptive_instance_normalization(cf, sf)
+            feat = feat * alpha + cf * (1 - alpha)
+            decoder(feat).clamp(0, 1).cpu().numpy()
+    return run

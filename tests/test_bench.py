@@ -92,3 +92,37 @@ def test_cpu_targets_summarise_the_worst_row():
     assert t["tf on the CPU no slower than its plain baseline"]["met"]
     tt = t["TF within 1.3x of torch on the CPU"]
     assert abs(tt["best"] - 150 / 105) < 1e-12 and not tt["met"]     # row c: 150 vs 105 (default variants)
+
+
+@pytest.mark.skipif(not BACKENDS, reason="needs torch or tensorflow")
+def test_adain_beside_johnson_and_gatys(tmp_path):
+    """adain-infer at the side of fast-infer and gatys-run: each backend gets an AdaIN row with
+    its plain baseline of the same run, and the methods table pairs the three at that side with
+    ratios taken from those very rows."""
+    side = 32
+    cfg = BenchConfig(quick=True, backends=BACKENDS, devices=("cpu",), precisions=("float32",),
+                      workloads=("adain-infer", "fast-infer", "gatys-run"), fast_sizes=(side,), size=side,
+                      iterations=2, repeats=1, warmup=1, out=str(tmp_path))
+    doc = run_bench(cfg, log=lambda s: None)
+    assert doc["errors"] == [], doc["errors"]
+    rows = doc["rows"]
+    for b in BACKENDS:
+        ad = [r for r in rows if r["workload"] == "adain-infer" and r["backend"] == b]
+        assert {r["impl"] for r in ad} == {"baseline", "resty"} and all(r["size"] == side for r in ad)
+        resty = next(r for r in ad if r["impl"] == "resty")
+        base = next(r for r in ad if r["impl"] == "baseline")
+        assert resty["baseline_id"] == base["id"]
+        assert math.isclose(resty["ratio_vs_baseline"], base["median"] / resty["median"], rel_tol=1e-9)
+    ms = {m["backend"]: m for m in doc["methods"]}
+    assert set(ms) == set(BACKENDS)
+    for b, m in ms.items():
+        pick = lambda w, v: next(r for r in rows if r["workload"] == w and r["backend"] == b   # noqa: E731
+                                 and r["impl"] == "resty" and r["variant"] == v)
+        a = pick("adain-infer", "eager")
+        j = pick("fast-infer", "eager" if b == "torch" else "graph")
+        g = pick("gatys-run", "eager" if b == "torch" else "L-BFGS")
+        assert m["size"] == side and m["gatys_evaluations"] == 2
+        assert math.isclose(m["johnson_over_adain"], j["median"] / a["median"], rel_tol=1e-9)
+        assert math.isclose(m["gatys_over_adain"], g["median"] / (a["median"] / 1e3), rel_tol=1e-9)
+    md = (tmp_path / "bench.md").read_text()
+    assert "AdaIN vs Johnson vs Gatys" in md and "AdaIN inference 32px" in md

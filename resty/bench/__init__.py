@@ -66,7 +66,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeats", type=_pos, default=None, help="timed calls per implementation")
     p.add_argument("--warmup", type=int, default=1, help="warm-up calls per implementation")
     p.add_argument("--step-iters", type=_pos, default=None, help="Adam steps per timed gatys-step call")
-    p.add_argument("--fast-sizes", type=_ints, default=None, help="fast inference sides, e.g. 256,512,1024,2048")
+    p.add_argument("--fast-sizes", type=_ints, default=None, help="fast and AdaIN inference sides, e.g. 256,512,1024,2048")
     p.add_argument("--batch", type=_pos, default=None, help="images per batch for fast-batch")
     p.add_argument("--batch-size-px", type=_pos, default=None, help="side of the fast-batch images")
     p.add_argument("--train-size", type=_pos, default=None)

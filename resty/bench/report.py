@@ -43,6 +43,7 @@ def document(cfg, runner, env: Dict[str, Any]) -> Dict[str, Any]:
         },
         "rows": rows,
         "tf_vs_torch": tf_vs_torch(rows),
+        "methods": methods(rows),
         "targets": targets(rows),
         "notes": list(runner.notes),
         "errors": list(runner.errors),
@@ -66,6 +67,41 @@ def tf_vs_torch(rows: List[Dict]) -> List[Dict]:
         slow = (t["median"] / r["median"]) if r["higher_is_better"] else (r["median"] / t["median"])
         out.append({"workload": w, "label": r["label"], "device": d, "precision": p,
                     "tf_time_over_torch_time": slow, "within_1.3x": slow <= 1.3})
+    return out
+
+
+#: The framework path of each method (not the ONNX Runtime variants): the Resty variant that
+#: runs in the framework itself, by backend.
+_FRAMEWORK_VARIANT = {("adain-infer", "torch"): "eager", ("adain-infer", "tf"): "eager",
+                      ("fast-infer", "torch"): "eager", ("fast-infer", "tf"): "graph",
+                      ("gatys-run", "torch"): "eager", ("gatys-run", "tf"): "L-BFGS"}
+
+
+def methods(rows: List[Dict]) -> List[Dict]:
+    """AdaIN vs the Johnson network vs Gatys at the same side, per backend × device × precision,
+    each on its framework path (Resty's default variant) and measured in the same run: seconds
+    per image and the ratios ``johnson / adain`` and ``gatys / adain`` (> 1: AdaIN faster).
+    Gatys is one L-BFGS run of ``evaluations`` loss evaluations (the run's setting)."""
+    pick: Dict[tuple, Dict] = {}
+    for r in rows:
+        if r["impl"] != "resty" or _FRAMEWORK_VARIANT.get((r["workload"], r["backend"])) != r["variant"]:
+            continue
+        if r["workload"] != "gatys-run" and r.get("batch", 1) != 1:
+            continue
+        pick[(r["workload"], r["backend"], r["device"], r["precision"], r["size"])] = r
+    out = []
+    for (w, be, dev, prec, size), a in pick.items():
+        if w != "adain-infer":
+            continue
+        j = pick.get(("fast-infer", be, dev, prec, size))
+        g = pick.get(("gatys-run", be, dev, prec, size))
+        t_a = a["median"] / 1e3
+        row = {"backend": be, "device": dev, "precision": prec, "size": size, "adain_s": t_a,
+               "johnson_s": j["median"] / 1e3 if j else None, "gatys_s": g["median"] if g else None,
+               "gatys_evaluations": g.get("evaluations") if g else None}
+        row["johnson_over_adain"] = row["johnson_s"] / t_a if j else None
+        row["gatys_over_adain"] = row["gatys_s"] / t_a if g else None
+        out.append(row)
     return out
 
 
@@ -168,6 +204,16 @@ def markdown(doc: Dict[str, Any]) -> str:
         for t in doc["tf_vs_torch"]:
             lines.append(f"| {t['label']} | {t['device']} | {t['precision']} | {t['tf_time_over_torch_time']:.2f} | "
                          f"{'yes' if t['within_1.3x'] else 'no'} |")
+    if doc.get("methods"):
+        lines += ["", "## AdaIN vs Johnson vs Gatys (Resty, framework path, same run and size)", "",
+                  "| backend | device | precision | size | AdaIN s/image | Johnson s/image | Gatys s/image (evals) | "
+                  "Johnson/AdaIN | Gatys/AdaIN |", "|---|---|---|---|---|---|---|---|---|"]
+        for m in doc["methods"]:
+            gat = "" if m["gatys_s"] is None else f"{_fmt(m['gatys_s'])} ({m['gatys_evaluations']})"
+            jr, gr = m["johnson_over_adain"], m["gatys_over_adain"]
+            lines.append(f"| {m['backend']} | {m['device']} | {m['precision']} | {m['size']} | {_fmt(m['adain_s'])} | "
+                         f"{_fmt(m['johnson_s'])} | {gat} | {'' if jr is None else f'{jr:.2f}×'} | "
+                         f"{'' if gr is None else f'{gr:.1f}×'} |")
     if doc.get("targets"):
         lines += ["", "## Targets (issue 7)", "", "| target | measured | met |", "|---|---|---|"]
         for t in doc["targets"]:

@@ -42,7 +42,8 @@ __all__ = ["BenchConfig", "LIGHT_SPEC", "WORKLOADS", "run_bench", "Impl"]
 # The half-width network of the `restynet-light` preset (defined once, in resty.presets).
 LIGHT_SPEC = _presets.get("restynet-light").transformer
 
-WORKLOADS = ("gatys-step", "gatys-run", "fast-infer", "fast-batch", "fast-train", "onnx-light", "multistyle",
+WORKLOADS = ("gatys-step", "gatys-run", "fast-infer", "adain-infer", "fast-batch", "fast-train", "onnx-light",
+             "multistyle",
              "gatys-memory", "fast-tiled", "fast-infer-compiled", "gatys-step-compiled")
 GPU_ONLY = ("gatys-memory", "fast-tiled", "fast-infer-compiled", "gatys-step-compiled")
 PRECISIONS = ("float32", "tf32", "bf16", "fp16")
@@ -489,7 +490,7 @@ def torch_groups(R: Runner, device: str, precision: str, workloads: Sequence[str
                            "replay per evaluation"),
                       Impl("resty", "cuda graph, history 10", lambda: resty_run(cuda_graph=True, history_size=10),
                            "as above with a 10-pair L-BFGS history")] if gpu else []),
-                  size=S, baseline_note=base_note)
+                  size=S, baseline_note=base_note, extra={"evaluations": N})
         R.run_group(g, s["run_repeats"], 0)
 
     # ---------------------------------------------------------------- fast inference
@@ -525,6 +526,9 @@ def torch_groups(R: Runner, device: str, precision: str, workloads: Sequence[str
             R.run_group(fast_group("fast-infer", side, 1, fast_variants), s["infer_repeats"], max(warm, 2 if gpu else 1))
     if "fast-batch" in workloads:
         R.run_group(fast_group("fast-batch", s["batch_size_px"], s["batch"], fast_variants), s["infer_repeats"], warm)
+    if "adain-infer" in workloads:
+        for side in s["fast_sizes"]:
+            _adain_group(R, "torch", device, precision, side, torch_b.AdaINStylizer, dev, B, s["infer_repeats"], warm)
 
     # ---------------------------------------------------------------- training
     if "fast-train" in workloads and precision != "fp16":
@@ -690,7 +694,7 @@ def tf_groups(R: Runner, device: str, precision: str, workloads: Sequence[str], 
                            Impl("resty", "L-BFGS", resty_run, "GatysStylizer.stylize(optimizer='lbfgs'), public API")],
                           size=S, baseline_note=(base_note + "; " if base_note else "") +
                           "TF has no core L-BFGS: baseline is the tutorial's Adam loop with the same number "
-                          "of loss/gradient evaluations (favours the baseline)"),
+                          "of loss/gradient evaluations (favours the baseline)", extra={"evaluations": N}),
                     s["run_repeats"], 1)
 
     def fast_group(workload, side, batch):
@@ -717,6 +721,9 @@ def tf_groups(R: Runner, device: str, precision: str, workloads: Sequence[str], 
             R.run_group(fast_group("fast-infer", side, 1), s["infer_repeats"], max(warm, 1))
     if "fast-batch" in workloads:
         R.run_group(fast_group("fast-batch", s["batch_size_px"], s["batch"]), s["infer_repeats"], max(warm, 1))
+    if "adain-infer" in workloads:
+        for side in s["fast_sizes"]:
+            _adain_group(R, "tf", device, precision, side, tf_b.AdaINStylizer, tfdev, B, s["infer_repeats"], warm)
 
     if "fast-train" in workloads and precision != "fp16":
         T, bs = s["train_size"], s["train_batch"]
@@ -737,6 +744,38 @@ def tf_groups(R: Runner, device: str, precision: str, workloads: Sequence[str], 
     if "multistyle" in workloads and not gpu and precision == "float32":
         for side in s["multistyle_sizes"]:
             _multistyle_group(R, "tf", device, precision, side, FastStylizer, tfdev, s["infer_repeats"], warm)
+
+
+# --------------------------------------------------------------------------- AdaIN (arbitrary style)
+ADAIN_PRESET = "pytorch-adain"
+
+
+def _adain_group(R: Runner, backend: str, device: str, precision: str, side: int, AdaINStylizer, dev, B,
+                 repeats: int, warm: int) -> None:
+    """AdaIN (Huang & Belongie 2017) at ``side`` px: ``AdaINStylizer.stylize(photo, style)``
+    (encode both, AdaIN, decode; host arrays in and out) against the plain-framework twin of the
+    reference code (pytorch-AdaIN's test.py in torch, the keras-io example in TF), the paper's
+    decoder widths, random weights.  It sits beside fast-infer and gatys-run of the same side, so
+    the report can put the three methods side by side per framework."""
+    if precision in ("bf16", "fp16"):
+        R.note(f"skipped adain-infer {backend} {precision}: AdaINStylizer runs in float32 (no mixed precision)")
+        return
+    photo, style = _images(side)
+
+    def resty():
+        st = AdaINStylizer(ADAIN_PRESET, weights="random:0", device=dev, decoder_weights="random:0")
+        return lambda: st.stylize(photo, style)
+
+    base = "pytorch-AdaIN test.py style_transfer (nn.Sequential vgg[:31] + decoder), no_grad" if backend == "torch" \
+        else "keras-io AdaIN example: Keras VGG19 to block4_conv1 + Sequential decoder, eager calls"
+    g = Group("adain-infer", f"AdaIN inference {side}px", backend, device, precision, "ms/image", 1 / 1e3,
+              [Impl("baseline", "pytorch-AdaIN" if backend == "torch" else "keras-io example",
+                    lambda: B.adain_infer(photo, style, dev), base),
+               Impl("resty", "eager", resty, f"AdaINStylizer('{ADAIN_PRESET}').stylize(photo, style), host arrays "
+                                             "in and out, encoder of content and style included")],
+              size=side, baseline_note="same photo and style; the baseline's decoder has the paper's widths",
+              extra={"preset": ADAIN_PRESET})
+    R.run_group(g, repeats, max(warm, 1))
 
 
 # --------------------------------------------------------------------------- pretrained multistyle26 (CPU)
