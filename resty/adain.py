@@ -683,6 +683,57 @@ class AdaINStylizerBase(FastStylizerBase):
                 tmp.unlink()
         return out
 
+    def export_savedmodel(self, path, *, overwrite: bool = False) -> Path:
+        """Encoder + AdaIN + decoder as a TensorFlow SavedModel folder (tf backend): its
+        ``serving_default`` signature takes ``content`` (B×H×W×3 float32 RGB in [0, 1], any sides
+        >= 16: reflect-padded to multiples of 8 and cropped back in the graph, as ``stylize``
+        does), ``style`` (1×h×w×3, or B of them) and ``alpha`` (float32 scalar), and returns
+        ``stylized`` (clamped to [0, 1]).  It loads with ``tf.saved_model.load`` alone (no Resty);
+        the encoder's weights are in it.  Written to a temporary folder, read back and checked
+        against :meth:`stylize` on two sizes, then moved into place; an existing ``path`` is
+        refused unless ``overwrite``.  Returns the path."""
+        import shutil
+        from .errors import OutputExistsError
+        out = Path(os.fspath(path))
+        if os.path.lexists(out) and not overwrite:
+            raise OutputExistsError(f"{out}: already exists (pass overwrite=True / --overwrite to replace it)")
+        tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        for p in (tmp, old):
+            if p.is_dir():
+                shutil.rmtree(p)
+        try:
+            self._export_savedmodel(tmp)
+            run = self._load_savedmodel(tmp)
+            rng = np.random.default_rng(0)
+            worst = 0.0
+            # Sides that are not multiples of 8: the graph pads and crops as stylize does.
+            for hw, shw, a in (((30, 45), (40, 24), 1.0), ((48, 40), (33, 56), 0.6)):
+                c = rng.random(hw + (3,)).astype(np.float32)
+                s = rng.random(shw + (3,)).astype(np.float32)
+                worst = max(worst, float(np.abs(run(c, s, a) - self.stylize(c, s, alpha=a)).max()))
+            if not worst <= 1e-4:
+                raise RestyError(f"SavedModel export: the reloaded model differs from stylize by {worst:.2e} "
+                                 "(> 1e-4); not written")
+            if os.path.lexists(out):
+                os.replace(out, old)
+            os.replace(tmp, out)
+        finally:
+            for p in (tmp, old):
+                if p.is_dir():
+                    shutil.rmtree(p, ignore_errors=True)
+                elif os.path.lexists(p):
+                    p.unlink()
+        return out
+
+    def _export_savedmodel(self, path) -> None:
+        raise RestyError("SavedModel export of an AdaIN decoder goes through the tf backend (the decoder file is "
+                         "either backend's: AdaINStylizer.load it with get_backend('tf'))")
+
+    def _load_savedmodel(self, path):
+        """The SavedModel at ``path`` as ``run(content, style, alpha) -> H×W×3`` (H×W×3 arrays)."""
+        raise NotImplementedError
+
     def _export_onnx(self, path, opset: int) -> None:
         raise RestyError("ONNX export of an AdaIN decoder goes through the torch backend (the decoder file is "
                          "either backend's: AdaINStylizer.load it with get_backend('torch'))")

@@ -77,12 +77,20 @@ def stylize(args, backend, contents, targets) -> int:
 
 
 def convert(args, model, out) -> int:
-    """``resty convert DECODER --to onnx -o OUT.onnx [--weights W]``: encoder + AdaIN + decoder in
-    one ONNX graph (AdaINStylizerBase.export_onnx), checked with onnxruntime."""
-    if args.to != "onnx":
-        raise _usage(f"an AdaIN decoder converts --to onnx (one graph with its encoder); for torch or tf use the "
-                     f".safetensors itself (both backends load it), not --to {args.to}")
+    """``resty convert DECODER --to onnx|savedmodel -o OUT [--weights W]``: encoder + AdaIN +
+    decoder in one graph, an ONNX file (AdaINStylizerBase.export_onnx, through torch, checked
+    with onnxruntime) or a TensorFlow SavedModel folder (export_savedmodel, through tf, checked
+    with tf.saved_model.load); both checked against ``stylize`` before they are moved into place."""
+    if args.to not in ("onnx", "savedmodel"):
+        raise _usage(f"an AdaIN decoder converts --to onnx or --to savedmodel (one graph with its encoder); for "
+                     f"torch or tf use the .safetensors itself (both backends load it), not --to {args.to}")
     from .backends import get_backend
+    if args.to == "savedmodel":
+        st = get_backend("tf").AdaINStylizer.load(str(model), weights=args.weights, device="cpu")
+        path = st.export_savedmodel(out, overwrite=args.overwrite)
+        print(f"{model} -> {path} (savedmodel: serving_default(content, style, alpha) -> stylized; encoder "
+              f"weights {args.weights})")
+        return 0
     st = get_backend("torch").AdaINStylizer.load(str(model), weights=args.weights, device="cpu")
     path = st.export_onnx(out, opset=args.opset, overwrite=args.overwrite)
     print(f"{model} -> {path} (onnx: inputs content, style, alpha; encoder weights {args.weights})")

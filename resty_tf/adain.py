@@ -214,6 +214,41 @@ class AdaINStylizer(AdaINStylizerBase):
     def _adain(self, fc, fs):
         return adain(fc, fs, self.preset.adain)
 
+    def _export_savedmodel(self, path) -> None:
+        """The serving module (resty.adain.AdaINStylizerBase.export_savedmodel): the decoder's
+        variables and the encoder's constants captured by one ``tf.function``, float32 at the
+        boundary whatever the stylizer's dtype."""
+        encoder, decoder, spec, dt = self.encoder, self.net, self.preset.adain, self.tf_dtype
+        module = tf.Module()
+        module.decoder_variables = list(decoder.vars.values())
+        image = lambda name: tf.TensorSpec([None, None, None, 3], tf.float32, name=name)   # noqa: E731
+
+        @tf.function(input_signature=[image("content"), image("style"), tf.TensorSpec([], tf.float32, name="alpha")],
+                     autograph=False)
+        def serve(content, style, alpha):
+            c, s, a = tf.cast(content, dt), tf.cast(style, dt), tf.cast(alpha, dt)
+            h, w = tf.shape(c)[1], tf.shape(c)[2]
+            # reflect-pad to multiples of 8 (relu4_1 is 1/8 of the input), crop back after
+            pad = [[0, 0], [0, tf.math.floormod(-h, 8)], [0, tf.math.floormod(-w, 8)], [0, 0]]
+            fc = encoder(tf.pad(c, pad, mode="REFLECT"), ("relu4_1",))["relu4_1"]
+            fs = encoder(s, ("relu4_1",))["relu4_1"]
+            t = adain(fc, fs, spec) * a + fc * (1.0 - a)
+            y = decoder(t)[:, :h, :w, :]
+            return {"stylized": tf.cast(tf.clip_by_value(y, 0.0, 1.0), tf.float32)}
+
+        module.serve = serve
+        with tf.device("/CPU:0"):
+            tf.saved_model.save(module, str(path), signatures={"serving_default": serve})
+
+    def _load_savedmodel(self, path):
+        fn = tf.saved_model.load(str(path)).signatures["serving_default"]
+
+        def run(content, style, alpha):
+            return fn(content=tf.constant(np.asarray(content, np.float32)[None]),
+                      style=tf.constant(np.asarray(style, np.float32)[None]),
+                      alpha=tf.constant(float(alpha), tf.float32))["stylized"].numpy()[0]
+        return run
+
     def _adain_regions(self, fc, styles, regions):
         C = fc.shape[-1]
         with tf.device(self.device):

@@ -225,3 +225,41 @@ def test_convert_onnx(tmp_path, capsys):
     assert [i.name for i in sess.get_inputs()] == ["content", "style", "alpha"]
     rc, _, err = run(["convert", str(model), "--to", "tf", "-o", str(tmp_path / "a.weights.h5")], capsys)
     assert_usage_error(rc, err, "--to onnx")
+
+
+def test_convert_savedmodel(tmp_path, capsys):
+    """``resty convert DECODER --to savedmodel``: encoder + AdaIN + decoder as a SavedModel whose
+    serving signature (content, style, alpha) gives what ``AdaINStylizer.stylize`` gives, read
+    back by a process that imports TensorFlow only; an existing folder is refused unless
+    --overwrite."""
+    pytest.importorskip("tensorflow")
+    from cli_helpers import run
+    from resty.backends import get_backend
+    st = get_backend("tf").AdaINStylizer(_tiny(), weights="random:0", decoder_weights="random:3")
+    model = st.save(tmp_path / "dec.safetensors")
+    sm = tmp_path / "sm"
+    rc, _, err = run(["convert", str(model), "--to", "savedmodel", "-o", str(sm), "--weights", "random:0"], capsys)
+    assert rc == 0, err
+    assert (sm / "saved_model.pb").is_file() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    c, s = _data()[0][1], _data()[1][2]             # 41×50 content: not a multiple of 8
+    np.save(tmp_path / "c.npy", c)
+    np.save(tmp_path / "s.npy", s)
+    code = ("import sys, numpy as np, tensorflow as tf; d = sys.argv[1]; "
+            "f = tf.saved_model.load(d + '/sm').signatures['serving_default']; "
+            "y = f(content=tf.constant(np.load(d + '/c.npy')[None]), style=tf.constant(np.load(d + '/s.npy')[None]), "
+            "alpha=tf.constant(0.7))['stylized'].numpy()[0]; np.save(d + '/y.npy', y); "
+            "assert not [m for m in sys.modules if m.startswith('resty')]")
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=240,
+                       cwd=str(tmp_path))
+    assert r.returncode == 0, r.stderr[-2000:]
+    y = np.load(tmp_path / "y.npy")
+    want = st.stylize(c, s, alpha=0.7)
+    assert y.shape == c.shape and np.abs(y - want).max() <= 1e-5
+    assert np.abs(want - st.stylize(c, s, alpha=1.0)).max() > 1e-3      # alpha reached the graph
+    stamp = (sm / "saved_model.pb").stat().st_mtime_ns
+    rc, _, err = run(["convert", str(model), "--to", "savedmodel", "-o", str(sm), "--weights", "random:0"], capsys)
+    assert rc == 2 and "already exists" in err and (sm / "saved_model.pb").stat().st_mtime_ns == stamp
+    from resty.errors import OutputExistsError
+    with pytest.raises(OutputExistsError):
+        st.export_savedmodel(sm)
+    assert st.export_savedmodel(sm, overwrite=True) == sm and (sm / "saved_model.pb").stat().st_mtime_ns != stamp
