@@ -320,7 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--out", required=True, metavar="OUT", help="output file (folder for savedmodel)")
     p.add_argument("--opset", type=_positive_int, default=17, help="ONNX opset (default 17)")
     p.add_argument("--weights", default="imagenet", metavar="W",
-                   help="AdaIN decoder: the encoder's weights baked into the ONNX file (imagenet, random:SEED, a file, "
+                   help="AdaIN decoder: the encoder's weights baked into the ONNX file or SavedModel (imagenet, "
+                        "random:SEED, a file, "
                         "or pytorch-AdaIN's vgg_normalised.pth; default imagenet)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.set_defaults(func=cmd_convert)
