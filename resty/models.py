@@ -118,21 +118,36 @@ def _const_values(model) -> Dict[str, np.ndarray]:
     return vals
 
 
-def onnx_to_weightset(path) -> WeightSet:
-    """Read a style network from an ONNX file: the conditional-instance-norm network (see the
-    module doc) or an export of pytorch/examples' network (resty.models_fast_neural_style)."""
+def load_onnx_model(path):
+    """``(path, onnx.ModelProto)`` of an ONNX file, or one line saying why not."""
     try:
         import onnx
-        from onnx import numpy_helper
     except ImportError:
         raise RestyError("importing ONNX files needs the onnx package: pip install 'resty[onnx]'") from None
     path = Path(os.fspath(path))
     if not path.is_file():
         raise ArgumentError(f"{path}: no such file")
     try:
-        model = onnx.load(str(path))
+        return path, onnx.load(str(path))
     except Exception as exc:
         raise WeightsError(f"{path}: not an ONNX file ({one_line(exc)})") from None
+
+
+def onnx_attr(node, key: str, default=None):
+    """A node attribute's value (strings decoded), or ``default``."""
+    import onnx
+    for a in node.attribute:
+        if a.name == key:
+            v = onnx.helper.get_attribute_value(a)
+            return v.decode() if isinstance(v, bytes) else v
+    return default
+
+
+def onnx_to_weightset(path) -> WeightSet:
+    """Read a style network from an ONNX file: the conditional-instance-norm network (see the
+    module doc) or an export of pytorch/examples' network (resty.models_fast_neural_style)."""
+    path, model = load_onnx_model(path)
+    from onnx import numpy_helper
     from .models_fast_neural_style import fast_neural_style_onnx_to_weightset, is_fast_neural_style_onnx
     if is_fast_neural_style_onnx(model):
         return fast_neural_style_onnx_to_weightset(path, model)
@@ -155,13 +170,7 @@ def onnx_to_weightset(path) -> WeightSet:
                "Unsqueeze", "Sigmoid"}
     if ops - allowed:
         raise _fail(path, f"operators {sorted(ops - allowed)} are outside what the conditional norm network uses")
-
-    def attr(n, key, default=None):
-        for a in n.attribute:
-            if a.name == key:
-                v = onnx.helper.get_attribute_value(a)
-                return v.decode() if isinstance(v, bytes) else v
-        return default
+    attr = onnx_attr
 
     # Padding: reflect, k//2 on every side, before every conv.
     convs = [n for n in g.node if n.op_type == "Conv"]

@@ -28,7 +28,7 @@ from typing import Dict, List, Mapping
 
 import numpy as np
 
-from .errors import ArgumentError, RestyError, WeightsError, one_line
+from .errors import WeightsError, one_line
 from .specs import TransformerSpec, transformer_layers
 from .weights import WeightSet
 
@@ -117,20 +117,11 @@ def is_fast_neural_style_onnx(model) -> bool:
 
 def fast_neural_style_onnx_to_weightset(path, model=None) -> WeightSet:
     """Read an ONNX export of the example's network (see the module doc)."""
-    try:
-        import onnx
-        from onnx import numpy_helper
-    except ImportError:
-        raise RestyError("importing ONNX files needs the onnx package: pip install 'resty[onnx]'") from None
-    from .models import _const_values
-    path = Path(os.fspath(path))
+    from .models import _const_values, load_onnx_model, onnx_attr as attr
     if model is None:
-        if not path.is_file():
-            raise ArgumentError(f"{path}: no such file")
-        try:
-            model = onnx.load(str(path))
-        except Exception as exc:
-            raise WeightsError(f"{path}: not an ONNX file ({one_line(exc)})") from None
+        path, model = load_onnx_model(path)
+    from onnx import numpy_helper
+    path = Path(os.fspath(path))
     g = model.graph
     inits = {t.name: numpy_helper.to_array(t) for t in g.initializer}
     vals = _const_values(model)
@@ -145,14 +136,6 @@ def fast_neural_style_onnx_to_weightset(path, model=None) -> WeightSet:
     ins = [i.name for i in g.input if i.name not in inits]
     if len(ins) != 1 or len(g.output) != 1:
         raise _fail(path, f"expected one image input and one output, got inputs {ins}")
-
-    def attr(n, key, default=None):
-        for a in n.attribute:
-            if a.name == key:
-                v = onnx.helper.get_attribute_value(a)
-                return v.decode() if isinstance(v, bytes) else v
-        return default
-
     producer = {o: n for n in g.node for o in n.output}
     consumers: Dict[str, List] = {}
     for n in g.node:

@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from torch.optim import Adam
 
+from resty.models_fast_neural_style import example_key_names
+
 DTYPE = torch.float64
 
 
@@ -238,24 +240,7 @@ def stylize(transformer: TransformerNet, content_image: np.ndarray) -> np.ndarra
 
 
 # --------------------------------------------------------------------------- weights by name
-def _transformer_names() -> Dict[str, str]:
-    """The example's ``state_dict`` name of each canonical Resty transformer tensor."""
-    convs = {"conv_in": ("conv1", "in1"), "down1": ("conv2", "in2"), "down2": ("conv3", "in3"),
-             "up1": ("deconv1", "in4"), "up2": ("deconv2", "in5"), "conv_out": ("deconv3", None)}
-    for i in range(1, 6):
-        convs[f"res{i}.conv1"] = (f"res{i}.conv1", f"res{i}.in1")
-        convs[f"res{i}.conv2"] = (f"res{i}.conv2", f"res{i}.in2")
-    names = {}
-    for ours, (conv, norm) in convs.items():
-        names[f"{ours}.weight"] = f"{conv}.conv2d.weight"
-        names[f"{ours}.bias"] = f"{conv}.conv2d.bias"
-        if norm:
-            names[f"{ours}.norm.weight"] = f"{norm}.weight"
-            names[f"{ours}.norm.bias"] = f"{norm}.bias"
-    return names
-
-
-TRANSFORMER_NAMES = _transformer_names()
+TRANSFORMER_NAMES = example_key_names()  # the importer's table; test_models_fast_neural_style checks it by output
 
 
 def load_transformer(canonical: Dict[str, np.ndarray]) -> TransformerNet:
