@@ -299,6 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--new-style", action="store_true",
                    help="with --resume-from a multi-style model: add one style and train only its gamma/beta "
                         "row (everything else frozen); stylize with --style N afterwards")
+    p.add_argument("--style", dest="style_row", type=_nonneg_int, default=None, metavar="K",
+                   help="with --resume-from a multi-style model (e.g. multistyle26): fine-tune all of its weights "
+                        "at style row K (default: row 0); stylize with --style K afterwards")
     p.add_argument("--nproc", type=_positive_int, default=None, metavar="N",
                    help="train with N local processes (torch: torchrun + DDP; tf: MultiWorkerMirroredStrategy "
                         "workers); --batch-size stays the global batch")
@@ -842,8 +845,20 @@ def cmd_train(args) -> int:
         where = resolve_model(args.resume_from)
         tw = where if isinstance(where, WeightSet) else load_weights(where, expect="transformer")
         if args.new_style:
+            if args.style_row is not None:
+                raise UsageError("--new-style trains the added row; --style K fine-tunes an existing row: pick one")
             tw = add_style(tw)
             fit_kw["train_only"] = "style_row"
+        if args.style_row is not None:
+            spec = tw.spec
+            if not spec.conditional:
+                raise UsageError(f"--style {args.style_row}: {args.resume_from} has one style (--style K needs a "
+                                 "multi-style network, e.g. multistyle26)")
+            if args.style_row >= spec.num_styles:
+                raise UsageError(f"--style {args.style_row}: {args.resume_from} has styles 0..{spec.num_styles - 1}")
+            fit_kw["style_row"] = args.style_row
+    elif args.style_row is not None:
+        raise UsageError("--style K needs --resume-from MODEL (the multi-style network to fine-tune at row K)")
     stylizer = backend.FastStylizer(preset, weights=args.weights, device=args.device, transformer_weights=tw,
                                     **_speed_kwargs(args))
 

@@ -290,7 +290,8 @@ class FastStylizerBase:
         new_style=True)``): train only row ``style_row`` (default: the last) of every norm's
         gamma/beta table, the network run with that style; every other parameter is frozen (the
         backends' training sessions honour :meth:`_is_trainable`) and the other rows get exactly
-        zero gradient, so they do not move (Dumoulin et al. 2017)."""
+        zero gradient, so they do not move (Dumoulin et al. 2017).  ``style_row=K`` alone (a
+        multi-style network): every weight is fine-tuned with the network run at style ``K``."""
         self._setup_train_only(train_only, style_row)
         try:
             return self._fit(images, style, steps=steps, epochs=epochs, batch_size=batch_size,
@@ -305,7 +306,17 @@ class FastStylizerBase:
         self._train_only = None
         if train_only is None:
             if style_row is not None:
-                raise ArgumentError("style_row: only with train_only='style_row'")
+                # Fine-tune every weight with the network run at row ``style_row`` (a multi-style
+                # network, e.g. ``resty train --resume-from multistyle26 --style 19``).
+                spec = self.preset.transformer
+                if not spec.conditional:
+                    raise ArgumentError(f"style_row: got {style_row!r}, but this network has one style "
+                                        "(a style row needs a multi-style network, e.g. multistyle26)")
+                row = integer_arg(style_row, "style_row", 0)
+                if row >= spec.num_styles:
+                    raise ArgumentError(f"style_row: got {row}; this network has styles 0..{spec.num_styles - 1}")
+                self.net.set_style(np.eye(spec.num_styles)[row])
+                self._train_only = {"style_row": row}
             return
         if train_only != "style_row":
             raise ArgumentError(f"train_only: got {train_only!r}; allowed None or 'style_row'")
