@@ -343,7 +343,7 @@ def import_model(path, name: Optional[str] = None, *, overwrite: bool = False, c
     from .weights.sniff import _sniff
     path = Path(os.fspath(path))
     if not path.is_file():
-        raise ArgumentError(f"{path}: no such file")
+        raise ArgumentError(f"{path}: {'is a folder, not a model file' if path.is_dir() else 'no such file'}")
     if _sniff(path) != "torch":
         return import_onnx(path, name, overwrite=overwrite, check=check)
     from .models_fast_neural_style import from_fast_neural_style_state_dict
@@ -495,7 +495,8 @@ def run_cli(args) -> int:
         out = import_model(args.file, args.name, overwrite=args.overwrite)
         ws = load_weights(out, expect="transformer")
         chk = ws.extra.get("onnx_check_max_abs")
-        print(f"imported {args.file} -> {out} ({ws.spec.num_styles} styles, {ws.n_params} parameters"
+        n = ws.spec.num_styles
+        print(f"imported {args.file} -> {out} ({n} style{'s' if n != 1 else ''}, {ws.n_params} parameters"
               + (f", max abs vs ONNX Runtime {chk:.2e})" if chk is not None else ")"))
     elif args.models_cmd == "list":
         rows = list_models()

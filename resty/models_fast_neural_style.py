@@ -29,7 +29,7 @@ from typing import Dict, List, Mapping
 import numpy as np
 
 from .errors import WeightsError, one_line
-from .specs import TransformerSpec, transformer_layers
+from .specs import TransformerSpec, transformer_layers, transformer_param_shapes
 from .weights import WeightSet
 
 __all__ = ["example_key_names", "from_fast_neural_style_state_dict", "fast_neural_style_onnx_to_weightset",
@@ -97,7 +97,15 @@ def from_fast_neural_style_state_dict(state: Mapping[str, object], *, where: obj
             tensors[ours] = np.array(v, dtype=np.float32)
         except (TypeError, ValueError):
             raise _fail(where, f"{theirs} is not a numeric array") from None
+    bad = [names[f"{n}.weight"] for n in ("conv_in", "down1", "down2", "up1", "up2", "conv_out")
+           if tensors[f"{n}.weight"].ndim != 4]
+    if bad:
+        raise _fail(where, f"{bad[0]} is not a 4-D convolution weight")
     spec = _spec_from_shapes(lambda n: tensors[f"{n}.weight"].shape, len(blocks), where)
+    for ours, shape in transformer_param_shapes(spec).items():
+        if tensors[ours].shape != tuple(shape):
+            raise _fail(where, f"{names[ours]} has shape {tensors[ours].shape}, expected {tuple(shape)} "
+                               f"for a network whose layers have widths {spec.channels}")
     dropped = sorted(set(map(str, state)) - set(kept))
     extra_meta = {"imported_from": str(Path(os.fspath(where)).name) if isinstance(where, (str, Path)) else str(where),
                   "format": "pytorch/examples fast_neural_style state_dict",

@@ -49,7 +49,13 @@ def read_pth(path) -> Dict[str, np.ndarray]:
         raise WeightsError(f"{path}: not a weights-only PyTorch file (it holds pickled Python objects, which "
                            "can run code); it was not loaded") from None
     except Exception as exc:   # torch raises zip/Runtime errors of many kinds for a broken file
-        raise WeightsError(one_line(f"{path}: cannot read the PyTorch file ({one_line(exc)[:200]})")) from None
+        why = one_line(exc)[:200] or type(exc).__name__
+        try:
+            if Path(path).stat().st_size == 0:
+                why = "the file is empty"
+        except OSError:
+            pass
+        raise WeightsError(one_line(f"{path}: cannot read the PyTorch file ({why})")) from None
     if isinstance(state, Mapping) and "state_dict" in state and isinstance(state["state_dict"], Mapping):
         state = state["state_dict"]
     if not isinstance(state, Mapping):
