@@ -422,12 +422,17 @@ def load_crop(item: Any, load_size: int, crop: int, seed: int, step: int, slot: 
         return None
 
 
-def load_pairs(plan: TrainingPlan, load_size: int, step: int) -> Tuple[List[np.ndarray], List[np.ndarray], List[int]]:
-    """The readable (content, style) crop pairs of ``step`` and its unreadable slots (content
-    slot ``j``; style slot ``batch_size + j``).  A pair with an unreadable half is left out."""
+def load_pairs(plan: TrainingPlan, load_size: int, step: int, lo: int = 0,
+               hi: Optional[int] = None) -> Tuple[List[np.ndarray], List[np.ndarray], List[int]]:
+    """The readable (content, style) crop pairs of slots ``lo .. hi-1`` of ``step``'s global
+    batch (default: all) and their unreadable slots (content slot ``j``; style slot
+    ``batch_size + j``).  A pair with an unreadable half is left out.  Slots keep their global
+    numbers, so a process's share of the batch loads the very crops one process would."""
     B = plan.batch_size
     contents, styles, bad = [], [], []
     for j, i in enumerate(plan.schedule.batch(step)):
+        if j < lo or (hi is not None and j >= hi):
+            continue
         c = load_crop(plan.items[i], load_size, plan.image_size, plan.seed, step, j)
         s = load_crop(plan.styles[plan.style_index(step, j)], load_size, plan.image_size,
                       plan.style_schedule.seed, step, j)
@@ -449,9 +454,16 @@ def style_seed(seed: int) -> int:
 class AdaINSessionBase(TrainingSession):
     """The training session of :class:`AdaINStylizerBase`, written once: pairs of (content,
     style) crops per step (loaded ahead in a thread pool of ``num_workers``), the learning rate
-    ``lr / (1 + lr_decay·step)``, and the books.  A backend supplies ``_train(content, style, lr)``
-    (one Adam step on B×S×S×3 float arrays; returns the ``[total, content, style, tv]`` terms as a
-    framework tensor), ``_to_numpy(terms)`` and the optimizer state (canonical names/layouts)."""
+    ``lr / (1 + lr_decay·step)``, the books, and the split of each global batch over the
+    processes of ``dist`` (the backend's distributed context: each rank loads its contiguous
+    share, ``resty.distributed.shard_bounds``, and the ranks agree on the unreadable slots and
+    on a stop).  A backend supplies ``_train(content, style, lr, weight)`` (one Adam step on
+    B×S×S×3 float arrays; returns the ``[total, content, style, tv]`` terms as a framework
+    tensor; ``weight``, None in one process, is this rank's share ``n_r / N`` of the global
+    batch's readable pairs, by which the terms come back multiplied and whose gradient sum over
+    the ranks is the global batch mean's), ``_to_numpy(terms)``, ``_gather(terms)`` (the terms
+    of several steps as host rows, summed over the ranks) and the optimizer state (canonical
+    names/layouts)."""
 
     def __init__(self, owner: "AdaINStylizerBase", plan: TrainingPlan):
         self.owner, self.plan = owner, plan
@@ -464,30 +476,58 @@ class AdaINSessionBase(TrainingSession):
         return self.plan.lr / (1.0 + self.spec.lr_decay * step)
 
     def steps(self, term):
-        plan = self.plan
-        load = lambda s: load_pairs(plan, self.spec.load_size, s)     # noqa: E731
+        from .distributed import shard_bounds
+        plan, d = self.plan, self.dist
+        B, S = plan.batch_size, plan.image_size
+        many = d.world_size > 1
+        lo, hi = shard_bounds(B, d.rank, d.world_size)
+        load = lambda s: load_pairs(plan, self.spec.load_size, s, lo, hi)     # noqa: E731
         pool = ThreadPoolExecutor(max(1, plan.num_workers)) if plan.num_workers else None
         try:
             ahead = pool.submit(load, self.start_step) if pool and self.start_step < plan.total_steps else None
             for s in range(self.start_step, plan.total_steps):
-                if term.hit:
+                if term.hit and not many:
                     return
                 contents, styles, bad = ahead.result() if ahead is not None else load(s)
                 ahead = pool.submit(load, s + 1) if pool and s + 1 < plan.total_steps else None
-                if not contents:
+                n, weight = len(contents), None
+                if many:
+                    # One small all-reduce per step: the global batch's unreadable slots (every
+                    # rank books the same) and whether any rank got SIGTERM.
+                    flags = np.zeros(2 * B + 1)
+                    flags[bad] = 1.0
+                    flags[2 * B] = 1.0 if term.hit else 0.0
+                    flags = d.sum_host(flags)
+                    if flags[2 * B] > 0:
+                        term.hit = True
+                        return
+                    bad = [int(j) for j in np.flatnonzero(flags[:2 * B])]
+                    n = B - len({j % B for j in bad})          # pairs with both halves readable
+                    weight = len(contents) / n if n else 0.0
+                    if n and not contents:
+                        # Nothing readable here but elsewhere: this rank still joins the
+                        # gradient all-reduce, with a stand-in pair of weight 0.
+                        contents = styles = [np.full((S, S, 3), 0.5, np.float32)]
+                if not n:
                     yield s, (None, bad, 0)
                     continue
-                terms = self._train(np.stack(contents), np.stack(styles), self.lr_at(s))
-                yield s, (terms, bad, len(contents))
+                terms = self._train(np.stack(contents), np.stack(styles), self.lr_at(s), weight)
+                yield s, (terms, bad, n)
         finally:
             if pool is not None:
                 pool.shutdown(wait=False, cancel_futures=True)
 
     def resolve(self, handles):
-        return [StepOutcome(None if t is None else np.asarray(self._to_numpy(t), np.float64), bad, n)
+        done = [t for t, _, _ in handles if t is not None]
+        rows = iter(self._gather(done)) if done else iter(())
+        return [StepOutcome(None if t is None else np.asarray(next(rows), np.float64), bad, n)
                 for t, bad, n in handles]
 
-    def _train(self, content: np.ndarray, style: np.ndarray, lr: float):
+    def _gather(self, terms: List[Any]) -> List[np.ndarray]:
+        """Host rows of ``terms`` (one per step), summed over the ranks of a distributed run."""
+        return [np.asarray(self._to_numpy(t), np.float64) for t in terms]
+
+    def _train(self, content: np.ndarray, style: np.ndarray, lr: float, weight: Optional[float] = None):
         raise NotImplementedError
 
     def _to_numpy(self, terms) -> np.ndarray:

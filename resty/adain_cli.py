@@ -29,8 +29,15 @@ def train(args, backend) -> int:
         raise _usage(f"{out}: a model is saved as .safetensors")
     if args.resume and not args.checkpoint_dir:
         raise _usage("--resume needs --checkpoint-dir (where the checkpoints are)")
-    if (args.nproc or 1) > 1:
-        raise _usage("--nproc: AdaIN training runs in one process for now")
+    from .cli import _check_output
+    _check_output(out, args.overwrite)
+    from . import distributed as _dist
+    if (args.nproc or 1) > 1 and not _dist.is_launched_child():
+        if args.backend != "torch":
+            raise _usage("--nproc with --method adain needs --backend torch (torchrun + DDP); AdaIN training "
+                         "under several TensorFlow workers is not supported yet")
+        # the same shared launcher as the Johnson network's: N workers run this very command
+        return _dist.relaunch_cli(args.backend, args.nproc, args.argv)
     preset = resolve_adain_preset(args.preset or "pytorch-adain")
     init = args.transformer_weights or f"random:{args.seed}"
     st = backend.AdaINStylizer(preset, weights=args.weights, device=args.device, decoder_weights=init)
@@ -39,9 +46,13 @@ def train(args, backend) -> int:
                      epochs=args.epochs, batch_size=args.batch_size, image_size=args.image_size,
                      checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every, resume=args.resume,
                      seed=args.seed, progress=not args.quiet, lr=args.lr)
-    st.save(str(out), overwrite=args.overwrite)
+    st.save(str(out), overwrite=args.overwrite)      # rank 0 only under --nproc
+    if not _dist.process_info().is_main:
+        return 0
     if not args.quiet:
-        print(f"trained to step {summary['steps']} in {time.perf_counter() - t0:.1f}s; decoder written to {out}")
+        procs = f" on {summary['world_size']} processes" if summary.get("world_size", 1) > 1 else ""
+        print(f"trained to step {summary['steps']} in {time.perf_counter() - t0:.1f}s{procs}; decoder written to "
+              f"{out}")
     if summary.get("skipped"):
         print(f"warning: skipped {len(summary['skipped'])} unreadable image(s), e.g. {summary['skipped'][0]}")
     return 0

@@ -335,3 +335,8 @@ class SingleProcess:
 
     def any(self, flag: bool) -> bool:
         return bool(flag)
+
+    def sum_host(self, values):
+        """``values`` (a NumPy array) summed over the processes: here, a float64 copy."""
+        import numpy as np
+        return np.array(values, np.float64)

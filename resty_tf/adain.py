@@ -11,6 +11,8 @@ import tensorflow as tf
 
 from resty.losses import adain_loss_terms, adain_transfer, sigma_form
 from resty.adain import AdaINSessionBase, AdaINStylizerBase, encoder_tensors
+from resty.distributed import process_info
+from resty.errors import RestyError
 from resty.fast import TrainingPlan
 from resty.specs import ADAIN_ENCODER_LAYERS, AdaINSpec, adain_decoder_layers, vgg_truncate
 from resty.runtime import check_dtype
@@ -134,6 +136,10 @@ class AdaINDecoder:
 class _Session(AdaINSessionBase):
     def __init__(self, owner: "AdaINStylizer", plan: TrainingPlan):
         super().__init__(owner, plan)
+        if process_info().distributed:
+            # Each worker would train the whole batch alone: refused, not silently wrong.
+            raise RestyError("AdaIN training under several TensorFlow workers is not supported yet; train it in "
+                             "one process, or with the torch backend (resty train --method adain --nproc N)")
         net = owner.net
         self.names = list(net.vars)
         self.variables = [net.vars[n] for n in self.names]
@@ -152,7 +158,7 @@ class _Session(AdaINSessionBase):
 
         self._step = step
 
-    def _train(self, content, style, lr):
+    def _train(self, content, style, lr, weight=None):
         self.opt.lr.assign(lr)
         dt = self.owner.tf_dtype.as_numpy_dtype
         with tf.device(self.owner.device):

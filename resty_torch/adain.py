@@ -10,12 +10,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from resty import distributed as rdist
 from resty.losses import adain_loss_terms, adain_transfer, sigma_form
 from resty.adain import ENCODER_CONVS, AdaINSessionBase, AdaINStylizerBase, encoder_tensors
 from resty.fast import TrainingPlan
 from resty.specs import ADAIN_ENCODER_LAYERS, AdaINSpec, adain_decoder_layers, vgg_truncate
 from resty.weights import WeightSet
 
+from . import distributed as tdist
 from ._util import to_hwc, to_nchw
 from .device import resolve_device, resolve_dtype
 from .fast import adam_state, load_adam_state
@@ -117,26 +119,48 @@ class AdaINDecoder(nn.Module):
 
 
 class _Session(AdaINSessionBase):
+    """One ``fit``: torch's Adam on the decoder; under torchrun the decoder in DDP, each rank
+    training on its share of every global batch (resty.adain.AdaINSessionBase.steps)."""
+
     def __init__(self, owner: "AdaINStylizer", plan: TrainingPlan):
         super().__init__(owner, plan)
+        self.ctx = self.dist = tdist.setup(owner.device)
         self.params = owner.net.canonical_parameters()
         owner.net.train()
         self.opt = make_adam(list(self.params.values()), owner.preset.training.adam, lr=plan.lr)
+        self.net_fn = owner.net
+        if self.ctx.enabled:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+            ids = [owner.device.index if owner.device.index is not None else torch.cuda.current_device()] \
+                if owner.device.type == "cuda" else None
+            # DDP broadcasts rank 0's decoder now and averages the gradients in backward.
+            self.net_fn = DDP(owner.net, device_ids=ids)
 
     def __exit__(self, *exc) -> None:
         self.owner.net.eval()
 
-    def _train(self, content, style, lr):
+    def _train(self, content, style, lr, weight=None):
         for g in self.opt.param_groups:
             g["lr"] = lr
         self.opt.zero_grad(set_to_none=True)
-        terms = self.owner.train_terms(self.owner._tensor(content), self.owner._tensor(style))
-        terms[0].backward()
+        terms = self.owner.train_terms(self.owner._tensor(content), self.owner._tensor(style), self.net_fn)
+        objective = terms[0]
+        if weight is not None and weight * self.ctx.world_size != 1.0:
+            # DDP averages the ranks' gradients: weighting each rank's batch mean by n_r·W/N
+            # makes that the mean over the N pairs of the global batch, as one process computes.
+            objective = objective * (weight * self.ctx.world_size)
+        objective.backward()
         self.opt.step()
-        return terms.detach()
+        return terms.detach() if weight is None else terms.detach() * weight
 
     def _to_numpy(self, terms):
         return terms.to("cpu", torch.float64).numpy()
+
+    def _gather(self, terms):
+        stacked = torch.stack(terms)
+        if self.ctx.enabled:
+            stacked = self.ctx.all_sum(stacked)    # rows hold n_r/N-weighted local means
+        return list(stacked.to("cpu", torch.float64).numpy())
 
     def optimizer_state(self):
         return adam_state(self.opt, self.params)
@@ -169,7 +193,7 @@ class AdaINStylizer(AdaINStylizerBase):
     def __init__(self, preset="pytorch-adain", weights="imagenet", device=None, dtype="float32",
                  decoder_weights=None):
         enc, dec = self._setup(preset, weights, decoder_weights)
-        self.device = resolve_device(device)
+        self.device = resolve_device(device if device is not None else tdist.default_device())
         self.dtype = resolve_dtype(dtype)
         self.precision = None
         self.encoder = AdaINEncoder(enc, self.preset.adain, self.dtype, self.device)
@@ -179,14 +203,15 @@ class AdaINStylizer(AdaINStylizerBase):
     def _tensor(self, a: np.ndarray) -> torch.Tensor:
         return to_nchw(a, self.device, self.dtype)
 
-    def train_terms(self, content: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
-        """``[total, content, style, 0]`` of NCHW content/style batches (differentiable w.r.t. the decoder)."""
+    def train_terms(self, content: torch.Tensor, style: torch.Tensor, decoder=None) -> torch.Tensor:
+        """``[total, content, style, 0]`` of NCHW content/style batches (differentiable w.r.t. the
+        decoder; ``decoder``: the network to run it through, e.g. its DDP wrapper)."""
         spec = self.preset.adain
         with torch.no_grad():
             fc = self.encoder(content, ("relu4_1",))["relu4_1"]
             fs = self.encoder(style)
             t = adain(fc, fs["relu4_1"], spec)
-        g = self.net(t)
+        g = (self.net if decoder is None else decoder)(t)
         return adain_loss(self.encoder(g), t, fs, spec)
 
     def _training_session(self, plan: TrainingPlan) -> _Session:
@@ -194,6 +219,10 @@ class AdaINStylizer(AdaINStylizerBase):
 
     def _eval_mode(self) -> None:
         self.net.eval()
+
+    def _writes_files(self) -> bool:
+        info = rdist.process_info()       # under torchrun only rank 0 writes the decoder
+        return not (info.distributed and info.source == "torchrun" and not info.is_main)
 
     def _weights_key(self):
         return tuple((id(t), t._version) for t in self.net.parameters())

@@ -15,6 +15,7 @@ import atexit
 from dataclasses import dataclass
 from typing import Any, Optional
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -65,6 +66,12 @@ class DistContext:
     def barrier(self) -> None:
         if self.enabled:
             dist.barrier(group=self.meta_group)
+
+    def sum_host(self, values) -> np.ndarray:
+        """A small NumPy array summed over ranks (gloo), as float64: what the framework-free
+        training sessions (resty.adain) agree on each step."""
+        a = torch.from_numpy(np.array(values, np.float64))
+        return self.all_sum_cpu(a).numpy()
 
 
 SINGLE = DistContext(ProcessInfo())

@@ -89,8 +89,52 @@ def _worker(argv):
     (out / f"summary-rank{info.rank}.json").write_text(json.dumps(keep))
 
 
+def tiny_adain():
+    from resty.adain import get_adain_preset
+    p = get_adain_preset("pytorch-adain")
+    return p.replace(name="tiny-adain-dist", adain=p.adain.replace(decoder_widths=(8, 6, 4), load_size=40),
+                     training=p.training.replace(num_workers=0))
+
+
+def make_styles(d: Path) -> Path:
+    from PIL import Image
+    d.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(1)
+    for i in range(5):
+        Image.fromarray((rng.random((34 + 2 * i, 44 - i, 3)) * 255).astype(np.uint8)).save(d / f"s{i}.png")
+    return d
+
+
+def adain_fit_kwargs(steps: int = STEPS) -> dict:
+    return dict(steps=steps, batch_size=BATCH, image_size=SIZE, lr=1e-3, seed=0, num_workers=0)
+
+
+def _adain_worker(argv):
+    """``torch-adain-fit DATA STYLES OUT``: the AdaIN decoder trained by this rank (torchrun)."""
+    sys.path.insert(0, str(ROOT))
+    from resty.distributed import process_info
+    import resty_torch as rt
+    data, styles, out = argv
+    from resty_torch import adain as tadain
+    local = []                      # the pairs this rank trained on, per step
+    train = tadain._Session._train
+    tadain._Session._train = lambda self, c, *a: (local.append(len(c)), train(self, c, *a))[1]
+    f = rt.AdaINStylizer(tiny_adain(), weights="random:0", device="cpu", dtype=DTYPE)
+    summary = f.fit(data, styles, **adain_fit_kwargs())
+    summary["local_pairs"] = local
+    rank = process_info().rank
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    np.savez(out / f"weights-rank{rank}.npz", **f.net.state_dict_canonical())
+    keep = {k: summary[k] for k in ("steps", "history", "images_seen", "world_size", "rank", "local_pairs")}
+    (out / f"summary-rank{rank}.json").write_text(json.dumps(keep))
+
+
 if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] in ("torch-fit", "tf-fit"):
     _worker(sys.argv[1:])
+    sys.exit(0)
+if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "torch-adain-fit":
+    _adain_worker(sys.argv[2:])
     sys.exit(0)
 
 
@@ -272,3 +316,53 @@ def test_stylize_folder_two_processes_each_output_once(data, tmp_path):
     assert sorted(str(p) for p in out.iterdir()) == expected     # no temporary files left
     (out / "p3.png").unlink()
     assert run() == [str(out / "p3.png")]                # a re-run only finishes what is missing
+
+
+# ---------------------------------------------------------------- AdaIN (the same driver, torch DDP)
+def test_torch_adain_ddp_equals_single_process(data, tmp_path):
+    """2 torchrun processes train an AdaIN decoder, each on its half of every global batch of
+    (content, style) pairs: the decoder equals one process's with the same global batch (float64,
+    to summation order), on both ranks, and the booked losses and image counts are the global ones."""
+    import resty_torch as rt
+    styles = make_styles(tmp_path / "styles")
+    ref = rt.AdaINStylizer(tiny_adain(), weights="random:0", device="cpu", dtype=DTYPE)
+    ref_summary = ref.fit(str(data), str(styles), **adain_fit_kwargs())
+    assert _launch("torch", ["torch-adain-fit", str(data), str(styles), str(tmp_path / "out")]) == 0
+    w0 = _weights(tmp_path / "out" / "weights-rank0.npz")
+    w1 = _weights(tmp_path / "out" / "weights-rank1.npz")
+    _assert_close(w0, ref.net.state_dict_canonical(), "AdaIN DDP rank 0 vs single process")
+    for k in w0:
+        np.testing.assert_array_equal(w0[k], w1[k])
+    s0 = json.loads((tmp_path / "out" / "summary-rank0.json").read_text())
+    s1 = json.loads((tmp_path / "out" / "summary-rank1.json").read_text())
+    assert s0["world_size"] == 2 and s0["images_seen"] == STEPS * BATCH == ref_summary["images_seen"]
+    assert s0["history"] == s1["history"]
+    assert s0["local_pairs"] == s1["local_pairs"] == [BATCH // 2] * STEPS     # each rank its half
+    for a, b in zip(s0["history"], ref_summary["history"]):
+        assert a["step"] == b["step"]
+        np.testing.assert_allclose([a["total"], a["content"], a["style"]], [b["total"], b["content"], b["style"]],
+                                   rtol=1e-10)
+    # the run moved the decoder (the comparison is not of two untouched initialisations)
+    init = rt.AdaINStylizer(tiny_adain(), weights="random:0", device="cpu", dtype=DTYPE).net.state_dict_canonical()
+    assert max(np.abs(w0[k] - init[k]).max() for k in init) > 1e-4
+
+
+def test_cli_train_adain_nproc(data, tmp_path):
+    """``resty train --method adain --nproc 2`` (torch) writes one decoder, from rank 0, and says
+    so once; with --backend tf it is refused in one line before any worker starts."""
+    styles = make_styles(tmp_path / "styles")
+    out = tmp_path / "dec.safetensors"
+    cmd = [sys.executable, "-m", "resty", "train", "--method", "adain", "--data", str(data), "--styles", str(styles),
+           "--out", str(out), "--steps", "2", "--batch-size", "2", "--image-size", "32", "--weights", "random:0",
+           "--nproc", "2"]
+    r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert out.is_file() and sorted(p.name for p in tmp_path.iterdir()) == ["dec.safetensors", "styles"]
+    assert r.stdout.count("trained to step 2 ") == 1 and "on 2 processes" in r.stdout     # rank 0 only
+    from resty.weights import load_weights
+    ws = load_weights(out, expect="adain")
+    assert ws.extra["steps"] == 2
+    r = subprocess.run(cmd[:-2] + ["--nproc", "2", "--backend", "tf", "--out", str(tmp_path / "tf.safetensors")],
+                       env=_env(), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "--backend torch" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "tf.safetensors").exists()
