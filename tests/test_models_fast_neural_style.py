@@ -199,3 +199,53 @@ def test_graph_traps_are_refused(export11, home, capsys, trap, words):
     path = _mutated_export(export11, home, "trap", trap)
     rc, _, err = run(["models", "import", path], capsys)
     assert_usage_error(rc, err, words)
+
+
+# --------------------------------------------------------------------------- published files, downloaded
+def test_download_published_checkpoint_and_zoo_file(net, home, monkeypatch, capsys):
+    """``resty models download`` (and first use by name, as torchvision's weights): the download
+    code runs for real on file:// URLs of files made like the published ones."""
+    import zipfile
+    from resty import models_fast_neural_style as M
+    from resty.backends import get_backend
+    monkeypatch.delenv("RESTY_OFFLINE", raising=False)
+    torch.save(_state_with_stale_stats(net), home / "candy.pth")
+    with zipfile.ZipFile(home / "saved_models.zip", "w") as z:
+        z.write(home / "candy.pth", "saved_models/candy.pth")
+        z.writestr("saved_models/README", "other members are left alone")
+    torch.onnx.export(net, torch.rand(1, 3, 224, 224) * 255, str(home / "zoo.onnx"), dynamo=False, opset_version=9,
+                      input_names=["input1"], output_names=["output1"])
+    monkeypatch.setitem(M.PUBLISHED, "candy", dict(M.PUBLISHED["candy"], url=(home / "saved_models.zip").as_uri()))
+    monkeypatch.setitem(M.PUBLISHED, "mosaic-9", dict(M.PUBLISHED["mosaic-9"], url=(home / "zoo.onnx").as_uri()))
+    rc, out, err = run(["models", "download", "candy"], capsys)
+    assert rc == 0, err
+    img = _photo(64)
+    ref = _example_stylize(net, img)
+    fs = get_backend("torch").FastStylizer.load("mosaic-9", device="cpu")      # downloaded on first use
+    assert float(np.abs(fs.stylize(img) - ref).max()) <= TOL
+    downloads = home / "home" / "downloads"
+    assert sorted(p.name for p in downloads.iterdir()) == ["candy.pth", "mosaic-9.onnx",
+                                                           "pytorch_examples_saved_models.zip"]
+    (home / "saved_models.zip").unlink()                 # cached: no second download
+    (home / "home" / "models" / "candy.safetensors").unlink()
+    assert run(["models", "download", "candy"], capsys)[0] == 0
+    y = get_backend("tf").FastStylizer.load("candy", device="cpu").stylize(img)
+    assert float(np.abs(y - ref).max()) <= TOL
+
+
+def test_download_failures_are_one_line(home, monkeypatch, capsys):
+    from resty import models_fast_neural_style as M
+    monkeypatch.setenv("RESTY_OFFLINE", "1")
+    rc, _, err = run(["models", "download", "udnie"], capsys)
+    assert_usage_error(rc, err, "RESTY_OFFLINE", "udnie.pth")
+    monkeypatch.delenv("RESTY_OFFLINE")
+    (home / "broken.zip").write_bytes(b"<html>quota exceeded</html>")
+    monkeypatch.setitem(M.PUBLISHED, "udnie", dict(M.PUBLISHED["udnie"], url=(home / "broken.zip").as_uri()))
+    rc, _, err = run(["models", "download", "udnie"], capsys)
+    assert_usage_error(rc, err, "not a zip file")
+    assert not (home / "home" / "downloads" / "pytorch_examples_saved_models.zip").exists()
+    monkeypatch.setitem(M.PUBLISHED, "udnie", dict(M.PUBLISHED["udnie"], url=(home / "absent.zip").as_uri()))
+    rc, _, err = run(["models", "download", "udnie"], capsys)
+    assert_usage_error(rc, err, "download failed")
+    rc, _, err = run(["models", "download", "starry"], capsys)
+    assert_usage_error(rc, err, "not a published network", "candy-9")
