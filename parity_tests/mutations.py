@@ -288,6 +288,65 @@ MUTATIONS.update({
     "transpose_crop_backend": transpose_crop_via_backends,
 })
 
+
+
+# --------------------------------------------------------------------------- QDQ rounding (arbitrary)
+def qdq_rounding_via_backends(dtype: str) -> List[Result]:
+    """ONNX QuantizeLinear rounds half to even and saturates, and DequantizeLinear subtracts the
+    zero point: both backends' ``fake_quantize`` against the oracle's (resty.arbitrary) on exact
+    ties (x/scale = k + 0.5, scale a power of two) and saturating values; mutants round half away
+    from zero, drop the zero point, or drop the saturation.  Then the backend predictor (small
+    random net, calibrated int8 table) with every zero point read as 0."""
+    import torch
+    from resty.arbitrary import QDQ, fake_quantize
+    from resty_tf.arbitrary import fake_quantize as fq_tf
+    from resty_torch.arbitrary import fake_quantize as fq_torch
+    q = QDQ(0.125, -3, -128, 127)
+    ties = (np.arange(-150, 150) + 0.5) * q.scale
+    x = np.concatenate([ties, _rng(30).standard_normal(200) * 12]).astype(dtype)
+    ref = fake_quantize(x, q)
+    tol = T.get("output", dtype)
+    xt = _tt(x, dtype)
+
+    def away(v):             # round half away from zero (C's round(), Python 2's round)
+        return torch.sign(v) * torch.floor(torch.abs(v) + 0.5)
+    s = q.scale
+    out = [
+        _cmp("resty_torch fake_quantize vs oracle (ties, saturation)", True, fq_torch(xt, q).numpy(), ref, tol),
+        _cmp("resty_tf fake_quantize vs oracle (ties, saturation)", True, fq_tf(_tf().constant(x), q).numpy(), ref,
+             tol),
+        _cmp("round half away from zero vs oracle", False,
+             ((torch.clamp(away(xt / s) + q.zero_point, q.qmin, q.qmax) - q.zero_point) * s).numpy(), ref, tol),
+        _cmp("zero point dropped vs oracle", False,
+             (torch.clamp(torch.round(xt / s), q.qmin, q.qmax) * s).numpy(), ref, tol),
+        _cmp("no saturation vs oracle", False, (torch.round(xt / s) * s).numpy(), ref, tol),
+    ]
+    # network level: a table loaded without its zero points
+    from resty import reference_arbitrary as RA
+    from resty.arbitrary import ArbitrarySpec, PredictorSpec, TransferSpec, random_arbitrary_tensors, split_tensors
+    from resty_torch.arbitrary import StylePredictor
+    spec = ArbitrarySpec(PredictorSpec(stem_channels=4, blocks=((1, 4, 1), (3, 6, 2)), head_channels=8, style_dim=5,
+                                       image_size=16), TransferSpec(channels=(4, 6, 8), residual_blocks=1,
+                                                                    up_channels=(6, 4), style_dim=5))
+    t = random_arbitrary_tensors(spec, 11)
+    img = _rng(31).random((2, 17, 15, 3)).astype(np.float32).astype(np.float64)
+    aq = RA.calibrate_quantization(img, img, t, spec).of("predictor")
+    want = RA.predictor_forward(img, t, spec.predictor, aq)
+    p = split_tensors(t)[0]
+    xi = _tt(img.transpose(0, 3, 1, 2), dtype)
+    with torch.no_grad():
+        good = StylePredictor(spec.predictor, p, dtype=dtype, device="cpu", quant=aq)(xi).double().numpy()
+        nozp = {k: v._replace(zero_point=0) for k, v in aq.items()}
+        bad = StylePredictor(spec.predictor, p, dtype=dtype, device="cpu", quant=nozp)(xi).double().numpy()
+    tol_e = T.Tolerance("scaled", tol.rtol, reason=tol.reason) if dtype == "float64" else \
+        T.Tolerance("norm", 0.1, 0.99, reason="float32 quantized rows (parity_tests/cases.py)")
+    out += [_cmp("resty_torch quantized predictor vs oracle", True, good, want, tol_e),
+            _cmp("resty_torch quantized predictor, zero points read as 0, vs oracle", False, bad, want, tol_e)]
+    return out
+
+
+MUTATIONS["arbitrary_qdq_rounding"] = qdq_rounding_via_backends
+
 from .adain_cases import ADAIN_MUTATIONS  # noqa: E402
 
 MUTATIONS.update(ADAIN_MUTATIONS)

