@@ -33,10 +33,8 @@ def train(args, backend) -> int:
     _check_output(out, args.overwrite)
     from . import distributed as _dist
     if (args.nproc or 1) > 1 and not _dist.is_launched_child():
-        if args.backend != "torch":
-            raise _usage("--nproc with --method adain needs --backend torch (torchrun + DDP); AdaIN training "
-                         "under several TensorFlow workers is not supported yet")
-        # the same shared launcher as the Johnson network's: N workers run this very command
+        # The Johnson network's launcher: N workers run this very command (torch: torchrun + DDP;
+        # tf: MultiWorkerMirroredStrategy workers, each with its TF_CONFIG).
         return _dist.relaunch_cli(args.backend, args.nproc, args.argv)
     preset = resolve_adain_preset(args.preset or "pytorch-adain")
     init = args.transformer_weights or f"random:{args.seed}"

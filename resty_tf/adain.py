@@ -18,6 +18,7 @@ from resty.specs import ADAIN_ENCODER_LAYERS, AdaINSpec, adain_decoder_layers, v
 from resty.runtime import check_dtype
 from resty.weights import WeightSet, from_keras_kernel, to_keras_kernel
 
+from . import distributed as tdist
 from .device import resolve_device
 from .fast import adam_state, load_adam_state
 from .optim import TorchAdam
@@ -134,35 +135,65 @@ class AdaINDecoder:
 
 
 class _Session(AdaINSessionBase):
+    """One ``fit``: the torch-formula Adam on the decoder's variables and a traced step; under a
+    multi-worker strategy each worker trains on its share of every global batch
+    (resty.adain.AdaINSessionBase.steps), the weighted gradients are summed over the workers and
+    every worker applies the same update to its mirrored variables."""
+
     def __init__(self, owner: "AdaINStylizer", plan: TrainingPlan):
         super().__init__(owner, plan)
-        if process_info().distributed:
-            # Each worker would train the whole batch alone: refused, not silently wrong.
-            raise RestyError("AdaIN training under several TensorFlow workers is not supported yet; train it in "
-                             "one process, or with the torch backend (resty train --method adain --nproc N)")
+        strategy = owner.strategy
+        if strategy is None and process_info().distributed:
+            # Each process would train the whole batch alone: refused, not silently wrong.
+            raise RestyError("AdaIN training in several TensorFlow processes needs their MultiWorkerMirroredStrategy "
+                             "(TF_CONFIG, as resty train --nproc sets it); none is active in this process")
+        self.dist = tdist.StrategyContext(strategy)
+        self.handles_sigterm = strategy is None       # a strategy's workers cannot agree on a SIGTERM step
         net = owner.net
         self.names = list(net.vars)
         self.variables = [net.vars[n] for n in self.names]
-        with tf.device(owner.device):
+        with owner._scope():
             self.opt = TorchAdam(owner.preset.training.adam, self.variables, lr=plan.lr)
             self.opt.lr = tf.Variable(float(plan.lr), dtype=tf.float64, trainable=False)
         size, dt = plan.image_size, owner.tf_dtype
+        image = tf.TensorSpec([None, size, size, 3], dt)
 
-        @tf.function(autograph=False, input_signature=[tf.TensorSpec([None, size, size, 3], dt)] * 2)
-        def step(content, style):
+        if strategy is None:
+            @tf.function(autograph=False, input_signature=[image, image])
+            def step(content, style):
+                with tf.GradientTape() as tape:
+                    terms = owner.train_terms(content, style)
+                    total = terms[0]
+                self.opt.apply(tape.gradient(total, self.variables))
+                return terms
+            self._step = step
+            return
+        SUM = tf.distribute.ReduceOp.SUM
+
+        def replica_fn(content, style, weight):
+            ctx = tf.distribute.get_replica_context()
             with tf.GradientTape() as tape:
                 terms = owner.train_terms(content, style)
-                total = terms[0]
-            self.opt.apply(tape.gradient(total, self.variables))
-            return terms
+                objective = terms[0] * tf.cast(weight, terms.dtype)
+            grads = ctx.all_reduce(SUM, tape.gradient(objective, self.variables))
+            return grads, ctx.all_reduce(SUM, terms * tf.cast(weight, terms.dtype))
 
-        self._step = step
+        @tf.function(autograph=False, input_signature=[image, image, tf.TensorSpec([], tf.float64)])
+        def dist_step(content, style, weight):
+            grads, terms = strategy.run(replica_fn, args=(content, style, weight))
+            first = lambda v: strategy.experimental_local_results(v)[0]     # noqa: E731
+            self.opt.apply([first(g) for g in grads])
+            return first(terms)           # the global batch mean's terms
+        self._dist_step = dist_step
 
     def _train(self, content, style, lr, weight=None):
         self.opt.lr.assign(lr)
         dt = self.owner.tf_dtype.as_numpy_dtype
-        with tf.device(self.owner.device):
-            return self._step(tf.constant(content.astype(dt)), tf.constant(style.astype(dt)))
+        c, s = tf.constant(content.astype(dt)), tf.constant(style.astype(dt))
+        if self.owner.strategy is None:
+            with tf.device(self.owner.device):
+                return self._step(c, s)
+        return self._dist_step(c, s, tf.constant(1.0 if weight is None else weight, tf.float64))
 
     def _to_numpy(self, terms):
         return terms.numpy()
@@ -182,14 +213,24 @@ class AdaINStylizer(AdaINStylizerBase):
     engine_name = "tensorflow"
 
     def __init__(self, preset="pytorch-adain", weights="imagenet", device=None, dtype="float32",
-                 decoder_weights=None):
+                 decoder_weights=None, strategy=None):
+        # First: a MultiWorkerMirroredStrategy (TF_CONFIG) must exist before any TF operation.
+        self.strategy = tdist.resolve_strategy(strategy)
         self.dtype = check_dtype(dtype)          # the same words as every stylizer
         enc, dec = self._setup(preset, weights, decoder_weights)
         self.device = resolve_device(device)
         self.tf_dtype = _dt(self.dtype)
         self.precision = None
         self.encoder = AdaINEncoder(enc, self.preset.adain, self.dtype, self.device)
-        self.net = AdaINDecoder(self.preset.adain, dec, self.dtype, self.device)
+        with self._scope():
+            self.net = AdaINDecoder(self.preset.adain, dec, self.dtype, self.device)
+
+    def _scope(self):
+        """Where variables are created: the strategy's scope (mirrored variables), if any."""
+        return self.strategy.scope() if self.strategy is not None else tf.device(self.device)
+
+    def _writes_files(self) -> bool:
+        return tdist.should_checkpoint(self.strategy)     # multi-worker: only the chief writes
 
     def _dtype_name(self) -> str:
         return self.dtype

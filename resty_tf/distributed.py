@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Optional, Union
 
+import numpy as np
 import tensorflow as tf
 
 from resty.distributed import process_info
@@ -110,3 +111,11 @@ class StrategyContext:
 
     def any(self, flag: bool) -> bool:
         return any_replica(self.strategy, flag)
+
+    def sum_host(self, values) -> np.ndarray:
+        """A small NumPy array summed over the workers (a collective: every worker must call
+        it), as float64: what the framework-free training sessions (resty.adain) agree on."""
+        a = np.array(values, np.float64)
+        if self.strategy is None or not _multi_worker(self.strategy):
+            return a
+        return np.asarray(_sum_fn(self.strategy)(tf.constant(a)).numpy(), np.float64)

@@ -265,9 +265,9 @@ def test_convert_savedmodel(tmp_path, capsys):
     assert st.export_savedmodel(sm, overwrite=True) == sm and (sm / "saved_model.pb").stat().st_mtime_ns != stamp
 
 
-def test_tf_fit_refuses_several_workers(monkeypatch):
-    """Under several TF workers each would train the whole batch alone: fit refuses in one line
-    (torch trains the decoder under DDP, tests/test_distributed.py)."""
+def test_tf_fit_refuses_several_processes_without_a_strategy(monkeypatch):
+    """Several TF processes without their multi-worker strategy would each train the whole batch
+    alone: fit refuses in one line (with TF_CONFIG: tests/test_distributed.py)."""
     pytest.importorskip("tensorflow")
     from resty.backends import get_backend
     from resty.errors import RestyError
@@ -275,7 +275,7 @@ def test_tf_fit_refuses_several_workers(monkeypatch):
     st = get_backend("tf").AdaINStylizer(_tiny(), weights="random:0")
     monkeypatch.setenv("RESTY_WORLD_SIZE", "2")
     monkeypatch.setenv("RESTY_RANK", "1")
-    with pytest.raises(RestyError, match="several TensorFlow workers") as e:
+    with pytest.raises(RestyError, match="several TensorFlow processes needs their MultiWorkerMirroredStrategy") as e:
         st.fit(items, styles, steps=1, batch_size=2, image_size=32, num_workers=0)
     assert "\n" not in str(e.value)
     monkeypatch.delenv("RESTY_WORLD_SIZE")
