@@ -11,7 +11,7 @@ import numpy as np
 
 from resty import temporal as TT
 from resty.reference import transformer_forward
-from resty.reference_temporal import warp_bilinear
+from resty.reference_temporal import warp_bilinear, warp_nearest
 from resty.specs import TransformerSpec
 
 from .compare import Quantity
@@ -42,26 +42,28 @@ def _flows():
 
 
 def q_warp(ctx, dtype):
-    """The core's warp plans (random smooth flows, 3 px) on a batch of 2 images, 5 channels."""
+    """The core's warp plans (random smooth flows, 3 px) on a batch of 2 images, 5 channels:
+    bilinear (``warped``) and nearest (``warped_nearest``, the temporal loss's)."""
     c = _c()
     x = c.image("temporal-warp", (2,) + HW + (5,))
-    plans, _ = _perturbation()
+    modes = {"warped": "bilinear", "warped_nearest": "nearest"}
+    plans = {k: [TT.warp_plan(f, m) for f in _flows()] for k, m in modes.items()}
 
     def torch_side():
         import torch
         from resty_torch.temporal import WarpBatch, apply_warp
         t = torch.tensor(c.nchw(x).astype(dtype), device=ctx.torch_device)
-        y = apply_warp(t, WarpBatch(plans, t.device, t.dtype))
-        return {"warped": c.nhwc(y.cpu().numpy())}
+        return {k: c.nhwc(apply_warp(t, WarpBatch(p, t.device, t.dtype)).cpu().numpy()) for k, p in plans.items()}
 
     def tf_side():
         import tensorflow as tf
         from resty_tf.temporal import WarpBatch, apply_warp
         t = tf.constant(x.astype(dtype))
-        return {"warped": apply_warp(t, WarpBatch(plans, t.dtype)).numpy()}
+        return {k: apply_warp(t, WarpBatch(p, t.dtype)).numpy() for k, p in plans.items()}
 
+    oracle = {"warped": warp_bilinear, "warped_nearest": warp_nearest}
     return c.sides(ctx, torch=torch_side, tf=tf_side,
-                   ref=lambda: {"warped": np.stack([warp_bilinear(x[b], f)[0] for b, f in enumerate(_flows())])})
+                   ref=lambda: {k: np.stack([o(x[b], f)[0] for b, f in enumerate(_flows())]) for k, o in oracle.items()})
 
 
 def q_loss(ctx, dtype):
@@ -91,10 +93,10 @@ def q_loss(ctx, dtype):
         flows = _flows()
 
         def w(a):
-            return np.stack([warp_bilinear(a[b], flows[b])[0] for b in range(len(a))])
+            return np.stack([warp_nearest(a[b], flows[b])[0] for b in range(len(a))])   # TT.TRAINING_WARP
         t = {k: np.asarray(v, np.float64) for k, v in ws.tensors.items()}
         s = lambda a: transformer_forward(a, t, SPEC)   # noqa: E731
-        valid = np.stack([warp_bilinear(np.zeros(HW + (1,)), f)[1] for f in flows]).astype(np.float64)[..., None]
+        valid = np.stack([warp_nearest(np.zeros(HW + (1,)), f)[1] for f in flows]).astype(np.float64)[..., None]
         d = (s(w(x) + np.asarray(noise, np.float64)) - w(s(x))) ** 2
         return {"temporal": np.asarray(float(np.sum(valid * d) / (3.0 * valid.sum())))}
 
@@ -104,7 +106,7 @@ def q_loss(ctx, dtype):
 def build() -> List[Quantity]:
     return [
         Quantity("temporal-warp", f"temporal loss: the core's warp plans on each framework's tensors (2×{HW[0]}×{HW[1]}"
-                 "×5, random smooth flows of 3 px)", "output", q_warp),
-        Quantity("temporal-loss", "temporal loss ‖S(W(x)+n) − W(S(x))‖² (ReReVST) through a small transformer",
+                 "×5, random smooth flows of 3 px; bilinear and nearest)", "output", q_warp),
+        Quantity("temporal-loss", "temporal loss ‖S(W(x)+n) − W(S(x))‖² (ReReVST, nearest warp) through a small transformer",
                  "loss", q_loss),
     ]

@@ -1,5 +1,6 @@
 """The float64 oracle of resty.temporal, written for clarity, not speed (pixel by pixel):
-the bilinear backward warp and the forward-backward occlusion check.  The vectorised core
+the bilinear backward warp (the warping-error metric's), the nearest-pixel backward warp (the
+temporal loss's) and the forward-backward occlusion check.  The vectorised core
 (resty.temporal) and both backends' warp of the temporal loss are checked against it."""
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import math
 
 import numpy as np
 
-__all__ = ["warp_bilinear", "occlusion"]
+__all__ = ["warp_bilinear", "warp_nearest", "occlusion"]
 
 
 def warp_bilinear(img, flow):
@@ -30,6 +31,27 @@ def warp_bilinear(img, flow):
             ax, ay = sx - x0, sy - y0
             out[y, x] = ((1 - ay) * ((1 - ax) * img[y0, x0] + ax * img[y0, x1])
                          + ay * ((1 - ax) * img[y1, x0] + ax * img[y1, x1]))
+    return out, valid
+
+
+def warp_nearest(img, flow):
+    """``(out, valid)``: ``out[y, x] = img`` at the pixel nearest to ``(y + flow[y, x, 1],
+    x + flow[y, x, 0])`` (halves round up), the temporal loss's warp (ReReVST's
+    ``grid_sample(mode='nearest')``); a sample outside the image takes the nearest border pixel
+    and is not valid."""
+    img = np.asarray(img, np.float64)
+    flow = np.asarray(flow, np.float64)
+    h, w = img.shape[:2]
+    out = np.zeros_like(img)
+    valid = np.zeros((h, w), bool)
+    for y in range(h):
+        for x in range(w):
+            sx = x + flow[y, x, 0]
+            sy = y + flow[y, x, 1]
+            valid[y, x] = -1e-6 <= sx <= w - 1 + 1e-6 and -1e-6 <= sy <= h - 1 + 1e-6
+            sx = min(max(sx, 0.0), w - 1.0)
+            sy = min(max(sy, 0.0), h - 1.0)
+            out[y, x] = img[int(math.floor(sy + 0.5)), int(math.floor(sx + 0.5))]
     return out, valid
 
 

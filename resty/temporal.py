@@ -43,8 +43,13 @@ class WarpPlan:
     shape: Tuple[int, int]
 
 
-def warp_plan(flow: np.ndarray) -> WarpPlan:
-    """The :class:`WarpPlan` of ``out(p) = src(p + flow(p))`` (bilinear, border-clamped)."""
+def warp_plan(flow: np.ndarray, mode: str = "bilinear") -> WarpPlan:
+    """The :class:`WarpPlan` of ``out(p) = src(p + flow(p))`` (border-clamped).  ``mode``:
+    ``"bilinear"`` (the warping-error metric's warp) or ``"nearest"`` (the sample rounded to the
+    nearest pixel, half up: one weight 1, three 0; the temporal loss's warp, as ReReVST's
+    ``grid_sample(mode='nearest')``: it copies pixels, so it does not low-pass what it warps)."""
+    if mode not in ("bilinear", "nearest"):
+        raise ArgumentError(f"warp mode: expected 'bilinear' or 'nearest', got {mode!r}")
     flow = np.asarray(flow, np.float64)
     if flow.ndim != 3 or flow.shape[2] != 2:
         raise ArgumentError(f"flow: expected H×W×2, got shape {flow.shape}")
@@ -56,6 +61,12 @@ def warp_plan(flow: np.ndarray) -> WarpPlan:
     valid = (x >= -eps) & (x <= w - 1 + eps) & (y >= -eps) & (y <= h - 1 + eps) & np.isfinite(x) & np.isfinite(y)
     x = np.clip(np.nan_to_num(x), 0, w - 1)
     y = np.clip(np.nan_to_num(y), 0, h - 1)
+    if mode == "nearest":
+        n = (np.floor(y + 0.5).astype(np.int64) * w + np.floor(x + 0.5).astype(np.int64)).reshape(-1)
+        index = np.stack([n, n, n, n])
+        weights = np.zeros((4, h * w))
+        weights[0] = 1.0
+        return WarpPlan(index, weights, valid, (h, w))
     x0 = np.minimum(np.floor(x), max(w - 2, 0)).astype(np.int64)
     y0 = np.minimum(np.floor(y), max(h - 2, 0)).astype(np.int64)
     x1 = np.minimum(x0 + 1, w - 1)
@@ -293,13 +304,22 @@ def random_smooth_flow(rng: np.random.Generator, h: int, w: int, *, magnitude: f
     return f
 
 
+#: The temporal loss's warp (``warp_plan`` mode).  ``"nearest"``, as ReReVST's training code
+#: (``warp`` in train/loss_networks.py: ``grid_sample(..., mode='nearest')`` on both the input and
+#: the stylized frame).  A bilinear warp of the stylized frame ``W(S(x))`` is a low-pass of its
+#: texture (a half-pixel shift averages neighbours), so matching it teaches the network to blur its
+#: strokes: measured in docs/VIDEO.md.  ``"bilinear"`` is kept for that ablation only.
+TRAINING_WARP = "nearest"
+
+
 def temporal_pair(seed: int, step: int, h: int, w: int, batch: int, *, magnitude: float = 4.0,
-                  noise_std: float = 0.01) -> Tuple[List[WarpPlan], np.ndarray]:
+                  noise_std: float = 0.01, mode: Optional[str] = None) -> Tuple[List[WarpPlan], np.ndarray]:
     """The ReReVST perturbation of one training batch, a pure function of ``(seed, step)``: a
-    :class:`WarpPlan` per batch item and the additive noise (B×H×W×3 float32).  The loss is
-    ``mean ‖S(W(x) + n) − W(S(x))‖²`` over valid pixels."""
+    :class:`WarpPlan` per batch item (``mode``: default :data:`TRAINING_WARP`) and the additive
+    noise (B×H×W×3 float32).  The loss is ``mean ‖S(W(x) + n) − W(S(x))‖²`` over valid pixels."""
     rng = np.random.default_rng([int(seed), int(step), 0x7E4D])
-    plans = [warp_plan(random_smooth_flow(rng, h, w, magnitude=magnitude)) for _ in range(batch)]
+    mode = TRAINING_WARP if mode is None else mode
+    plans = [warp_plan(random_smooth_flow(rng, h, w, magnitude=magnitude), mode) for _ in range(batch)]
     noise = (rng.standard_normal((batch, h, w, 3)) * noise_std).astype(np.float32)
     return plans, noise
 

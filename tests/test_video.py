@@ -8,6 +8,7 @@ import pytest
 
 from resty import reference_temporal as R
 from resty import temporal as T
+from resty.errors import ArgumentError
 
 av = pytest.importorskip("av")
 
@@ -89,14 +90,37 @@ def test_warp_and_occlusion_match_the_oracle():
     assert np.abs(a - b).max() < 1e-12 and (va == vb).all()
     fl2 = rng.normal(0, 3, (9, 11, 2))
     assert (T.occlusion_mask(fl, fl2) == R.occlusion(fl, fl2)).all()
-    # the temporal loss's plan (what both backends apply) is the same map
+    # a plan (what both backends apply) is the same map, bilinear and nearest
+    for mode, oracle in (("bilinear", R.warp_bilinear), ("nearest", R.warp_nearest)):
+        for f in (fl, fl2):
+            plan = T.warp_plan(f, mode)
+            ref, valid = oracle(img, f)
+            assert np.abs(T.apply_plan(img, plan) - ref).max() < 1e-12 and (plan.valid == valid).all(), mode
+    # the temporal loss's plans: nearest (ReReVST), a pure function of (seed, step)
+    assert T.TRAINING_WARP == "nearest"
     plans, noise = T.temporal_pair(0, 3, 9, 11, 2, magnitude=3.0)
     flow0 = T.random_smooth_flow(np.random.default_rng([0, 3, 0x7E4D]), 9, 11, magnitude=3.0)
-    ref, valid = R.warp_bilinear(img, flow0)
-    assert np.abs(T.apply_plan(img, plans[0]) - ref).max() < 1e-12 and (plans[0].valid == valid).all()
+    ref, valid = R.warp_nearest(img, flow0)
+    assert np.abs(T.apply_plan(img, plans[0]) - ref).max() == 0 and (plans[0].valid == valid).all()
     assert noise.shape == (2, 9, 11, 3)
     again, _ = T.temporal_pair(0, 3, 9, 11, 2, magnitude=3.0)
     assert all((x.index == y.index).all() for x, y in zip(plans, again))
+    bil, _ = T.temporal_pair(0, 3, 9, 11, 2, magnitude=3.0, mode="bilinear")
+    assert np.abs(T.apply_plan(img, bil[0]) - R.warp_bilinear(img, flow0)[0]).max() < 1e-12
+    with pytest.raises(ArgumentError):
+        T.warp_plan(fl, "bicubic")
+
+
+def test_nearest_warp_keeps_texture_bilinear_blurs_it():
+    """Why the temporal loss warps by nearest pixel (ReReVST): a bilinear warp by a half-pixel
+    shift averages neighbours, so ``W(S(x))`` of a high-frequency stylized frame loses most of its
+    texture and ``‖S(W(x)) − W(S(x))‖²`` asks the network to blur; a nearest warp copies pixels."""
+    rng = np.random.default_rng(3)
+    tex = rng.random((32, 32, 3))
+    fl = np.full((32, 32, 2), 0.5)
+    for mode, kept in (("nearest", 1.0), ("bilinear", 0.5)):
+        out = T.apply_plan(tex, T.warp_plan(fl, mode))[:-1, :-1]
+        assert np.std(out) / np.std(tex[:-1, :-1]) == pytest.approx(kept, abs=0.06), mode
 
 
 def test_warping_error_zero_for_exact_motion_positive_for_noise():
