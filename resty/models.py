@@ -143,6 +143,28 @@ def onnx_attr(node, key: str, default=None):
     return default
 
 
+def check_reflect_padded_conv(conv, kernel: int, label: str, producer, vals, path, *, stride: int = None) -> None:
+    """The conv pattern of every transformer: a Conv without its own padding, groups or dilation
+    (and ``stride`` when given), fed by a reflection Pad of ``kernel // 2`` on every side (pads as
+    the opset-2 attribute or the opset-11 input); a one-line WeightsError naming ``label`` otherwise."""
+    got_stride = tuple(onnx_attr(conv, "strides", [1, 1]))
+    if list(onnx_attr(conv, "pads", [0, 0, 0, 0])) != [0, 0, 0, 0] or onnx_attr(conv, "group", 1) != 1 \
+            or list(onnx_attr(conv, "dilations", [1, 1])) != [1, 1] or (stride and got_stride != (stride, stride)):
+        raise _fail(path, f"conv for {label}: expected explicit padding, no groups or dilation"
+                          + (f", stride {stride} (got {list(got_stride)})" if stride else ""))
+    p = producer.get(conv.input[0])
+    if p is None or p.op_type != "Pad":
+        raise _fail(path, f"conv for {label}: not preceded by a Pad")
+    mode = onnx_attr(p, "mode", "constant")
+    if mode != "reflect":
+        raise _fail(path, f"padding mode {mode!r} before {label}; the network pads by reflection")
+    pads = onnx_attr(p, "pads") if len(p.input) < 2 else vals.get(p.input[1])
+    h = kernel // 2
+    if pads is None or [int(v) for v in np.ravel(pads)] != [0, 0, h, h, 0, 0, h, h]:
+        raise _fail(path, f"pads before {label}: {None if pads is None else np.ravel(pads).tolist()}, "
+                          f"expected {h} on each side")
+
+
 def onnx_to_weightset(path) -> WeightSet:
     """Read a style network from an ONNX file: the conditional-instance-norm network (see the
     module doc) or an export of pytorch/examples' network (resty.models_fast_neural_style)."""
@@ -179,20 +201,7 @@ def onnx_to_weightset(path) -> WeightSet:
         w = inits.get(c.input[1])
         if w is None or len(c.input) > 2 and c.input[2]:
             raise _fail(path, f"conv {c.name}: expected a weight initializer and no bias")
-        k = w.shape[-1]
-        if list(attr(c, "pads", [0, 0, 0, 0])) != [0, 0, 0, 0] or attr(c, "group", 1) != 1 \
-                or list(attr(c, "dilations", [1, 1])) != [1, 1]:
-            raise _fail(path, f"conv {c.name}: expected explicit padding, no groups or dilation")
-        p = producer.get(c.input[0])
-        if p is None or p.op_type != "Pad":
-            raise _fail(path, f"conv {c.name}: not preceded by a Pad")
-        mode = attr(p, "mode", "constant")
-        if mode != "reflect":
-            raise _fail(path, f"{p.name}: padding mode {mode!r}; Resty's transformer pads by reflection")
-        pads = vals.get(p.input[1])
-        if pads is None or [int(v) for v in np.ravel(pads)] != [0, 0, k // 2, k // 2, 0, 0, k // 2, k // 2]:
-            raise _fail(path, f"{p.name}: pads {None if pads is None else np.ravel(pads).tolist()}, "
-                              f"expected {k // 2} on each side")
+        check_reflect_padded_conv(c, int(w.shape[-1]), c.input[1].rsplit(".", 1)[0], producer, vals, path)
     strides = {c.input[1]: tuple(attr(c, "strides", [1, 1])) for c in convs}
     for prefix, stride in (("contract.0", 1), ("contract.1", 2), ("contract.2", 2), ("expand.0", 1),
                            ("expand.1", 1), ("expand.2", 1)):

@@ -125,7 +125,7 @@ def is_fast_neural_style_onnx(model) -> bool:
 
 def fast_neural_style_onnx_to_weightset(path, model=None) -> WeightSet:
     """Read an ONNX export of the example's network (see the module doc)."""
-    from .models import _const_values, load_onnx_model, onnx_attr as attr
+    from .models import _const_values, check_reflect_padded_conv, load_onnx_model, onnx_attr as attr
     if model is None:
         path, model = load_onnx_model(path)
     from onnx import numpy_helper
@@ -163,22 +163,8 @@ def fast_neural_style_onnx_to_weightset(path, model=None) -> WeightSet:
         b = vals.get(c.input[2]) if len(c.input) > 2 and c.input[2] else None
         if w is None or b is None or w.ndim != 4:
             raise _fail(path, f"conv {c.name or c.output[0]}: expected weight and bias initializers")
-        k = int(w.shape[-1])
-        if list(attr(c, "pads", [0, 0, 0, 0])) != [0, 0, 0, 0] or attr(c, "group", 1) != 1 \
-                or list(attr(c, "dilations", [1, 1])) != [1, 1] or tuple(attr(c, "strides", [1, 1])) != (stride, stride):
-            raise _fail(path, f"conv for {layer.name}: expected stride {stride}, explicit padding, no groups or "
-                              f"dilation (got strides {list(attr(c, 'strides', [1, 1]))})")
-        p = producer.get(c.input[0])
-        if p is None or p.op_type != "Pad":
-            raise _fail(path, f"conv for {layer.name}: not preceded by a Pad")
-        mode = attr(p, "mode", "constant")
-        if mode != "reflect":
-            raise _fail(path, f"padding mode {mode!r} before {layer.name}; the network pads by reflection")
-        pads = attr(p, "pads") if len(p.input) < 2 else vals.get(p.input[1])
-        want = [0, 0, k // 2, k // 2, 0, 0, k // 2, k // 2]
-        if pads is None or [int(v) for v in np.ravel(pads)] != want:
-            raise _fail(path, f"pads before {layer.name}: {None if pads is None else np.ravel(pads).tolist()}, "
-                              f"expected {k // 2} on each side")
+        check_reflect_padded_conv(c, int(w.shape[-1]), layer.name, producer, vals, path, stride=stride)
+        p = producer[c.input[0]]
         if layer.upsample:
             up = producer.get(p.input[0])
             if up is None or up.op_type not in ("Upsample", "Resize") or attr(up, "mode", "nearest") != "nearest":
