@@ -69,6 +69,21 @@ def test_export_onnx(tmp_path):
     assert diff < 1e-3
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(not is_installed("torch"), reason="needs torch")
+def test_adain_short_run(tmp_path):
+    pytest.importorskip("skimage")
+    pytest.importorskip("matplotlib")
+    args = ["--quick", "--threads", "1", "--diagnose", "--curve-every", "1", "--figure", "a.png"]
+    out = _run("adain_short_run.py", args, tmp_path)
+    assert (tmp_path / "a.png").exists() and "trained 3 steps" in out
+    import json
+    rep = json.loads((tmp_path / "adain-run" / "report.json").read_text())
+    assert len(rep["trained"]) == 4 and [r["step"] for r in rep["curve"]] == [1, 2, 3]
+    assert set(rep["diagnosis"]) == {"coffee", "chelsea"}
+    assert "trained 3 steps" in _run("adain_short_run.py", args, tmp_path)   # resumes: same inputs
+
+
 @pytest.mark.parametrize("script, args, words", [
     ("compare_frameworks.py", ["--preset", "nope"], "unknown preset 'nope'"),
     ("train_fast.py", ["--quick", "--data", "/nonexistent-folder"], "/nonexistent-folder"),
