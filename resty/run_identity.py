@@ -171,10 +171,12 @@ def identity_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> List
         out.append(f"a different preset ({keys[0]}: checkpoint {po.get(keys[0])!r}, this run "
                    f"{pn.get(keys[0])!r}{more})")
     so, sn = _part(old, "style"), _part(new, "style")
-    if (so.get("count"), so.get("hash")) != (sn.get("count"), sn.get("hash")):
-        noun = "a different style image" if sn.get("count") == 1 and so.get("count") == 1 else "different style images"
-        out.append(f"{noun} (checkpoint {so.get('count')} image(s) {_short(so.get('hash'))}, "
-                   f"this run {sn.get('count')} image(s) {_short(sn.get('hash'))})")
+    # A Johnson run's style part counts its images ("count"); AdaIN's is a folder listing ("n_items").
+    co, cn = (p.get("count", p.get("n_items")) for p in (so, sn))
+    if (co, so.get("hash")) != (cn, sn.get("hash")):
+        noun = "a different style image" if cn == 1 and co == 1 else "different style images"
+        out.append(f"{noun} (checkpoint {co} image(s) {_short(so.get('hash'))}, "
+                   f"this run {cn} image(s) {_short(sn.get('hash'))})")
     elif so.get("weights") != sn.get("weights"):
         out.append(f"different style blend weights (checkpoint {so.get('weights')}, this run {sn.get('weights')})")
     lo, ln = _part(old, "loss_network"), _part(new, "loss_network")

@@ -345,3 +345,11 @@ def test_cli_train_on_no_readable_image(backend, cli_dir, capsys):
                        "no model was trained")
     assert not (d / "m.safetensors").exists()
     assert checkpoints.list_checkpoints(d / "ck") == []
+
+
+def test_adain_style_folder_difference_names_its_counts():
+    """AdaIN's style part is a folder listing (n_items, hash): the refusal says how many images."""
+    from resty.run_identity import identity_differences
+    old, new = {"style": {"n_items": 3, "hash": "a" * 64}}, {"style": {"n_items": 4, "hash": "b" * 64}}
+    (line,) = identity_differences(old, new)
+    assert "checkpoint 3 image(s)" in line and "this run 4 image(s)" in line and "None" not in line
