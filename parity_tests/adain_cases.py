@@ -150,31 +150,18 @@ def q_grads(ctx, dtype):
     c = _c()
     x, s = _pair()
 
-    def torch_side():
-        import torch
+    def side(side_name):
+        B = c.Backend(ctx, side_name, dtype)
         out = {}
         for name in ("adain2017", "pytorch-adain"):
-            st = _stylizer(ctx, "torch", dtype, name)
-            params = st.net.canonical_parameters()
-            tot = st.train_terms(ctx.t(c.nchw(x), dtype), ctx.t(c.nchw(s), dtype))[0]
-            g = torch.autograd.grad(tot, list(params.values()))
-            out[f"{name}: all weights"] = np.concatenate([ctx.np_t(v).ravel() for v in g])
+            st = _stylizer(ctx, side_name, dtype, name)
+            params = st.net.canonical_parameters() if B.is_torch else st.net.canonical_variables()
+            g = B.param_grads(lambda: st.train_terms(B.tensor_nchw(c.nchw(x)), B.tensor_nchw(c.nchw(s)))[0],
+                              params, st.net)
+            out[f"{name}: all weights"] = np.concatenate([v.ravel() for v in g.values()])
         return out
 
-    def tf_side():
-        import tensorflow as tf
-        out = {}
-        for name in ("adain2017", "pytorch-adain"):
-            st = _stylizer(ctx, "tf", dtype, name)
-            cv = st.net.canonical_variables()
-            with tf.GradientTape() as tape:
-                tot = st.train_terms(ctx.f(x, dtype), ctx.f(s, dtype))[0]
-            g = tape.gradient(tot, list(cv.values()))
-            out[f"{name}: all weights"] = np.concatenate(
-                [np.asarray(st.net.to_canonical_layout(n, v.numpy()), np.float64).ravel() for n, v in zip(cv, g)])
-        return out
-
-    return c.sides(ctx, torch=torch_side, tf=tf_side)
+    return c.sides(ctx, torch=lambda: side("torch"), tf=lambda: side("tf"))
 
 
 FIT_LR = 1e-3

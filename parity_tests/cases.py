@@ -13,20 +13,20 @@ modules, the ``optim`` modules, ``GatysStylizer`` (``loss_terms``, ``stylize``, 
 """
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 import functools
 import importlib
 import os
 import tempfile
 import zlib
-from typing import Callable, Dict, List, Mapping
+from typing import Dict, List, Mapping
 
 import numpy as np
 
 from resty import presets as P
 from resty import reference as R
 from resty.specs import (CLAMP_MODES, CONTENT_CONVENTIONS, GRAM_CONVENTIONS, TV_CONVENTIONS, AdamSpec, LBFGSSpec,
-                         LossSpec, PREPROCESSING, TransformerSpec, VGGSpec, vgg_layer_names)
+                         PREPROCESSING, TransformerSpec, VGGSpec, vgg_layer_names)
 from resty.weights import random_transformer, random_vgg
 
 from . import env
@@ -133,6 +133,83 @@ def sides(ctx, **fns) -> Dict[str, object]:
     return out
 
 
+class Backend:
+    """One backend's side of a quantity, so that its computation is written once for torch and
+    TF: the hooks, the constructors' device keyword, and the conversions between the oracle's
+    arrays (images and features NCHW) and the backend's tensors (torch NCHW, TF NHWC)."""
+
+    def __init__(self, ctx: Ctx, side: str, dtype: str):
+        self.ctx, self.side, self.dtype = ctx, side, dtype
+        self.is_torch = side == "torch"
+        self.kw = {"device": ctx.torch_device} if self.is_torch else {}
+
+    def hook(self, path: str):
+        return self.ctx.hook(self.side, path)
+
+    def tensor(self, x):
+        """``x`` as it is (Gram matrices, embeddings)."""
+        return self.ctx.t(x, self.dtype) if self.is_torch else self.ctx.f(x, self.dtype)
+
+    def tensor_nchw(self, x_nchw):
+        """An NCHW image/feature array in the backend's layout."""
+        return self.tensor(x_nchw if self.is_torch else nhwc(x_nchw))
+
+    def array(self, t) -> np.ndarray:
+        return self.ctx.np_t(t) if self.is_torch else self.ctx.np_f(t)
+
+    def array_nchw(self, t) -> np.ndarray:
+        """An image/feature tensor as an NCHW float64 array."""
+        return self.ctx.np_t(t) if self.is_torch else nchw(self.ctx.np_f(t))
+
+    def no_grad(self):
+        """torch.no_grad(); nothing in TF (no tape records outside a GradientTape)."""
+        if self.is_torch:
+            import torch
+            return torch.no_grad()
+        return contextlib.nullcontext()
+
+    def variable(self, x_nchw):
+        """An NCHW array as a tensor to differentiate / update in place."""
+        if self.is_torch:
+            return self.tensor_nchw(x_nchw).requires_grad_(True)
+        import tensorflow as tf
+        return tf.Variable(nhwc(x_nchw).astype(self.dtype))
+
+    def clamp_(self, x):
+        """Clamps the variable ``x`` to [0, 1] in place."""
+        if self.is_torch:
+            import torch
+            with torch.no_grad():
+                x.clamp_(0, 1)
+        else:
+            import tensorflow as tf
+            x.assign(tf.clip_by_value(x, 0, 1))
+
+    def value_and_grad(self, fn, x, grad: bool = True):
+        """``fn(x)`` and (``grad``) its gradient w.r.t. the variable ``x`` as an NCHW array."""
+        if self.is_torch:
+            import torch
+            v = fn(x)
+            return v, (self.array_nchw(torch.autograd.grad(v, x)[0]) if grad else None)
+        import tensorflow as tf
+        with tf.GradientTape() as tape:
+            v = fn(x)
+        return v, (self.array_nchw(tape.gradient(v, x)) if grad else None)
+
+    def param_grads(self, fn, params: Mapping[str, object], net) -> Dict[str, np.ndarray]:
+        """d fn() / d each of ``params`` ({name: torch parameter / TF variable}) as float64 arrays,
+        TF's taken to the canonical layout by ``net.to_canonical_layout``."""
+        if self.is_torch:
+            import torch
+            grads = torch.autograd.grad(fn(), list(params.values()))
+            return {n: self.ctx.np_t(g) for n, g in zip(params, grads)}
+        import tensorflow as tf
+        with tf.GradientTape() as tape:
+            tot = fn()
+        grads = tape.gradient(tot, list(params.values()))
+        return {n: np.asarray(net.to_canonical_layout(n, g.numpy()), np.float64) for n, g in zip(params, grads)}
+
+
 @functools.lru_cache(maxsize=None)
 def vgg_weights(arch: str, prep: str):
     return random_vgg(arch, 7, prep)
@@ -143,17 +220,13 @@ def q_preprocess(ctx: Ctx, dtype: str):
     x = image("prep", (2,) + IMG_HW + (3,))
     preps = ("torchvision", "caffe")
 
-    def torch_side():
-        V = ctx.hook("torch", "VGGFeatures")
-        return {p: ctx.np_t(V("vgg16", vgg_weights("vgg16", p), layers=["conv1_1"], dtype=dtype,
-                                device=ctx.torch_device).preprocess(ctx.t(nchw(x), dtype))) for p in preps}
+    def backend_side(side):
+        B = Backend(ctx, side, dtype)
+        V = B.hook("VGGFeatures")
+        return {p: B.array_nchw(V("vgg16", vgg_weights("vgg16", p), layers=["conv1_1"], dtype=dtype, **B.kw)
+                                .preprocess(B.tensor_nchw(nchw(x)))) for p in preps}
 
-    def tf_side():
-        V = ctx.hook("tf", "VGGFeatures")
-        return {p: nchw(ctx.np_f(V("vgg16", vgg_weights("vgg16", p), layers=["conv1_1"], dtype=dtype)
-                                 .preprocess(ctx.f(x, dtype)))) for p in preps}
-
-    return sides(ctx, torch=torch_side, tf=tf_side,
+    return sides(ctx, torch=lambda: backend_side("torch"), tf=lambda: backend_side("tf"),
                  ref=lambda: {p: R.preprocess(x, PREPROCESSING[p]) for p in preps})
 
 
@@ -165,23 +238,18 @@ def q_vgg(arch: str, pooling: str, prep: str):
         ws = vgg_weights(arch, prep)
         names = vgg_layer_names(arch)
 
-        def torch_side():
-            V = ctx.hook("torch", "VGGFeatures")
-            import torch
-            with torch.no_grad():
-                out = V(arch, ws, pooling, layers=names, dtype=dtype, device=ctx.torch_device)(ctx.t(nchw(x), dtype))
-            return {k: ctx.np_t(out[k]) for k in names}
-
-        def tf_side():
-            V = ctx.hook("tf", "VGGFeatures")
-            out = V(arch, ws, pooling, layers=names, dtype=dtype)(ctx.f(x, dtype))
-            return {k: nchw(ctx.np_f(out[k])) for k in names}
+        def backend_side(side):
+            B = Backend(ctx, side, dtype)
+            V = B.hook("VGGFeatures")
+            with B.no_grad():
+                out = V(arch, ws, pooling, layers=names, dtype=dtype, **B.kw)(B.tensor_nchw(nchw(x)))
+            return {k: B.array_nchw(out[k]) for k in names}
 
         def ref_side():
             t = {k: np.asarray(v, np.float64) for k, v in ws.tensors.items()}
             return R.vgg_features(R.preprocess(x, ws.preprocessing), t, VGGSpec(arch, pooling), names)
 
-        return sides(ctx, torch=torch_side, tf=tf_side, ref=ref_side)
+        return sides(ctx, torch=lambda: backend_side("torch"), tf=lambda: backend_side("tf"), ref=ref_side)
     return fn
 
 
@@ -199,58 +267,29 @@ def _loss_inputs():
 def q_gram(ctx: Ctx, dtype: str):
     f, _, _ = _loss_inputs()
 
-    def torch_side():
-        g = ctx.hook("torch", "losses.gram")
-        return {c: ctx.np_t(g(ctx.t(f, dtype), c)) for c in GRAM_CONVENTIONS}
+    def backend_side(side):
+        B = Backend(ctx, side, dtype)
+        g = B.hook("losses.gram")
+        return {c: B.array(g(B.tensor_nchw(f), c)) for c in GRAM_CONVENTIONS}
 
-    def tf_side():
-        g = ctx.hook("tf", "losses.gram")
-        return {c: ctx.np_f(g(ctx.f(nhwc(f), dtype), c)) for c in GRAM_CONVENTIONS}
-
-    return sides(ctx, torch=torch_side, tf=tf_side, ref=lambda: {c: R.gram(f, c) for c in GRAM_CONVENTIONS})
+    return sides(ctx, torch=lambda: backend_side("torch"), tf=lambda: backend_side("tf"),
+                 ref=lambda: {c: R.gram(f, c) for c in GRAM_CONVENTIONS})
 
 
-def _torch_losses(ctx, dtype, with_grad):
-    import torch
-    L = ctx.hook("torch", "losses")
+def _backend_losses(B: Backend, with_grad):
+    L = B.hook("losses")
     f, f2, x = _loss_inputs()
     out = {}
     for kind, convs in (("style", GRAM_CONVENTIONS), ("content", CONTENT_CONVENTIONS), ("tv", TV_CONVENTIONS)):
         for c in convs:
-            a = ctx.t(x if kind == "tv" else f, dtype).requires_grad_(True)
-            if kind == "style":
-                v = L.style_loss(a, L.gram(ctx.t(f2, dtype), c)[0], c)
-            elif kind == "content":
-                v = L.content_loss(a, ctx.t(f2, dtype), c)
-            else:
-                v = L.tv_loss(a, c)
-            if with_grad:
-                (gr,) = torch.autograd.grad(v, a)
-                out[f"{kind}:{c}"] = ctx.np_t(gr)
-            else:
-                out[f"{kind}:{c}"] = np.asarray(float(v.detach()) if hasattr(v, "detach") else float(v))
-    return out
-
-
-def _tf_losses(ctx, dtype, with_grad):
-    import tensorflow as tf
-    L = ctx.hook("tf", "losses")
-    f, f2, x = _loss_inputs()
-    out = {}
-    for kind, convs in (("style", GRAM_CONVENTIONS), ("content", CONTENT_CONVENTIONS), ("tv", TV_CONVENTIONS)):
-        for c in convs:
-            a = tf.Variable(nhwc(x if kind == "tv" else f).astype(dtype))
-            with tf.GradientTape() as tape:
+            def loss(a):
                 if kind == "style":
-                    v = L.style_loss(a, L.gram(ctx.f(nhwc(f2), dtype), c)[0], c)
-                elif kind == "content":
-                    v = L.content_loss(a, ctx.f(nhwc(f2), dtype), c)
-                else:
-                    v = L.tv_loss(a, c)
-            if with_grad:
-                out[f"{kind}:{c}"] = nchw(ctx.np_f(tape.gradient(v, a)))
-            else:
-                out[f"{kind}:{c}"] = np.asarray(float(v.detach()) if hasattr(v, "detach") else float(v))
+                    return L.style_loss(a, L.gram(B.tensor_nchw(f2), c)[0], c)
+                if kind == "content":
+                    return L.content_loss(a, B.tensor_nchw(f2), c)
+                return L.tv_loss(a, c)
+            v, gr = B.value_and_grad(loss, B.variable(x if kind == "tv" else f), grad=with_grad)
+            out[f"{kind}:{c}"] = gr if with_grad else np.asarray(float(v.detach()) if hasattr(v, "detach") else float(v))
     return out
 
 
@@ -269,8 +308,8 @@ def _ref_losses(with_grad):
 
 def q_losses(with_grad: bool):
     def fn(ctx: Ctx, dtype: str):
-        return sides(ctx, torch=lambda: _torch_losses(ctx, dtype, with_grad),
-                     tf=lambda: _tf_losses(ctx, dtype, with_grad), ref=lambda: _ref_losses(with_grad))
+        return sides(ctx, torch=lambda: _backend_losses(Backend(ctx, "torch", dtype), with_grad),
+                     tf=lambda: _backend_losses(Backend(ctx, "tf", dtype), with_grad), ref=lambda: _ref_losses(with_grad))
     return fn
 
 
@@ -328,36 +367,22 @@ def q_gatys_grad(preset_name: str):
         ws = vgg_weights(preset.vgg.arch, preset.preprocessing_name)
         img, content, style = _gatys_inputs()
 
-        def torch_side():
-            import torch
-            V, L = ctx.hook("torch", "VGGFeatures"), ctx.hook("torch", "losses")
-            vgg = V(preset.vgg.arch, ws, preset.vgg.pooling, layers=loss.all_layers, dtype=dtype, device=ctx.torch_device)
-            with torch.no_grad():
-                fc = vgg(ctx.t(nchw(content[None]), dtype))
-                fs = vgg(ctx.t(nchw(style[None]), dtype))
+        def backend_side(side):
+            B = Backend(ctx, side, dtype)
+            V, L = B.hook("VGGFeatures"), B.hook("losses")
+            vgg = V(preset.vgg.arch, ws, preset.vgg.pooling, layers=loss.all_layers, dtype=dtype, **B.kw)
+            with B.no_grad():
+                fc = vgg(B.tensor_nchw(nchw(content[None])))
+                fs = vgg(B.tensor_nchw(nchw(style[None])))
             ct = {l: fc[l] for l in loss.content_layers}
             sg = {l: L.gram(fs[l], loss.gram)[0] for l in loss.style_layers}
-            x = ctx.t(nchw(img[None]), dtype).requires_grad_(True)
-            tot = L.total_loss(vgg(x), x, loss, ct, sg)
-            tot = tot[0] if not isinstance(tot, dict) else tot["total"]
-            (g,) = torch.autograd.grad(tot, x)
-            return {"d total / d image": ctx.np_t(g)}
 
-        def tf_side():
-            import tensorflow as tf
-            V, L = ctx.hook("tf", "VGGFeatures"), ctx.hook("tf", "losses")
-            vgg = V(preset.vgg.arch, ws, preset.vgg.pooling, layers=loss.all_layers, dtype=dtype)
-            fc = vgg(ctx.f(content[None], dtype))
-            fs = vgg(ctx.f(style[None], dtype))
-            ct = {l: fc[l] for l in loss.content_layers}
-            sg = {l: L.gram(fs[l], loss.gram)[0] for l in loss.style_layers}
-            x = tf.Variable(img[None].astype(dtype))
-            with tf.GradientTape() as tape:
+            def total(x):
                 tot = L.total_loss(vgg(x), x, loss, ct, sg)
-                tot = tot["total"] if isinstance(tot, dict) else tot[0]
-            return {"d total / d image": nchw(ctx.np_f(tape.gradient(tot, x)))}
+                return tot["total"] if isinstance(tot, dict) else tot[0]
+            return {"d total / d image": B.value_and_grad(total, B.variable(nchw(img[None])))[1]}
 
-        return sides(ctx, torch=torch_side, tf=tf_side, ref=lambda: Missing(
+        return sides(ctx, torch=lambda: backend_side("torch"), tf=lambda: backend_side("tf"), ref=lambda: Missing(
             "resty.reference has no VGG backward (gradient w.r.t. the image)"))
     return fn
 
@@ -384,13 +409,8 @@ def _ref_objective(x, p, a):
     return f, g
 
 
-def _torch_objective(L, x, p, a):
-    o = OPT_LOSS
-    return (o["beta"] * L.style_loss(x, a, o["style_conv"]) + L.content_loss(x, p, o["content_conv"])
-            + o["tau"] * L.tv_loss(x, o["tv_conv"]))
-
-
-def _tf_objective(L, x, p, a):
+def _objective(L, x, p, a):
+    """The objective on a backend's tensors (``L``: its losses module)."""
     o = OPT_LOSS
     return (o["beta"] * L.style_loss(x, a, o["style_conv"]) + L.content_loss(x, p, o["content_conv"])
             + o["tau"] * L.tv_loss(x, o["tv_conv"]))
@@ -402,39 +422,84 @@ LBFGS = LBFGSSpec(max_iter=5, history_size=4)
 LBFGS_EVALS = 16
 
 
+def _backend_adam(B: Backend, x0, p, a, keep, clamp_before=False, clamp_after=False):
+    """ADAM_STEPS steps of the backend's Adam (torch make_adam, TF TorchAdam) on the objective
+    from ``x0``, clamping to [0, 1] before each evaluation / after each update where asked:
+    {k: x_k − x_0 for k in keep}."""
+    L, O = B.hook("losses"), B.hook("optim")
+    x = B.variable(x0)
+    pt, at = B.tensor_nchw(p), B.tensor(a)
+    if B.is_torch:
+        opt = O.make_adam([x], ADAM)
+
+        def step():
+            opt.zero_grad()
+            _objective(L, x, pt, at).backward()
+            opt.step()
+    else:
+        import tensorflow as tf
+        opt = O.TorchAdam(ADAM, [x])
+
+        def step():
+            with tf.GradientTape() as tape:
+                v = _objective(L, x, pt, at)
+            opt.apply([tape.gradient(v, x)])
+    out = {}
+    for k in range(1, ADAM_STEPS + 1):
+        if clamp_before:
+            B.clamp_(x)
+        step()
+        if clamp_after:
+            B.clamp_(x)
+        if k in keep:
+            out[k] = B.array_nchw(x) - x0
+    return out
+
+
+def _backend_lbfgs(B: Backend, x0, p, a, clamp_before=False, project=True):
+    """LBFGS_EVALS evaluations of the backend's L-BFGS (torch make_lbfgs + lbfgs_outer_steps,
+    TF lbfgs_minimize) on the objective from ``x0``, clamping to [0, 1] before each evaluation
+    (torch: in the closure; TF: project_at="evaluation") and/or between steps (``project``):
+    (x_N − x_0, loss per evaluation)."""
+    L, O = B.hook("losses"), B.hook("optim")
+    pt, at = B.tensor_nchw(p), B.tensor(a)
+    if B.is_torch:
+        x = B.variable(x0)
+        opt = O.make_lbfgs(x, LBFGS)
+        losses = []
+
+        def closure():
+            if clamp_before:
+                B.clamp_(x)
+            opt.zero_grad()
+            v = _objective(L, x, pt, at)
+            v.backward()
+            losses.append(float(v.detach()))
+            return v
+
+        O.lbfgs_outer_steps(opt, closure, LBFGS, LBFGS_EVALS, lambda: len(losses),
+                            (lambda: B.clamp_(x)) if project else None)
+    else:
+        import tensorflow as tf
+
+        def fun(z):
+            with tf.GradientTape() as tape:
+                tape.watch(z)
+                v = _objective(L, z, pt, at)
+            return v, tape.gradient(v, z)
+
+        x, losses = O.lbfgs_minimize(fun, B.tensor_nchw(x0), LBFGS, LBFGS_EVALS,
+                                     project=(lambda z: tf.clip_by_value(z, 0, 1)) if project else None,
+                                     project_at="evaluation" if clamp_before else "step")
+    return B.array_nchw(x) - x0, np.asarray(losses)
+
+
 def q_adam(ctx: Ctx, dtype: str):
     x0, p, a = _opt_inputs()
     keep = (1, 4, ADAM_STEPS)
 
-    def torch_side():
-        import torch
-        L, O = ctx.hook("torch", "losses"), ctx.hook("torch", "optim")
-        x = ctx.t(x0, dtype).requires_grad_(True)
-        opt = O.make_adam([x], ADAM)
-        pt, at = ctx.t(p, dtype), ctx.t(a, dtype)
-        out = {}
-        for k in range(1, ADAM_STEPS + 1):
-            opt.zero_grad()
-            _torch_objective(L, x, pt, at).backward()
-            opt.step()
-            if k in keep:
-                out[f"x_{k} − x_0"] = ctx.np_t(x) - x0
-        return out
-
-    def tf_side():
-        import tensorflow as tf
-        L, O = ctx.hook("tf", "losses"), ctx.hook("tf", "optim")
-        x = tf.Variable(nhwc(x0).astype(dtype))
-        opt = O.TorchAdam(ADAM, [x])
-        pt, at = ctx.f(nhwc(p), dtype), ctx.f(a, dtype)
-        out = {}
-        for k in range(1, ADAM_STEPS + 1):
-            with tf.GradientTape() as tape:
-                v = _tf_objective(L, x, pt, at)
-            opt.apply([tape.gradient(v, x)])
-            if k in keep:
-                out[f"x_{k} − x_0"] = nchw(ctx.np_f(x)) - x0
-        return out
+    def backend_side(side):
+        return {f"x_{k} − x_0": d for k, d in _backend_adam(Backend(ctx, side, dtype), x0, p, a, keep).items()}
 
     def ref_side():
         x, st, out = x0.copy(), R.AdamState(x0.shape), {}
@@ -444,7 +509,7 @@ def q_adam(ctx: Ctx, dtype: str):
                 out[f"x_{k} − x_0"] = x - x0
         return out
 
-    return sides(ctx, torch=torch_side, tf=tf_side, ref=ref_side)
+    return sides(ctx, torch=lambda: backend_side("torch"), tf=lambda: backend_side("tf"), ref=ref_side)
 
 
 def _lbfgs_ref(x0, p, a):
@@ -457,44 +522,12 @@ def _lbfgs_ref(x0, p, a):
 def q_lbfgs(ctx: Ctx, dtype: str):
     x0, p, a = _opt_inputs()
 
-    def torch_side():
-        import torch
-        L, O = ctx.hook("torch", "losses"), ctx.hook("torch", "optim")
-        x = ctx.t(x0, dtype).requires_grad_(True)
-        opt = O.make_lbfgs(x, LBFGS)
-        pt, at = ctx.t(p, dtype), ctx.t(a, dtype)
-        losses = []
+    def backend_side(side):
+        dx, losses = _backend_lbfgs(Backend(ctx, side, dtype), x0, p, a)
+        return {"x_N − x_0": dx, "loss per evaluation": losses}
 
-        def closure():
-            opt.zero_grad()
-            v = _torch_objective(L, x, pt, at)
-            v.backward()
-            losses.append(float(v.detach()))
-            return v
-
-        def project():
-            with torch.no_grad():
-                x.clamp_(0, 1)
-
-        O.lbfgs_outer_steps(opt, closure, LBFGS, LBFGS_EVALS, lambda: len(losses), project)
-        return {"x_N − x_0": ctx.np_t(x) - x0, "loss per evaluation": np.asarray(losses)}
-
-    def tf_side():
-        import tensorflow as tf
-        L, O = ctx.hook("tf", "losses"), ctx.hook("tf", "optim")
-        pt, at = ctx.f(nhwc(p), dtype), ctx.f(a, dtype)
-
-        def fun(x):
-            with tf.GradientTape() as tape:
-                tape.watch(x)
-                v = _tf_objective(L, x, pt, at)
-            return v, tape.gradient(v, x)
-
-        x, losses = O.lbfgs_minimize(fun, ctx.f(nhwc(x0), dtype), LBFGS, LBFGS_EVALS,
-                                     project=lambda z: tf.clip_by_value(z, 0, 1))
-        return {"x_N − x_0": nchw(ctx.np_f(x)) - x0, "loss per evaluation": np.asarray(losses)}
-
-    return sides(ctx, torch=torch_side, tf=tf_side, ref=lambda: _lbfgs_ref(x0, p, a))
+    return sides(ctx, torch=lambda: backend_side("torch"), tf=lambda: backend_side("tf"),
+                 ref=lambda: _lbfgs_ref(x0, p, a))
 
 
 def q_lbfgs_device(ctx: Ctx, dtype: str):
@@ -510,7 +543,7 @@ def q_lbfgs_device(ctx: Ctx, dtype: str):
         pt, at = ctx.t(p, dtype), ctx.t(a, dtype)
         losses = []
         for k in range(LBFGS_EVALS):
-            v = _torch_objective(L, x, pt, at)
+            v = _objective(L, x, pt, at)
             (g,) = torch.autograd.grad(v, x)
             losses.append(float(v.detach()))
             opt.step(g)
@@ -539,77 +572,11 @@ def q_clamp(mode: str):
         project_at = "evaluation" if lb.before_eval else "step"
         np_clip = lambda z: np.clip(z, 0, 1)  # noqa: E731
 
-        def torch_side():
-            import torch
-            L, O = ctx.hook("torch", "losses"), ctx.hook("torch", "optim")
-            pt, at = ctx.t(p, dtype), ctx.t(a, dtype)
-            out = {}
-            x = ctx.t(x0, dtype).requires_grad_(True)
-            opt = O.make_adam([x], ADAM)
-            for _ in range(ADAM_STEPS):
-                with torch.no_grad():
-                    if ad.before_eval:
-                        x.clamp_(0, 1)
-                opt.zero_grad()
-                _torch_objective(L, x, pt, at).backward()
-                opt.step()
-                with torch.no_grad():
-                    if ad.after_update:
-                        x.clamp_(0, 1)
-            out["Adam x_N − x_0"] = ctx.np_t(x) - x0
-            x = ctx.t(x0, dtype).requires_grad_(True)
-            opt = O.make_lbfgs(x, LBFGS)
-            losses = []
-
-            def closure():
-                if lb.before_eval:
-                    with torch.no_grad():
-                        x.clamp_(0, 1)
-                opt.zero_grad()
-                v = _torch_objective(L, x, pt, at)
-                v.backward()
-                losses.append(float(v.detach()))
-                return v
-
-            def project():
-                with torch.no_grad():
-                    x.clamp_(0, 1)
-
-            O.lbfgs_outer_steps(opt, closure, LBFGS, LBFGS_EVALS, lambda: len(losses),
-                                project if lb.between_steps else None)
-            out["L-BFGS x_N − x_0"] = ctx.np_t(x) - x0
-            out["L-BFGS loss per evaluation"] = np.asarray(losses)
-            return out
-
-        def tf_side():
-            import tensorflow as tf
-            L, O = ctx.hook("tf", "losses"), ctx.hook("tf", "optim")
-            pt, at = ctx.f(nhwc(p), dtype), ctx.f(a, dtype)
-            out = {}
-            x = tf.Variable(nhwc(x0).astype(dtype))
-            opt = O.TorchAdam(ADAM, [x])
-            for _ in range(ADAM_STEPS):
-                if ad.before_eval:
-                    x.assign(tf.clip_by_value(x, 0, 1))
-                with tf.GradientTape() as tape:
-                    v = _tf_objective(L, x, pt, at)
-                opt.apply([tape.gradient(v, x)])
-                if ad.after_update:
-                    x.assign(tf.clip_by_value(x, 0, 1))
-            out["Adam x_N − x_0"] = nchw(ctx.np_f(x)) - x0
-
-            def fun(z):
-                with tf.GradientTape() as tape:
-                    tape.watch(z)
-                    v = _tf_objective(L, z, pt, at)
-                return v, tape.gradient(v, z)
-
-            xl, losses = O.lbfgs_minimize(fun, ctx.f(nhwc(x0), dtype), LBFGS, LBFGS_EVALS,
-                                          project=(lambda z: tf.clip_by_value(z, 0, 1)) if lb.between_steps else None,
-                                          project_at=project_at)
-            out["L-BFGS x_N − x_0"] = nchw(ctx.np_f(xl)) - x0
-            out["L-BFGS loss per evaluation"] = np.asarray(losses)
-            return out
+        def backend_side(side):
+            B = Backend(ctx, side, dtype)
+            adam = _backend_adam(B, x0, p, a, (ADAM_STEPS,), ad.before_eval, ad.after_update)
+            dx, losses = _backend_lbfgs(B, x0, p, a, lb.before_eval, lb.between_steps)
+            return {"Adam x_N − x_0": adam[ADAM_STEPS], "L-BFGS x_N − x_0": dx, "L-BFGS loss per evaluation": losses}
 
         def ref_side():
             x, st = x0.copy(), R.AdamState(x0.shape)
@@ -624,7 +591,7 @@ def q_clamp(mode: str):
             return {"Adam x_N − x_0": x - x0, "L-BFGS x_N − x_0": xl - x0,
                     "L-BFGS loss per evaluation": np.asarray(losses)}
 
-        return sides(ctx, torch=torch_side, tf=tf_side, ref=ref_side)
+        return sides(ctx, torch=lambda: backend_side("torch"), tf=lambda: backend_side("tf"), ref=ref_side)
     return fn
 
 
@@ -678,23 +645,17 @@ def q_transformer(spec: TransformerSpec, sizes: Mapping[str, tuple], wseed: int 
         kw = {} if style is None else {"style": np.asarray(style, np.float64)}
         xs = {k: image(("tr", k), (b, h, w, 3)) for k, (b, h, w) in sizes.items()}
 
-        def torch_side():
-            import torch
-            T = ctx.hook("torch", "TransformerNet")
-            net = T(ws.spec, ws, dtype=dtype, device=ctx.torch_device)
-            with torch.no_grad():
-                return {k: ctx.np_t(net(ctx.t(nchw(x), dtype), **kw)) for k, x in xs.items()}
-
-        def tf_side():
-            T = ctx.hook("tf", "TransformerNet")
-            net = T(ws.spec, ws, dtype=dtype)
-            return {k: nchw(ctx.np_f(net(ctx.f(x, dtype), **kw))) for k, x in xs.items()}
+        def backend_side(side):
+            B = Backend(ctx, side, dtype)
+            net = B.hook("TransformerNet")(ws.spec, ws, dtype=dtype, **B.kw)
+            with B.no_grad():
+                return {k: B.array_nchw(net(B.tensor_nchw(nchw(x)), **kw)) for k, x in xs.items()}
 
         def ref_side():
             t = {k: np.asarray(v, np.float64) for k, v in ws.tensors.items()}
             return {k: nchw(R.transformer_forward(x, t, ws.spec, **kw)) for k, x in xs.items()}
 
-        return sides(ctx, torch=torch_side, tf=tf_side, ref=ref_side)
+        return sides(ctx, torch=lambda: backend_side("torch"), tf=lambda: backend_side("tf"), ref=ref_side)
     return fn
 
 
@@ -780,23 +741,15 @@ def q_arbitrary(weights, style_hw, content, quantized: bool = False):
         emb = RA.predictor_forward(st, t64, ws.spec.predictor, qp).astype(np.float32).astype(np.float64)
         kw_p, kw_t = ({"quant": qp}, {"quant": qt}) if quantized else ({}, {})
 
-        def torch_side():
-            import torch
-            P = ctx.hook("torch", "StylePredictor")(ws.spec.predictor, pt, dtype=dtype, device=ctx.torch_device, **kw_p)
-            T = ctx.hook("torch", "ArbitraryTransferNet")(ws.spec.transfer, tt, dtype=dtype, device=ctx.torch_device,
-                                                          **kw_t)
-            with torch.no_grad():
-                out = {"embedding": ctx.np_t(P(ctx.t(nchw(st), dtype)))}
+        def backend_side(side):
+            B = Backend(ctx, side, dtype)
+            device = ctx.torch_device if B.is_torch else "cpu"
+            P = B.hook("StylePredictor")(ws.spec.predictor, pt, dtype=dtype, device=device, **kw_p)
+            T = B.hook("ArbitraryTransferNet")(ws.spec.transfer, tt, dtype=dtype, device=device, **kw_t)
+            with B.no_grad():
+                out = {"embedding": B.array(P(B.tensor_nchw(nchw(st))))}
                 for k, x in xs.items():
-                    out[k] = ctx.np_t(T(ctx.t(nchw(x), dtype), ctx.t(emb[:x.shape[0]], dtype)))
-            return out
-
-        def tf_side():
-            P = ctx.hook("tf", "StylePredictor")(ws.spec.predictor, pt, dtype=dtype, device="cpu", **kw_p)
-            T = ctx.hook("tf", "ArbitraryTransferNet")(ws.spec.transfer, tt, dtype=dtype, device="cpu", **kw_t)
-            out = {"embedding": ctx.np_f(P(ctx.f(st, dtype)))}
-            for k, x in xs.items():
-                out[k] = nchw(ctx.np_f(T(ctx.f(x, dtype), ctx.f(emb[:x.shape[0]], dtype))))
+                    out[k] = B.array_nchw(T(B.tensor_nchw(nchw(x)), B.tensor(emb[:x.shape[0]])))
             return out
 
         def ref_side():
@@ -805,7 +758,7 @@ def q_arbitrary(weights, style_hw, content, quantized: bool = False):
                 out[k] = nchw(RA.transfer_forward(x, emb[:x.shape[0]], t64, ws.spec.transfer, qt))
             return out
 
-        return sides(ctx, torch=torch_side, tf=tf_side, ref=ref_side)
+        return sides(ctx, torch=lambda: backend_side("torch"), tf=lambda: backend_side("tf"), ref=ref_side)
     return fn
 
 
@@ -941,43 +894,27 @@ def q_fast_grads(ctx: Ctx, dtype: str):
     ws = vgg_weights(preset.vgg.arch, preset.preprocessing_name)
     tws = random_transformer(SMALL_SPEC, 21)
 
-    def torch_side():
-        import torch
-        Tn, V, L = ctx.hook("torch", "TransformerNet"), ctx.hook("torch", "VGGFeatures"), ctx.hook("torch", "losses")
-        net = Tn(SMALL_SPEC, tws, dtype=dtype, device=ctx.torch_device)
-        vgg = V(preset.vgg.arch, ws, preset.vgg.pooling, layers=loss.all_layers, dtype=dtype, device=ctx.torch_device)
-        xt = ctx.t(nchw(x), dtype)
-        with torch.no_grad():
-            fx = vgg(xt)
-            fs_ = vgg(ctx.t(nchw(style[None]), dtype))
-        y = net(xt)
-        tot = L.total_loss(vgg(y), y, loss, {l: fx[l] for l in loss.content_layers},
-                           {l: L.gram(fs_[l], loss.gram)[0] for l in loss.style_layers})
-        tot = tot["total"] if isinstance(tot, dict) else tot[0]
-        names = [n for n, _ in net.named_parameters()]
-        grads = torch.autograd.grad(tot, [p for _, p in net.named_parameters()])
-        return _grad_items({n: ctx.np_t(g) for n, g in zip(names, grads)})
-
-    def tf_side():
-        import tensorflow as tf
-        Tn, V, L = ctx.hook("tf", "TransformerNet"), ctx.hook("tf", "VGGFeatures"), ctx.hook("tf", "losses")
-        net = Tn(SMALL_SPEC, tws, dtype=dtype)
-        if not hasattr(net, "canonical_variables") or not hasattr(net, "to_canonical_layout"):
+    def backend_side(side):
+        B = Backend(ctx, side, dtype)
+        Tn, V, L = B.hook("TransformerNet"), B.hook("VGGFeatures"), B.hook("losses")
+        net = Tn(SMALL_SPEC, tws, dtype=dtype, **B.kw)
+        if not B.is_torch and (not hasattr(net, "canonical_variables") or not hasattr(net, "to_canonical_layout")):
             raise Missing("resty_tf TransformerNet.canonical_variables / to_canonical_layout missing")
-        vgg = V(preset.vgg.arch, ws, preset.vgg.pooling, layers=loss.all_layers, dtype=dtype)
-        xt = ctx.f(x, dtype)
-        fx = vgg(xt)
-        fs_ = vgg(ctx.f(style[None], dtype))
-        cv = net.canonical_variables()
-        with tf.GradientTape() as tape:
+        vgg = V(preset.vgg.arch, ws, preset.vgg.pooling, layers=loss.all_layers, dtype=dtype, **B.kw)
+        xt = B.tensor_nchw(nchw(x))
+        with B.no_grad():
+            fx = vgg(xt)
+            fs_ = vgg(B.tensor_nchw(nchw(style[None])))
+
+        def total():
             y = net(xt)
             tot = L.total_loss(vgg(y), y, loss, {l: fx[l] for l in loss.content_layers},
                                {l: L.gram(fs_[l], loss.gram)[0] for l in loss.style_layers})
-            tot = tot["total"] if isinstance(tot, dict) else tot[0]
-        grads = tape.gradient(tot, list(cv.values()))
-        return _grad_items({n: np.asarray(net.to_canonical_layout(n, g.numpy()), np.float64) for n, g in zip(cv, grads)})
+            return tot["total"] if isinstance(tot, dict) else tot[0]
+        params = dict(net.named_parameters()) if B.is_torch else net.canonical_variables()
+        return _grad_items(B.param_grads(total, params, net))
 
-    return sides(ctx, torch=torch_side, tf=tf_side)
+    return sides(ctx, torch=lambda: backend_side("torch"), tf=lambda: backend_side("tf"))
 
 
 def q_checkpoint(src: str):
@@ -995,16 +932,11 @@ def q_checkpoint(src: str):
         produced = {}
 
         def run(side, fs):
-            import numpy as _np
-            out = {}
-            if side == "torch":
-                import torch
-                with torch.no_grad():
-                    out["net forward"] = ctx.np_t(fs.net(ctx.t(nchw(x), dtype)))
-            else:
-                out["net forward"] = nchw(ctx.np_f(fs.net(ctx.f(x, dtype))))
+            B = Backend(ctx, side, dtype)
+            with B.no_grad():
+                out = {"net forward": B.array_nchw(fs.net(B.tensor_nchw(nchw(x))))}
             if dtype == "float32":
-                out["stylize()"] = nchw(_np.stack(fs.stylize([a for a in x.astype(_np.float32)])).astype(_np.float64))
+                out["stylize()"] = nchw(np.stack(fs.stylize([a for a in x.astype(np.float32)])).astype(np.float64))
             return out
 
         def src_side():

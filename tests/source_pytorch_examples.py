@@ -21,6 +21,7 @@ import torch
 from torch.optim import Adam
 
 from resty.models_fast_neural_style import example_key_names
+from source_common import torchvision_vgg_features
 
 DTYPE = torch.float64
 
@@ -261,12 +262,4 @@ def transformer_canonical(net: TransformerNet) -> Dict[str, np.ndarray]:
 
 def vgg16_features(weights) -> torch.nn.Module:
     """``models.vgg16().features`` (torchvision's ``make_layers(cfgs["D"])``) with a resty WeightSet's canonical conv weights, float64."""
-    from torchvision.models.vgg import cfgs, make_layers
-    features = make_layers(cfgs["D"])       # == vgg16(weights=None).features, without its classifier's init
-    convs = [m for m in features if isinstance(m, torch.nn.Conv2d)]
-    names = [k[:-len(".weight")] for k in weights.tensors if k.endswith(".weight")]
-    with torch.no_grad():
-        for conv, name in zip(convs, names):
-            conv.weight.copy_(torch.from_numpy(weights.tensors[name + ".weight"]))
-            conv.bias.copy_(torch.from_numpy(weights.tensors[name + ".bias"]))
-    return features.to(DTYPE).eval()
+    return torchvision_vgg_features("D", weights, DTYPE)

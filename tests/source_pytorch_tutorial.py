@@ -17,6 +17,7 @@ import torch.optim as optim
 import torchvision.transforms as transforms
 
 from resty.images import resize_to
+from source_common import torchvision_vgg_features
 
 DTYPE = torch.float64
 
@@ -152,15 +153,7 @@ def run_style_transfer(cnn, normalization_mean, normalization_std, content_img, 
 
 def vgg19_features(weights) -> nn.Module:
     """``models.vgg19().features`` with a resty WeightSet's canonical conv weights, float64."""
-    from torchvision.models.vgg import cfgs, make_layers
-    cnn = make_layers(cfgs["E"])       # == models.vgg19(weights=None).features, without its classifier's init
-    convs = [m for m in cnn if isinstance(m, nn.Conv2d)]
-    names = [k[:-len(".weight")] for k in weights.tensors if k.endswith(".weight")]
-    with torch.no_grad():
-        for conv, name in zip(convs, names):
-            conv.weight.copy_(torch.from_numpy(weights.tensors[name + ".weight"]))
-            conv.bias.copy_(torch.from_numpy(weights.tensors[name + ".bias"]))
-    return cnn.to(DTYPE).eval()
+    return torchvision_vgg_features("E", weights, DTYPE)
 
 
 def tutorial(content: np.ndarray, style: np.ndarray, weights, imsize: int, num_steps: int):

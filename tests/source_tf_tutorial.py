@@ -15,6 +15,7 @@ import tensorflow as tf
 import keras
 
 from resty.images import resize_to
+from source_common import vgg_conv_tensors
 
 
 def load_img(array: np.ndarray, max_dim: int = 512) -> tf.Tensor:
@@ -32,10 +33,8 @@ def vgg_layers(layer_names, weights):
     """ Creates a VGG model that returns a list of intermediate output values."""
     vgg = tf.keras.applications.VGG19(include_top=False, weights=None)
     convs = [layer for layer in vgg.layers if isinstance(layer, keras.layers.Conv2D)]
-    names = [k[:-len(".weight")] for k in weights.tensors if k.endswith(".weight")]
-    for layer, name in zip(convs, names):
-        layer.set_weights([weights.tensors[name + ".weight"].transpose(2, 3, 1, 0),
-                           weights.tensors[name + ".bias"]])
+    for layer, (kernel, bias) in zip(convs, vgg_conv_tensors(weights)):
+        layer.set_weights([kernel.transpose(2, 3, 1, 0), bias])
     vgg.trainable = False
     outputs = [vgg.get_layer(name).output for name in layer_names]
     model = tf.keras.Model([vgg.input], outputs)
