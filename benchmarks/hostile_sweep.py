@@ -58,8 +58,9 @@ def make_files(d: Path) -> dict:
     (d / "nested.safetensors").write_bytes(struct.pack("<Q", len(hdr)) + hdr)
     (d / "evil.pth").write_bytes(pickle.dumps({"state_dict": Evil()}))
     (d / "garbage.pth").write_bytes(b"PK\x03\x04 not a zip")
+    (d / "garbage.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 then nothing a decoder can read" * 4)
     for k in ("empty", "garbage", "truncated", "tiny", "gray16", "rgba", "bomb", "adir", "garbage.safetensors",
-              "nested.safetensors", "evil.pth", "garbage.pth"):
+              "nested.safetensors", "evil.pth", "garbage.pth", "garbage.mp4"):
         f[k] = str(d / (k if "." in k else f"{k}.png"))
     photos = d / "photos"
     photos.mkdir()
@@ -207,6 +208,40 @@ def main() -> int:
                                                                                  str(d / f"k5-{b}.safetensors")])
         cases.append(("corrupt checkpoints", f"{b}: truncate the newest, resume", ("corrupt", ck, R + base
                       + ["--steps", "4", "--resume", "--out", str(d / f"k6-{b}.safetensors")]), "ok", 300))
+        # AdaIN, fine-tuning, pretrained networks, video
+        ada = str(d / f"adain-{b}.safetensors")
+        case("adain", f"{b}: train a decoder", R + ["train", "--method", "adain", "--data", f["photos"], "--styles",
+                                                     f["photos"], "--out", ada, "--backend", b, "--weights", "random:0",
+                                                     "--steps", "2", "--batch-size", "2", "--image-size", "32", "-q"], "ok")
+        sa = ["stylize", f["content"], "--method", "adain", "--model", ada, "--style-image", f["style"], "--backend", b,
+              "--weights", "random:0", "-q"]
+        case("adain", f"{b}: stylize", R + sa + ["-o", out("ada")], "ok")
+        for flag, val in (("--alpha", "2"), ("--alpha", "nan"), ("--mask", f["garbage"])):
+            case("adain", f"{b}: {flag} {Path(val).name}", R + sa + ["-o", out(f"ada{flag}"), flag, val])
+        case("adain", f"{b}: train on unreadable styles", R + ["train", "--method", "adain", "--data", f["photos"],
+                                                                "--styles", f["allbad"], "--out", str(d / "x.safetensors"),
+                                                                "--backend", b, "--weights", "random:0", "--steps", "1",
+                                                                "-q"])
+        case("adain", f"{b}: savedmodel onto a user folder", R + ["convert", ada, "--to", "savedmodel", "-o", str(mine),
+                                                                   "--overwrite", "--weights", "random:0"])
+        for flag, val in (("--temporal-weight", "-1"), ("--temporal-weight", "nan")):
+            case("fine-tuning", f"{b}: train {flag} {val}", R + tr + ["--out", str(d / f"t{val}.safetensors"),
+                                                                      "--steps", "1", flag, val])
+        case("fine-tuning", f"{b}: --style 5 on a one-style model", R + tr + ["--out", str(d / "s5.safetensors"),
+                                                                              "--steps", "1", "--resume-from", model,
+                                                                              "--style", "5"])
+        case("pretrained", f"{b}: --activation-quantization on a Johnson model",
+             R + ["stylize", f["content"], "-o", out("aq"), "--model", model, "--activation-quantization",
+                  "--backend", b, "-q"])
+        case("video", f"{b}: a clip that is not a video", R + ["stylize", f["garbage.mp4"], "-o",
+                                                               str(d / f"v-{b}.mp4"), "--model", model, "--backend", b,
+                                                               "-q"])
+    for k in ("evil.pth", "garbage.pth", "garbage.safetensors"):
+        case("pretrained" if "evil" not in k else "malicious pickles", f"models import {k}",
+             R + ["models", "import", f[k]])
+    case("pretrained", "models download ../../etc/passwd", R + ["models", "download", "../../etc/passwd"])
+    case("pretrained", "models download candy offline", R + ["models", "download", "candy"])
+    case("pretrained", "models info nope", R + ["models", "info", "nope"])
     if a.backend == "both" or True:
         cases.append(("both backends", "torch then tf in one process", ("script", "torch-first"), "ok", 600))
         cases.append(("both backends", "tf then torch in one process", ("script", "tf-first"), "ok", 600))

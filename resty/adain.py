@@ -731,18 +731,12 @@ class AdaINStylizerBase(FastStylizerBase):
         ``stylized`` (clamped to [0, 1]).  It loads with ``tf.saved_model.load`` alone (no Resty);
         the encoder's weights are in it.  Written to a temporary folder, read back and checked
         against :meth:`stylize` on two sizes, then moved into place; an existing ``path`` is
-        refused unless ``overwrite``.  Returns the path."""
-        import shutil
-        from .errors import OutputExistsError
+        refused unless ``overwrite``, and even then a folder that is not a SavedModel is.
+        Returns the path."""
+        from .backends import _atomic_dir
         out = Path(os.fspath(path))
-        if os.path.lexists(out) and not overwrite:
-            raise OutputExistsError(f"{out}: already exists (pass overwrite=True / --overwrite to replace it)")
-        tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        for p in (tmp, old):
-            if p.is_dir():
-                shutil.rmtree(p)
-        try:
+
+        def write(tmp):
             self._export_savedmodel(tmp)
             run = self._load_savedmodel(tmp)
             rng = np.random.default_rng(0)
@@ -755,15 +749,8 @@ class AdaINStylizerBase(FastStylizerBase):
             if not worst <= 1e-4:
                 raise RestyError(f"SavedModel export: the reloaded model differs from stylize by {worst:.2e} "
                                  "(> 1e-4); not written")
-            if os.path.lexists(out):
-                os.replace(out, old)
-            os.replace(tmp, out)
-        finally:
-            for p in (tmp, old):
-                if p.is_dir():
-                    shutil.rmtree(p, ignore_errors=True)
-                elif os.path.lexists(p):
-                    p.unlink()
+        # overwrite replaces a file or a SavedModel folder, never another folder of the user's
+        _atomic_dir(out, overwrite, write)
         return out
 
     def _export_savedmodel(self, path) -> None:

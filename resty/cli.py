@@ -591,7 +591,11 @@ def cmd_stylize(args) -> int:
         _check_writable(out)
 
     from .adain import is_adain_file
-    if args.method == "adain" or (args.model and is_adain_file(args.model)):
+    adain = args.method == "adain" or bool(args.model and is_adain_file(args.model))
+    if getattr(args, "activation_quantization", False) and (adain or not args.style_image):
+        raise UsageError("--activation-quantization is for Magenta's arbitrary network (--style-image IMAGE "
+                         "without an AdaIN decoder): only its int8 originals quantize their activations")
+    if adain:
         from .adain_cli import stylize as _adain_stylize
         return _adain_stylize(args, _backend(args.backend), contents, targets)
     if args.mask:

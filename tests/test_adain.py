@@ -263,6 +263,13 @@ def test_convert_savedmodel(tmp_path, capsys):
     with pytest.raises(OutputExistsError):
         st.export_savedmodel(sm)
     assert st.export_savedmodel(sm, overwrite=True) == sm and (sm / "saved_model.pb").stat().st_mtime_ns != stamp
+    mine = tmp_path / "thesis"          # a user's folder: --overwrite never replaces it
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("keep me")
+    rc, _, err = run(["convert", str(model), "--to", "savedmodel", "-o", str(mine), "--overwrite",
+                      "--weights", "random:0"], capsys)
+    assert rc == 2 and "not a SavedModel" in err and (mine / "thesis.tex").read_text() == "keep me"
+    assert sorted(p.name for p in mine.iterdir()) == ["thesis.tex"]
 
 
 def test_tf_fit_refuses_several_processes_without_a_strategy(monkeypatch):

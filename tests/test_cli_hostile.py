@@ -115,3 +115,15 @@ def test_style_weights_near_the_float_maximum_still_blend_evenly():
     from resty.inputs import blend_weights
     assert blend_weights([1e308, 1e308], 2) == (0.5, 0.5)
     assert blend_weights([1e308, 3e307], 2)[1] == pytest.approx(3 / 13)
+
+
+def test_activation_quantization_outside_the_arbitrary_network_is_refused(model, tmp_path, capsys):
+    """The flag means something only for Magenta's int8 originals: with a Johnson model (or
+    Gatys) it would be silently ignored, so it is refused."""
+    from PIL import Image
+    Image.fromarray(np.full((20, 24, 3), 128, np.uint8)).save(tmp_path / "c.png")
+    for extra in (["--model", str(model)], [str(tmp_path / "c.png")]):
+        rc, _, err = run(["stylize", tmp_path / "c.png", *extra, "-o", tmp_path / "o.png", "--activation-quantization",
+                          "-q"], capsys)
+        assert_usage_error(rc, err, "--activation-quantization is for Magenta's arbitrary network")
+    assert not (tmp_path / "o.png").exists()
