@@ -1,6 +1,10 @@
-"""Fine-tuning a multi-style network: one more style trained as only a new gamma/beta row
-(Dumoulin et al. 2017), through the shared driver, in both frameworks: only that row moves, the
-two frameworks agree on it, the saved model loads and ``style=N`` uses the new row.
+"""Fine-tuning a multi-style network, in both frameworks through the shared driver.
+
+One more style trained as only a new gamma/beta row (Dumoulin et al. 2017): only that row moves,
+the two frameworks agree on it, the saved model loads and ``style=N`` uses the new row.  And an
+existing style K fine-tuned (``fit(style_row=K)``, ``resty train --resume-from MODEL --style K``):
+every weight trains with the network run at row K, not row 0; K out of range or a single-style
+network are refused in one line.
 
 The two trainings run in float64: in float32 Adam turns the rounding noise of near-zero gradients
 into whole steps (e.g. ``res1.conv2.norm.bias``, a per-channel shift the next instance norm
@@ -136,3 +140,83 @@ def test_cli_train_new_style(tmp_path, capsys):
         np.testing.assert_array_equal(ws.tensors[k][:3] if ROW(k) else ws.tensors[k], v, err_msg=k)
     assert main(["train", str(tmp_path / "style.png"), "--data", str(tmp_path / "photos"), "--new-style",
                  "--out", str(tmp_path / "x.safetensors"), "--weights", "random:0"]) == 2
+
+
+# --------------------------------------------------------------------------- fine-tuning at style row K
+def _stylizer(backend, base, dtype="float32"):
+    return get_backend(backend).FastStylizer(get_preset("johnson2016"), weights="random:0", device="cpu",
+                                             transformer_weights=load_weights(base, expect="transformer"),
+                                             dtype=dtype)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fit_style_row_trains_every_weight_at_that_row(tmp_path, backend):
+    base = _base(tmp_path)
+    images, style = _data()
+    kw = dict(steps=2, batch_size=2, image_size=32, num_workers=0, seed=0, lr=1e-2)
+    a = _stylizer(backend, base, "float64")
+    a.fit(images, style, style_row=2, **kw)
+    np.testing.assert_array_equal(a.net.get_style(), np.eye(3)[2])
+    b = _stylizer(backend, base, "float64")
+    b.net.set_style(np.eye(3)[2])                       # the same run, the row set by hand
+    b.fit(images, style, **kw)
+    c = _stylizer(backend, base, "float64")             # row 0 (the default)
+    c.fit(images, style, **kw)
+    sa, sb, sc = (s.net.state_dict_canonical() for s in (a, b, c))
+    start = load_weights(base, expect="transformer").tensors
+    for k in sa:
+        np.testing.assert_allclose(sa[k], sb[k], rtol=0, atol=1e-12, err_msg=k)
+        if not ROW(k):
+            assert not np.array_equal(sa[k], start[k]), f"{k} was not trained"
+    assert any(not np.allclose(sa[k], sc[k]) for k in sa)      # row 2, not row 0
+
+
+def test_fit_style_row_one_line_errors(tmp_path):
+    base = _base(tmp_path)
+    images, style = _data()
+    st = _stylizer(BACKENDS[0], base)
+    with pytest.raises(ArgumentError, match=r"style_row: got 3; this network has styles 0\.\.2"):
+        st.fit(images, style, steps=1, style_row=3)
+    with pytest.raises(ArgumentError, match="style_row"):
+        st.fit(images, style, steps=1, style_row=-1)
+    one = get_backend(BACKENDS[0]).FastStylizer(get_preset("johnson2016").replace(transformer=TransformerSpec(
+        channels=(4, 6, 8), residual_blocks=1)), weights="random:0", device="cpu")
+    with pytest.raises(ArgumentError, match="one style"):
+        one.fit(images, style, steps=1, style_row=0)
+
+
+def test_cli_train_style_k(tmp_path, capsys):
+    from resty.cli import main
+    from resty.images import save_image
+    base = _base(tmp_path)
+    images, style = _data()
+    (tmp_path / "photos").mkdir()
+    for i, im in enumerate(images):
+        save_image(im, tmp_path / "photos" / f"{i}.png")
+    save_image(style, tmp_path / "style.png")
+    common = ["train", str(tmp_path / "style.png"), "--data", str(tmp_path / "photos"), "--steps", "1",
+              "--batch-size", "1", "--image-size", "32", "--weights", "random:0", "--backend", BACKENDS[0], "-q"]
+    out = tmp_path / "k2.safetensors"
+    assert main(common + ["--resume-from", str(base), "--style", "2", "--out", str(out)]) == 0
+    got = load_weights(out, expect="transformer").tensors
+    # the same fine-tune through the Python route, at row 2 and at row 0
+    from resty.images import load_image
+    style_img = load_image(tmp_path / "style.png")
+    for row, same in ((2, True), (0, False)):
+        st = _stylizer(BACKENDS[0], base)
+        st.fit(str(tmp_path / "photos"), style_img, steps=1, batch_size=1, image_size=32, seed=0, style_row=row)
+        want = st.net.state_dict_canonical()
+        close = all(np.allclose(got[k], want[k], rtol=0, atol=1e-6) for k in want)
+        assert close == same, row
+    capsys.readouterr()
+    bad = [(["--resume-from", str(base), "--style", "3"], "has styles 0..2"),
+           (["--style", "1"], "needs --resume-from"),
+           (["--resume-from", str(base), "--style", "1", "--new-style"], "pick one")]
+    one = save_weights(tmp_path / "one.safetensors", random_transformer(TransformerSpec(channels=(4, 6, 8),
+                                                                                        residual_blocks=1), 0))
+    bad.append((["--resume-from", str(one), "--style", "0"], "has one style"))
+    for extra, words in bad:
+        assert main(common + extra + ["--out", str(tmp_path / "x.safetensors")]) == 2, extra
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and words in err[0], (extra, err)
+    assert not (tmp_path / "x.safetensors").exists()
