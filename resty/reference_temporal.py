@@ -11,6 +11,14 @@ import numpy as np
 __all__ = ["warp_bilinear", "warp_nearest", "occlusion"]
 
 
+def _source_point(flow, y, x, h, w):
+    """Where pixel (y, x) samples from, clamped to the image, and whether it lies inside."""
+    sx = x + flow[y, x, 0]
+    sy = y + flow[y, x, 1]
+    inside = -1e-6 <= sx <= w - 1 + 1e-6 and -1e-6 <= sy <= h - 1 + 1e-6
+    return min(max(sx, 0.0), w - 1.0), min(max(sy, 0.0), h - 1.0), inside
+
+
 def warp_bilinear(img, flow):
     """``(out, valid)``: ``out[y, x] = img(y + flow[y, x, 1], x + flow[y, x, 0])``, bilinear;
     a sample outside the image takes the nearest border point and is not valid."""
@@ -21,11 +29,7 @@ def warp_bilinear(img, flow):
     valid = np.zeros((h, w), bool)
     for y in range(h):
         for x in range(w):
-            sx = x + flow[y, x, 0]
-            sy = y + flow[y, x, 1]
-            valid[y, x] = -1e-6 <= sx <= w - 1 + 1e-6 and -1e-6 <= sy <= h - 1 + 1e-6
-            sx = min(max(sx, 0.0), w - 1.0)
-            sy = min(max(sy, 0.0), h - 1.0)
+            sx, sy, valid[y, x] = _source_point(flow, y, x, h, w)
             x0, y0 = int(math.floor(sx)), int(math.floor(sy))
             x1, y1 = min(x0 + 1, w - 1), min(y0 + 1, h - 1)
             ax, ay = sx - x0, sy - y0
@@ -46,11 +50,7 @@ def warp_nearest(img, flow):
     valid = np.zeros((h, w), bool)
     for y in range(h):
         for x in range(w):
-            sx = x + flow[y, x, 0]
-            sy = y + flow[y, x, 1]
-            valid[y, x] = -1e-6 <= sx <= w - 1 + 1e-6 and -1e-6 <= sy <= h - 1 + 1e-6
-            sx = min(max(sx, 0.0), w - 1.0)
-            sy = min(max(sy, 0.0), h - 1.0)
+            sx, sy, valid[y, x] = _source_point(flow, y, x, h, w)
             out[y, x] = img[int(math.floor(sy + 0.5)), int(math.floor(sx + 0.5))]
     return out, valid
 
