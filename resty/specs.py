@@ -552,10 +552,12 @@ class TrainConfig(_Spec):
     seed: int = 0
     num_workers: int = 2
     #: The ReReVST temporal term (resty.temporal): its weight (0: off, the results unchanged), the
-    #: largest displacement (px) of the random smooth flow and the std of the added noise.
+    #: largest displacement (px) of the random smooth flow and the std of the added noise (on [0, 1]
+    #: pixels: ReReVST's training code adds 0.001·(1 + U[0, 1)) on ImageNet-normalised input, about
+    #: 0.0002-0.0005 here).
     temporal_weight: float = 0.0
     temporal_flow: float = 4.0
-    temporal_noise: float = 0.01
+    temporal_noise: float = 0.0003
 
     def __post_init__(self):
         for name in ("image_size", "batch_size", "checkpoint_every", "keep_checkpoints", "log_every"):
