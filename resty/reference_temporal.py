@@ -19,9 +19,8 @@ def _source_point(flow, y, x, h, w):
     return min(max(sx, 0.0), w - 1.0), min(max(sy, 0.0), h - 1.0), inside
 
 
-def warp_bilinear(img, flow):
-    """``(out, valid)``: ``out[y, x] = img(y + flow[y, x, 1], x + flow[y, x, 0])``, bilinear;
-    a sample outside the image takes the nearest border point and is not valid."""
+def _warp(img, flow, sample):
+    """``(out, valid)``: ``out[y, x] = sample(img, sx, sy)`` at the clamped source point of each pixel."""
     img = np.asarray(img, np.float64)
     flow = np.asarray(flow, np.float64)
     h, w = img.shape[:2]
@@ -30,12 +29,23 @@ def warp_bilinear(img, flow):
     for y in range(h):
         for x in range(w):
             sx, sy, valid[y, x] = _source_point(flow, y, x, h, w)
-            x0, y0 = int(math.floor(sx)), int(math.floor(sy))
-            x1, y1 = min(x0 + 1, w - 1), min(y0 + 1, h - 1)
-            ax, ay = sx - x0, sy - y0
-            out[y, x] = ((1 - ay) * ((1 - ax) * img[y0, x0] + ax * img[y0, x1])
-                         + ay * ((1 - ax) * img[y1, x0] + ax * img[y1, x1]))
+            out[y, x] = sample(img, sx, sy)
     return out, valid
+
+
+def _bilinear(img, sx, sy):
+    h, w = img.shape[:2]
+    x0, y0 = int(math.floor(sx)), int(math.floor(sy))
+    x1, y1 = min(x0 + 1, w - 1), min(y0 + 1, h - 1)
+    ax, ay = sx - x0, sy - y0
+    return ((1 - ay) * ((1 - ax) * img[y0, x0] + ax * img[y0, x1])
+            + ay * ((1 - ax) * img[y1, x0] + ax * img[y1, x1]))
+
+
+def warp_bilinear(img, flow):
+    """``(out, valid)``: ``out[y, x] = img(y + flow[y, x, 1], x + flow[y, x, 0])``, bilinear;
+    a sample outside the image takes the nearest border point and is not valid."""
+    return _warp(img, flow, _bilinear)
 
 
 def warp_nearest(img, flow):
@@ -43,16 +53,7 @@ def warp_nearest(img, flow):
     x + flow[y, x, 0])`` (halves round up), the temporal loss's warp (ReReVST's
     ``grid_sample(mode='nearest')``); a sample outside the image takes the nearest border pixel
     and is not valid."""
-    img = np.asarray(img, np.float64)
-    flow = np.asarray(flow, np.float64)
-    h, w = img.shape[:2]
-    out = np.zeros_like(img)
-    valid = np.zeros((h, w), bool)
-    for y in range(h):
-        for x in range(w):
-            sx, sy, valid[y, x] = _source_point(flow, y, x, h, w)
-            out[y, x] = img[int(math.floor(sy + 0.5)), int(math.floor(sx + 0.5))]
-    return out, valid
+    return _warp(img, flow, lambda im, sx, sy: im[int(math.floor(sy + 0.5)), int(math.floor(sx + 0.5))])
 
 
 def occlusion(flow_fw, flow_bw, alpha=0.01, beta=0.5):

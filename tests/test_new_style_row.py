@@ -120,15 +120,20 @@ def test_refusals(tmp_path):
         add_style(random_transformer(get_preset("restynet").transformer, 0))
 
 
-def test_cli_train_new_style(tmp_path, capsys):
-    from resty.cli import main
+def _files_on_disk(tmp_path):
+    """The training photos as tmp_path/photos/*.png and the style as tmp_path/style.png."""
     from resty.images import save_image
-    base = _base(tmp_path)
     images, style = _data()
     (tmp_path / "photos").mkdir()
     for i, im in enumerate(images):
         save_image(im, tmp_path / "photos" / f"{i}.png")
     save_image(style, tmp_path / "style.png")
+
+
+def test_cli_train_new_style(tmp_path, capsys):
+    from resty.cli import main
+    base = _base(tmp_path)
+    _files_on_disk(tmp_path)
     out = tmp_path / "m4.safetensors"
     assert main(["train", str(tmp_path / "style.png"), "--data", str(tmp_path / "photos"), "--resume-from", str(base),
                  "--new-style", "--out", str(out), "--steps", "1", "--batch-size", "1", "--image-size", "32",
@@ -187,13 +192,8 @@ def test_fit_style_row_one_line_errors(tmp_path):
 
 def test_cli_train_style_k(tmp_path, capsys):
     from resty.cli import main
-    from resty.images import save_image
     base = _base(tmp_path)
-    images, style = _data()
-    (tmp_path / "photos").mkdir()
-    for i, im in enumerate(images):
-        save_image(im, tmp_path / "photos" / f"{i}.png")
-    save_image(style, tmp_path / "style.png")
+    _files_on_disk(tmp_path)
     common = ["train", str(tmp_path / "style.png"), "--data", str(tmp_path / "photos"), "--steps", "1",
               "--batch-size", "1", "--image-size", "32", "--weights", "random:0", "--backend", BACKENDS[0], "-q"]
     out = tmp_path / "k2.safetensors"
