@@ -693,18 +693,16 @@ class AdaINStylizerBase(FastStylizerBase):
         ``stylize`` pads them) and ``alpha`` (float32 scalar), output ``stylized`` (clamped to
         [0, 1]).  The encoder's weights are in the file.  Checked with onnxruntime against
         :meth:`stylize` on two sizes before it is moved into place; returns the path."""
-        from .errors import OutputExistsError
+        from .images import atomic_path
         out = Path(os.fspath(path))
         if out.suffix.lower() != ".onnx":
             raise ArgumentError(f"{out}: an ONNX export is a .onnx file")
-        if out.exists() and not overwrite:
-            raise OutputExistsError(f"{out}: already exists (pass overwrite=True / --overwrite to replace it)")
         try:
             import onnxruntime as ort
         except ImportError:
             raise RestyError("ONNX export is checked with onnxruntime: pip install 'resty[onnx]'") from None
-        tmp = out.with_name(f".{out.name}.tmp")
-        try:
+        # the one atomic writer: an existing file is refused unless overwrite, a failed check leaves nothing
+        with atomic_path(out, overwrite=overwrite) as tmp:
             self._export_onnx(tmp, int(opset))
             sess = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
             rng = np.random.default_rng(0)
@@ -717,10 +715,6 @@ class AdaINStylizerBase(FastStylizerBase):
                 worst = max(worst, float(np.abs(got - self.stylize(c, s, alpha=a)).max()))
             if not worst <= 1e-3:
                 raise RestyError(f"ONNX export: onnxruntime differs from stylize by {worst:.2e} (> 1e-3); not written")
-            os.replace(tmp, out)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
         return out
 
     def export_savedmodel(self, path, *, overwrite: bool = False) -> Path:
